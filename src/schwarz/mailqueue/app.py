@@ -1,0 +1,120 @@
+"""Application set-up shared by the CLIs and custom wrappers: config, logging, plugins."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from .config import KNOWN_KEYS, ConfigError, Settings, guess_config_path, load_config, settings_from_mapping
+from .logs import DELIVERY_LOG, QUEUE_LOG, SMTP_LOG, JSONFormatter
+from .plugins import PluginManager
+
+__all__ = ['AppContext', 'configure_logging', 'guess_config_path', 'init_app', 'merge_settings']
+
+# Keys a wrapper may pass in ``settings`` that are not config-file keys.
+WRAPPER_KEYS = ('basic_logging_configured', 'mh')
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    options: Dict[str, Any]
+    plugin_manager: Optional[PluginManager] = None
+    plugins: Any = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.plugin_manager is not None:
+            self.plugin_manager.terminate()
+            self.plugin_manager = None
+
+
+def merge_settings(base: Settings, overrides: Optional[Mapping[str, Any]]) -> Settings:
+    if not overrides:
+        return base
+    values = {k: v for k, v in overrides.items() if k not in WRAPPER_KEYS}
+    unknown = [k for k in values if k.lower() not in KNOWN_KEYS]
+    if unknown:
+        raise ConfigError('unknown key', 'settings', unknown[0])
+    parsed = settings_from_mapping(values, base.path)
+    for key in values:
+        attr = KNOWN_KEYS[key.lower()][0]
+        setattr(base, attr, getattr(parsed, attr))
+    return base
+
+
+def _formatter(settings: Settings) -> logging.Formatter:
+    if settings.log_format == 'json':
+        return JSONFormatter()
+    return logging.Formatter('%(asctime)s %(message)s')
+
+
+def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False) -> None:
+    """Console output on ``mailqueue``; optional delivery/queue log files; or a fileConfig."""
+    if settings.logging_config:
+        import logging.config
+
+        try:
+            logging.config.fileConfig(settings.logging_config, disable_existing_loggers=False)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ConfigError(f'cannot load logging configuration ({exc})', settings.path,
+                              'logging_config') from None
+        return
+    root = logging.getLogger('mailqueue')
+    if not any(getattr(h, '_mq_console', False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console._mq_console = True  # type: ignore[attr-defined]
+        console.setFormatter(logging.Formatter('%(message)s'))
+        root.addHandler(console)
+        root.propagate = False
+    if quiet:
+        root.setLevel(logging.ERROR)
+    elif verbose >= 1:
+        root.setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.WARNING)
+    for logger_name, path in ((DELIVERY_LOG, settings.delivery_log), (QUEUE_LOG, settings.queue_log)):
+        if not path:
+            continue
+        logger = logging.getLogger(logger_name)
+        try:
+            handler = logging.FileHandler(path, encoding='utf-8')
+        except OSError as exc:
+            raise ConfigError(f'cannot open log file ({exc.strerror or exc})', settings.path,
+                              'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log') from None
+        handler.setFormatter(_formatter(settings))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    if verbose < 1:
+        logging.getLogger(SMTP_LOG).setLevel(logging.INFO)
+
+
+def _plugin_list(value: Optional[str]) -> Optional[List[str]]:
+    if value is None:
+        return None
+    return [name for name in (part.strip() for part in value.split(',')) if name]
+
+
+def init_app(config_path: Optional[str] = None, options: Optional[Mapping[str, Any]] = None,
+             settings: Optional[Mapping[str, Any]] = None, *, load_plugins: bool = True) -> AppContext:
+    """Load the config (if any), apply ``settings`` overrides, set up logging and plugins."""
+    options = dict(options or {})
+    path = guess_config_path(config_path)
+    cfg = load_config(path) if path else Settings()
+    cfg = merge_settings(cfg, settings)
+    wrapper = dict(settings or {})
+    if not wrapper.get('basic_logging_configured'):
+        verbose = options.get('verbose', 0)
+        configure_logging(cfg, verbose=int(verbose) if not isinstance(verbose, bool) else int(verbose),
+                          quiet=bool(options.get('quiet')))
+    for warning in cfg.warnings:
+        logging.getLogger('mailqueue').warning('warning: %s', warning)
+    context = AppContext(settings=cfg, options=options, extra={k: wrapper[k] for k in WRAPPER_KEYS
+                                                                if k in wrapper})
+    if load_plugins:
+        manager = PluginManager(enabled=_plugin_list(cfg.plugins))
+        context.plugins = manager.load()
+        context.plugin_manager = manager
+    return context

@@ -1,0 +1,282 @@
+"""The INI configuration: file -> typed ``Settings``; settings -> transports.
+
+Values are literal (no ``%`` interpolation: a ``%`` in a password just works),
+every key is known and typed, and every problem is reported as one line that
+names the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .queue.schedule import RetryPolicy, parse_duration
+
+__all__ = [
+    'ConfigError',
+    'KNOWN_KEYS',
+    'Settings',
+    'guess_config_path',
+    'init_smtp_mailer',
+    'load_config',
+    'parse_config_text',
+    'settings_from_mapping',
+]
+
+SECTION = 'mqrunner'
+USER_CONFIG = '~/.mailqueue-runner.conf'
+SYSTEM_CONFIG = '/etc/mailqueue-runner.conf'
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is the one line shown to the user."""
+
+    def __init__(self, problem: str, path: Optional[str] = None, key: Optional[str] = None) -> None:
+        self.problem = problem
+        self.path = path
+        self.key = key
+        where = path or 'configuration'
+        if key:
+            where = f'{where}: {key}'
+        super().__init__(f'{where}: {problem}')
+
+
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ('1', 'yes', 'true', 'on'):
+        return True
+    if text in ('0', 'no', 'false', 'off'):
+        return False
+    raise ValueError(f'expected yes/no/true/false, got {value!r}')
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f'port out of range: {port}')
+    return port
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f'must be positive, got {value!r}')
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f'must be at least 1, got {value!r}')
+    return number
+
+
+def _tls(value: str) -> str:
+    from .smtp.client import TLSMode  # lazy: keeps ssl/smtplib out of config-only start-ups
+
+    return TLSMode.parse(value).value
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _duration(value: str) -> timedelta:
+    return parse_duration(value)
+
+
+def _log_format(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ('logfmt', 'json'):
+        raise ValueError(f'expected logfmt or json, got {value!r}')
+    return text
+
+
+# key -> (attribute, parser)
+KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
+    'smtp_hostname': ('smtp_hostname', _str),
+    'smtp_port': ('smtp_port', _port),
+    'smtp_username': ('smtp_username', _str),
+    'smtp_password': ('smtp_password', _str),
+    'smtp_password_command': ('smtp_password_command', _str),
+    'smtp_tls': ('smtp_tls', _tls),
+    'smtp_tls_verify': ('smtp_tls_verify', _bool),
+    'smtp_ca_file': ('smtp_ca_file', _str),
+    'smtp_timeout': ('smtp_timeout', _positive_float),
+    'smtp_rate_limit': ('smtp_rate_limit', _positive_float),
+    'queue_dir': ('queue_dir', _str),
+    'from': ('from_addr', _str),
+    'logging_config': ('logging_config', _str),
+    'logging_conf': ('logging_config', _str),
+    'log_format': ('log_format', _log_format),
+    'delivery_log': ('delivery_log', _str),
+    'queue_log': ('queue_log', _str),
+    'plugins': ('plugins', _str),
+    'retry_min_delay': ('retry_min_delay', _duration),
+    'retry_max_delay': ('retry_max_delay', _duration),
+    'max_queue_lifetime': ('max_queue_lifetime', _duration),
+    'max_attempts': ('max_attempts', _positive_int),
+    'workers': ('workers', _positive_int),
+    'aliases': ('aliases', _str),
+    'default_domain': ('default_domain', _str),
+}
+
+
+@dataclass
+class Settings:
+    path: Optional[str] = None
+    smtp_hostname: Optional[str] = None
+    smtp_port: Optional[int] = None
+    smtp_username: Optional[str] = None
+    smtp_password: Optional[str] = field(default=None, repr=False)
+    smtp_password_command: Optional[str] = None
+    smtp_tls: Optional[str] = None
+    smtp_tls_verify: Optional[bool] = None
+    smtp_ca_file: Optional[str] = None
+    smtp_timeout: float = 10.0
+    smtp_rate_limit: Optional[float] = None
+    queue_dir: Optional[str] = None
+    from_addr: Optional[str] = None
+    logging_config: Optional[str] = None
+    log_format: str = 'logfmt'
+    delivery_log: Optional[str] = None
+    queue_log: Optional[str] = None
+    plugins: Optional[str] = None
+    retry_min_delay: timedelta = timedelta(minutes=5)
+    retry_max_delay: timedelta = timedelta(hours=4)
+    max_queue_lifetime: timedelta = timedelta(days=5)
+    max_attempts: Optional[int] = None
+    workers: int = 1
+    aliases: Optional[str] = None
+    default_domain: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    def retry_policy(self) -> RetryPolicy:
+        try:
+            return RetryPolicy(self.retry_min_delay, self.retry_max_delay, self.max_queue_lifetime,
+                               self.max_attempts)
+        except ValueError as exc:
+            raise ConfigError(str(exc), self.path) from None
+
+    def password(self) -> Optional[str]:
+        """The SMTP password, running ``smtp_password_command`` if that is how it is configured."""
+        if self.smtp_password is not None:
+            return self.smtp_password
+        if not self.smtp_password_command:
+            return None
+        try:
+            # stdin from /dev/null: otherwise the command would eat the message mq-sendmail reads.
+            proc = subprocess.run(self.smtp_password_command, shell=True, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f'command failed: {type(exc).__name__}', self.path,
+                              'smtp_password_command') from None
+        if proc.returncode != 0:
+            raise ConfigError(f'command exited with status {proc.returncode}', self.path,
+                              'smtp_password_command')
+        return proc.stdout.decode('utf-8', 'replace').rstrip('\r\n')
+
+
+def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
+                          *, strict: bool = True) -> Settings:
+    """Typed settings from raw key/value pairs (INI section or a Python dict)."""
+    settings = Settings(path=path)
+    for raw_key, raw_value in values.items():
+        key = raw_key.strip().lower()
+        if key not in KNOWN_KEYS:
+            if strict:
+                raise ConfigError('unknown key', path, raw_key)
+            continue
+        attr, parser = KNOWN_KEYS[key]
+        if raw_value is None:
+            continue
+        if not isinstance(raw_value, str):
+            setattr(settings, attr, raw_value)
+            continue
+        value = raw_value.strip() if attr not in ('smtp_password',) else raw_value
+        if value == '' and attr not in ('smtp_password',):
+            continue
+        try:
+            setattr(settings, attr, parser(value))
+        except ValueError as exc:
+            raise ConfigError(f'invalid value ({exc})', path, raw_key) from None
+    if settings.smtp_password is not None and settings.smtp_password_command:
+        raise ConfigError('set smtp_password or smtp_password_command, not both', path)
+    return settings
+
+
+def parse_config_text(text: str, path: Optional[str] = None) -> Settings:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=path or '<config>')
+    except configparser.Error as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f'malformed file ({message})', path) from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f'no [{SECTION}] section', path)
+    for section in parser.sections():
+        if section != SECTION:
+            raise ConfigError(f'unknown section [{section}]', path)
+    return settings_from_mapping(dict(parser.items(SECTION, raw=True)), path)
+
+
+def load_config(path: str) -> Settings:
+    try:
+        with open(path, encoding='utf-8') as fp:
+            text = fp.read()
+            mode = os.fstat(fp.fileno()).st_mode
+    except FileNotFoundError:
+        raise ConfigError('file not found', path) from None
+    except PermissionError:
+        raise ConfigError('permission denied', path) from None
+    except IsADirectoryError:
+        raise ConfigError('is a directory', path) from None
+    except UnicodeDecodeError:
+        raise ConfigError('not valid UTF-8', path) from None
+    except OSError as exc:
+        raise ConfigError(f'cannot read ({exc.strerror or exc})', path) from None
+    settings = parse_config_text(text, path)
+    if settings.smtp_password is not None and mode & (stat.S_IRGRP | stat.S_IROTH):
+        settings.warnings.append(
+            f'{path} holds smtp_password and is readable by other users; run: chmod 600 {path}')
+    return settings
+
+
+def guess_config_path(path: Optional[str] = None) -> Optional[str]:
+    """An explicit path wins; otherwise the user's config, then the system one; None if neither exists."""
+    if path:
+        return path
+    for candidate in (os.path.expanduser(USER_CONFIG), SYSTEM_CONFIG):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def init_smtp_mailer(settings: Any, smtp_log: Any = None) -> Any:
+    """Build an ``SMTPMailer`` from a settings dict (``smtp_*`` keys) or ``Settings``."""
+    from .smtp.transport import SMTPMailer
+
+    if not isinstance(settings, Settings):
+        values = dict(settings or {})
+        for key in values:
+            if key.startswith('smtp_') and key not in KNOWN_KEYS:
+                raise ConfigError('unknown key', None, key)
+        settings = settings_from_mapping(values, strict=False)
+    return SMTPMailer(
+        hostname=settings.smtp_hostname or 'localhost',
+        port=settings.smtp_port or 25,
+        tls=settings.smtp_tls,
+        tls_verify=settings.smtp_tls_verify,
+        username=settings.smtp_username,
+        password=settings.password() if settings.smtp_username else None,
+        timeout=settings.smtp_timeout,
+        smtp_log=smtp_log,
+        cafile=settings.smtp_ca_file,
+    )

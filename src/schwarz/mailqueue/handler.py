@@ -1,0 +1,304 @@
+"""``MessageHandler``: try the transports in order, recipient by recipient.
+
+A recipient that one transport accepts is done; one it refuses permanently is
+reported (and kept in ``failed/`` when the chain has a queue); one it refuses
+temporarily goes on to the next transport, alone. So nobody receives a
+duplicate because somebody else failed, and nobody is dropped silently.
+
+A message that already sits in the queue (claimed) is never queued again:
+its own file is completed, rewritten for the remaining recipients, or moved
+to ``failed/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .logs import DELIVERY_LOG, QUEUE_LOG, log_event
+from .message import get_header, message_bytes_from, validate_address
+from .plugins import fire_delivery_failed, fire_delivery_successful
+from .queue.backend import QueuedMessage
+from .queue.format import QueueFileError
+from .queue.maildir import MaildirBackend, QueueWriteError
+from .queue.schedule import RetryPolicy, format_duration
+from .result import Reply, SendResult
+
+__all__ = ['DebugMailer', 'MessageHandler', 'MessageInfo']
+
+
+@dataclass
+class MessageInfo:
+    """What plugins see for a message that was not (yet) queued: same attribute names as a queued one."""
+
+    from_addr: str
+    to_addrs: List[str]
+    msg_bytes: bytes
+    retries: int = 0
+    msg_id: Optional[str] = None
+    queue_date: Optional[datetime] = None
+    last_delivery_attempt: Optional[datetime] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class DebugMailer:
+    """In-memory transport for tests: records ``(from, to, bytes)`` in ``sent_mails``."""
+
+    simulate_failed_sending: bool = False
+    send_callback: Any = None
+    sent_mails: List[Tuple[str, List[str], bytes]] = field(default_factory=list)
+    transport_name: str = 'debug'
+
+    def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes) -> SendResult:
+        if self.send_callback is not None:
+            outcome = self.send_callback(from_addr, list(to_addrs), msg_bytes)
+            if isinstance(outcome, SendResult):
+                return outcome
+            if outcome is False:
+                return _all_deferred('debug', to_addrs, Reply(451, 'debug callback failed'))
+        if self.simulate_failed_sending:
+            return _all_deferred('debug', to_addrs, Reply(451, 'simulated failure'))
+        self.sent_mails.append((from_addr, list(to_addrs), msg_bytes))
+        return SendResult(transport='debug', queued=False, accepted=list(to_addrs), host='debug',
+                          smtp_response=Reply(250, 'OK'))
+
+    def close(self) -> None:
+        pass
+
+
+def _all_deferred(name: str, to_addrs: Sequence[str], reply: Reply) -> SendResult:
+    return SendResult(transport=name, queued=False, smtp_response=reply, error=str(reply),
+                      deferred={a: reply.as_tuple() for a in to_addrs})
+
+
+def _transport_name(transport: Any) -> str:
+    return getattr(transport, 'transport_name', None) or type(transport).__name__.lower()
+
+
+def _is_queue(transport: Any) -> bool:
+    return isinstance(transport, MaildirBackend) or getattr(transport, 'is_queue', False)
+
+
+def _reason(failures: Dict[str, Tuple[int, str]]) -> str:
+    return '; '.join(f'{addr}: {code} {text}'.strip() for addr, (code, text) in failures.items())
+
+
+class MessageHandler:
+    def __init__(self, transports: Sequence[Any], delivery_log: Optional[logging.Logger] = None,
+                 plugins: Any = None, queue_log: Optional[logging.Logger] = None, app: Optional[str] = None,
+                 retry_policy: Optional[RetryPolicy] = None) -> None:
+        self.transports = list(transports)
+        self.delivery_log = delivery_log or logging.getLogger(DELIVERY_LOG)
+        self.queue_log = queue_log or logging.getLogger(QUEUE_LOG)
+        self.plugins = plugins
+        self.app = app
+        self.retry_policy = retry_policy
+
+    def close(self) -> None:
+        for transport in self.transports:
+            close = getattr(transport, 'close', None)
+            if close is not None:
+                close()
+
+    # --- public -----------------------------------------------------------------------------
+
+    def send_message(self, msg: Any, sender: Optional[str] = None, recipient: Optional[str] = None,
+                     recipients: Optional[Union[str, Sequence[str]]] = None) -> Optional[SendResult]:
+        queued = self._claimed(msg)
+        if queued is False:
+            return None
+        if isinstance(queued, QueuedMessage):
+            from_addr = sender if sender is not None else queued.from_addr
+            to_addrs = self._recipients(recipient, recipients) or queued.to_addrs
+            return self._deliver_queued(queued, from_addr, to_addrs)
+        to_addrs = self._recipients(recipient, recipients)
+        if not to_addrs:
+            raise ValueError('no recipients given')
+        from_addr = sender or ''
+        validate_address(from_addr, allow_empty=True)
+        for addr in to_addrs:
+            validate_address(addr)
+        msg_bytes = message_bytes_from(msg)
+        return self._deliver_new(msg_bytes, from_addr, to_addrs)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _recipients(recipient: Optional[str], recipients: Optional[Union[str, Sequence[str]]]) -> List[str]:
+        result: List[str] = []
+        if recipient:
+            result.append(recipient)
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        for addr in recipients or ():
+            if addr not in result:
+                result.append(addr)
+        return result
+
+    @staticmethod
+    def _claimed(msg: Any) -> Union[QueuedMessage, None, bool]:
+        """QueuedMessage if ``msg`` is (or can be claimed as) a queued message; False if it cannot be."""
+        if isinstance(msg, QueuedMessage):
+            return msg if msg.is_claimed else msg.backend.claim(msg.msg_id) or False
+        queue = getattr(msg, 'queue', None)
+        if isinstance(msg, str) and queue is not None:
+            try:
+                return queue.claim(str(msg)) or False
+            except QueueFileError:
+                return False
+        return None
+
+    def _log(self, status: str, to_addrs: Sequence[str], msg_bytes: bytes, from_addr: str, via: str,
+             reply: Optional[Reply] = None, attempts: int = 1, queue_date: Optional[datetime] = None,
+             queue_id: Optional[str] = None, error: Optional[str] = None) -> None:
+        logger = self.queue_log if status in ('queued', 'held') else self.delivery_log
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        msgid = get_header(msg_bytes, 'Message-ID')
+        delay = None
+        if queue_date is not None:
+            delay = format_duration(datetime.now(timezone.utc) - queue_date)
+        log_event(logger, {
+            'status': status,
+            'to': ','.join(to_addrs),
+            'msgid': msgid[0] if msgid else None,
+            'queue_id': queue_id,
+            'via': via,
+            'from': from_addr or '<>',
+            'attempts': attempts,
+            'delay': delay,
+            'app': self.app,
+            'smtp': str(reply) if reply is not None else None,
+            'error': error,
+        })
+
+    def _try_transports(self, msg_bytes: bytes, from_addr: str, to_addrs: List[str], *,
+                        skip_queues: bool, attempts: int, queue_date: Optional[datetime],
+                        result: SendResult) -> Dict[str, Tuple[int, str]]:
+        """Run the chain; fills ``result`` and returns the recipients still deferred."""
+        pending = list(to_addrs)
+        deferred: Dict[str, Tuple[int, str]] = {}
+        for transport in self.transports:
+            if not pending:
+                break
+            if skip_queues and _is_queue(transport):
+                continue
+            name = _transport_name(transport)
+            outcome: SendResult = transport.send(from_addr, pending, msg_bytes)
+            via = f'{name}:{outcome.host}' if outcome.host and name != 'maildir' else name
+            result.transport = outcome.transport or name
+            result.host = outcome.host
+            if outcome.smtp_response is not None:
+                result.smtp_response = outcome.smtp_response
+            if outcome.queued_to:
+                result.queued = True
+                result.queued_to.extend(outcome.queued_to)
+                result.queue_id = outcome.queue_id
+                self._log('queued', outcome.queued_to, msg_bytes, from_addr, via, queue_id=outcome.queue_id,
+                          attempts=attempts, queue_date=queue_date)
+            if outcome.accepted:
+                result.accepted.extend(outcome.accepted)
+                self._log('sent', outcome.accepted, msg_bytes, from_addr, via, outcome.smtp_response,
+                          attempts=attempts, queue_date=queue_date)
+            for addr, reply in outcome.refused.items():
+                result.refused[addr] = reply
+            if outcome.refused:
+                by_reply: Dict[Tuple[int, str], List[str]] = {}
+                for addr, reply in outcome.refused.items():
+                    by_reply.setdefault(reply, []).append(addr)
+                for (code, text), addrs in by_reply.items():
+                    self._log('failed', addrs, msg_bytes, from_addr, via, Reply(code, text),
+                              attempts=attempts, queue_date=queue_date)
+            if outcome.deferred:
+                deferred = dict(outcome.deferred)
+                by_reply = {}
+                for addr, reply in outcome.deferred.items():
+                    by_reply.setdefault(reply, []).append(addr)
+                for (code, text), addrs in by_reply.items():
+                    self._log('deferred', addrs, msg_bytes, from_addr, via, Reply(code, text),
+                              attempts=attempts, queue_date=queue_date)
+            result.connection_failed = outcome.connection_failed
+            if outcome.error and not result.error:
+                result.error = outcome.error
+            pending = [addr for addr in pending if addr in outcome.deferred]
+        return {addr: deferred.get(addr, (451, 'no transport accepted the message')) for addr in pending}
+
+    def _queue_transport(self) -> Optional[Any]:
+        for transport in self.transports:
+            if _is_queue(transport):
+                return transport
+        return None
+
+    def _deliver_new(self, msg_bytes: bytes, from_addr: str, to_addrs: List[str]) -> SendResult:
+        result = SendResult(queued=False)
+        deferred = self._try_transports(msg_bytes, from_addr, to_addrs, skip_queues=False, attempts=1,
+                                        queue_date=None, result=result)
+        result.deferred = deferred
+        if result.refused:
+            queue = self._queue_transport()
+            if queue is not None:
+                try:
+                    queue.queue.store_failed(msg_bytes, from_addr, list(result.refused),
+                                             _reason(result.refused))
+                except (QueueWriteError, OSError) as exc:
+                    logging.getLogger('mailqueue').error('could not keep a copy of the refused message: %s', exc)
+        info = MessageInfo(from_addr, list(to_addrs), msg_bytes)
+        self._fire(info, result)
+        return result
+
+    def _fire(self, msg: Any, result: SendResult) -> bool:
+        if result.refused or result.deferred:
+            return fire_delivery_failed(self.plugins, msg, result)
+        if result.accepted:
+            fire_delivery_successful(self.plugins, msg, result)
+        return False
+
+    def _deliver_queued(self, msg: QueuedMessage, from_addr: str, to_addrs: List[str]) -> SendResult:
+        backend = msg.backend
+        attempts = msg.retries + 1
+        result = SendResult(queued=False)
+        deferred = self._try_transports(msg.msg_bytes, from_addr, to_addrs, skip_queues=True,
+                                        attempts=attempts, queue_date=msg.queue_date, result=result)
+        result.deferred = deferred
+        now = datetime.now(timezone.utc)
+        discard = self._fire(msg, result)
+        via = 'maildir'
+        if discard:
+            result.discarded = True
+            backend.complete(msg)
+            self._log('discarded', list(deferred) + list(result.refused), msg.msg_bytes, from_addr, via,
+                      attempts=attempts, queue_date=msg.queue_date, queue_id=msg.msg_id)
+            return result
+        if deferred:
+            give_up = None
+            if self.retry_policy is not None:
+                give_up = self.retry_policy.give_up_reason(msg.queue_date, msg.retries + 1, now)
+            error = _reason(deferred)
+            if result.refused:
+                backend.store_failed(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
+            if give_up:
+                backend.fail(msg, f'{give_up}; last error: {error}', list(deferred))
+                self._log('failed', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
+                          queue_date=msg.queue_date, queue_id=msg.msg_id, error=give_up)
+                result.refused.update(deferred)
+                result.deferred = {}
+                return result
+            backend.defer(msg, list(deferred), error, now)
+            result.queued = True
+            result.queued_to = list(deferred)
+            result.transport = via
+            result.queue_id = msg.msg_id
+            self._log('queued', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
+                      queue_date=msg.queue_date, queue_id=msg.msg_id)
+            # Deferred recipients are safely queued: for the caller that counts as success.
+            result.deferred = {}
+            result.queued_to = list(deferred)
+            return result
+        if result.refused:
+            backend.fail(msg, _reason(result.refused), list(result.refused))
+        else:
+            backend.complete(msg)
+        return result

@@ -1,0 +1,182 @@
+"""Message bytes and envelope, plus the few header edits we ever make.
+
+Everything here is pure: no I/O beyond reading an already-open file object.
+The message bytes are never re-serialised through the ``email`` package, so
+DKIM signatures and the exact header folding survive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    'Envelope',
+    'InvalidAddressError',
+    'MessageSource',
+    'add_header',
+    'dot_stuff',
+    'extract_recipients',
+    'get_header',
+    'message_bytes_from',
+    'normalize_line_endings',
+    'remove_headers',
+    'split_header_block',
+    'validate_address',
+]
+
+MessageSource = Union[bytes, bytearray, memoryview, 'IO[bytes]', Any]
+
+_LINE_BREAK = re.compile(rb'\r\n|\r|\n')
+_LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
+# A header field name: printable ASCII except colon (RFC 5322 2.2).
+_FIELD_NAME = re.compile(rb'^[\x21-\x39\x3b-\x7e]+$')
+
+
+class InvalidAddressError(ValueError):
+    """An envelope address that would break or inject into the SMTP dialog."""
+
+
+@dataclass
+class Envelope:
+    """SMTP envelope: who it is from (``''`` = null sender) and who gets it."""
+
+    from_addr: str
+    to_addrs: List[str] = field(default_factory=list)
+
+
+def validate_address(address: str, *, allow_empty: bool = False) -> str:
+    """Refuse addresses that could inject SMTP commands or command-line options."""
+    if address is None:
+        raise InvalidAddressError('missing address')
+    if not address:
+        if allow_empty:
+            return address
+        raise InvalidAddressError('empty address')
+    if any(ch in address for ch in '\r\n\x00'):
+        raise InvalidAddressError(f'address contains a line break or NUL: {address!r}')
+    if address.startswith('-'):
+        raise InvalidAddressError(f'address starts with "-": {address!r}')
+    if any(ch in address for ch in '<>') or address != address.strip() or ' ' in address:
+        raise InvalidAddressError(f'malformed address: {address!r}')
+    return address
+
+
+def message_bytes_from(msg: MessageSource) -> bytes:
+    """Accept bytes, an ``email.message.Message``, a binary file or a queued message."""
+    if isinstance(msg, (bytes, bytearray, memoryview)):
+        return bytes(msg)
+    msg_bytes = getattr(msg, 'msg_bytes', None)
+    if isinstance(msg_bytes, bytes):
+        return msg_bytes
+    if hasattr(msg, 'read'):
+        data = msg.read()
+        if isinstance(data, str):
+            raise TypeError('message file must be opened in binary mode')
+        return bytes(data)
+    as_bytes = getattr(msg, 'as_bytes', None)
+    if callable(as_bytes):
+        # email.message.Message; policy-free serialisation keeps what the caller built.
+        return bytes(as_bytes())
+    raise TypeError(f'unsupported message type: {type(msg).__name__}')
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every CR, LF and CRLF becomes CRLF: no bare CR/LF reaches the server (SMTP smuggling)."""
+    return _LINE_BREAK.sub(b'\r\n', data)
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """Prepare normalised message bytes for DATA: stuff leading dots, end with CRLF."""
+    stuffed = _LEADING_DOT.sub(b'..', data)
+    if stuffed and not stuffed.endswith(b'\r\n'):
+        stuffed += b'\r\n'
+    return stuffed
+
+
+def split_header_block(data: bytes) -> Tuple[bytes, bytes]:
+    """Split at the first empty line (any line ending); header block keeps its line endings.
+
+    Like MTAs do, the header block also ends at the first line that is neither a
+    header field nor a continuation line, so a ``Bcc:`` below such a line is body.
+    """
+    pos = 0
+    length = len(data)
+    while pos < length:
+        match = _LINE_BREAK.search(data, pos)
+        end = match.end() if match else length
+        line = data[pos:match.start() if match else length]
+        if line == b'':
+            return data[:pos], data[pos:]
+        if line[:1] in (b' ', b'\t'):
+            if pos == 0:
+                return b'', data
+        else:
+            name, sep, _ = line.partition(b':')
+            if not sep or not _FIELD_NAME.match(name):
+                return data[:pos], data[pos:]
+        pos = end
+    return data, b''
+
+
+def _iter_fields(header_block: bytes) -> Iterable[Tuple[bytes, bytes]]:
+    """Yield (name, raw field incl. continuation lines and line ending)."""
+    current_name: Optional[bytes] = None
+    current: List[bytes] = []
+    for line in header_block.splitlines(keepends=True):
+        if line[:1] in (b' ', b'\t') and current_name is not None:
+            current.append(line)
+            continue
+        if current_name is not None:
+            yield current_name, b''.join(current)
+        current_name = line.split(b':', 1)[0].strip().lower()
+        current = [line]
+    if current_name is not None:
+        yield current_name, b''.join(current)
+
+
+def get_header(data: bytes, name: str) -> List[str]:
+    """Values of every header field called ``name`` (unfolded, decoded leniently)."""
+    header_block, _ = split_header_block(data)
+    wanted = name.lower().encode('ascii')
+    values = []
+    for field_name, raw in _iter_fields(header_block):
+        if field_name == wanted:
+            value = raw.split(b':', 1)[1]
+            value = _LINE_BREAK.sub(b'', value).strip()
+            values.append(value.decode('utf-8', 'replace'))
+    return values
+
+
+def remove_headers(data: bytes, names: Sequence[str]) -> bytes:
+    """Drop whole header fields (with continuation lines); the rest stays byte-identical."""
+    header_block, body = split_header_block(data)
+    unwanted = {n.lower().encode('ascii') for n in names}
+    kept = [raw for field_name, raw in _iter_fields(header_block) if field_name not in unwanted]
+    return b''.join(kept) + body
+
+
+def add_header(data: bytes, name: str, value: str) -> bytes:
+    """Prepend one header field, using the line ending the message already uses."""
+    if any(ch in value for ch in '\r\n'):
+        raise ValueError(f'header value for {name} contains a line break')
+    first_break = _LINE_BREAK.search(data)
+    eol = first_break.group() if first_break else b'\r\n'
+    return name.encode('ascii') + b': ' + value.encode('utf-8') + eol + data
+
+
+def extract_recipients(data: bytes, header_names: Sequence[str] = ('To', 'Cc', 'Bcc')) -> List[str]:
+    """Addresses from To/Cc/Bcc, in order, without duplicates (for ``sendmail -t``)."""
+    from email.utils import getaddresses
+
+    values: List[str] = []
+    for name in header_names:
+        values.extend(get_header(data, name))
+    result: List[str] = []
+    seen = set()
+    for _, addr in getaddresses(values):
+        if addr and addr.lower() not in seen:
+            seen.add(addr.lower())
+            result.append(addr)
+    return result

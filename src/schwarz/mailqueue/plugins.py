@@ -1,0 +1,126 @@
+"""Plugin signals. PuzzlePluginSystem is optional: without it ``registry`` is None and nothing fires.
+
+Receivers are called ``receiver(sender, msg=..., send_result=...)``; a
+``delivery_failed`` receiver returning ``MQAction.DISCARD`` drops the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any, Iterable, Optional
+
+__all__ = [
+    'MQAction',
+    'MQSignal',
+    'PluginManager',
+    'fire_delivery_failed',
+    'fire_delivery_successful',
+    'new_registry',
+    'registry',
+]
+
+ENTRY_POINT_GROUP = 'mailqueue.plugins'
+log = logging.getLogger('mailqueue.plugins')
+
+
+class MQSignal:
+    # Plain strings: blinker namespaces key signals by name.
+    delivery_successful = 'mq:delivery_successful'
+    delivery_failed = 'mq:delivery_failed'
+
+
+class MQAction(enum.Enum):
+    DISCARD = 'discard'
+
+
+def new_registry() -> Any:
+    """A fresh signal registry, or None when PuzzlePluginSystem is not installed."""
+    try:
+        from schwarz.puzzle_plugins import SignalRegistry
+    except ImportError:
+        return None
+    return SignalRegistry()
+
+
+def _default_registry() -> Any:
+    return new_registry()
+
+
+class _LazyRegistry:
+    """Module attribute ``registry`` without importing blinker at start-up."""
+
+    _value: Any = None
+    _loaded = False
+
+    def get(self) -> Any:
+        if not self._loaded:
+            self._value = _default_registry()
+            self._loaded = True
+        return self._value
+
+
+_registry_holder = _LazyRegistry()
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'registry':
+        return _registry_holder.get()
+    raise AttributeError(name)
+
+
+def _receivers_exist(plugins: Any, signal: str) -> bool:
+    has_receivers = getattr(plugins, 'has_receivers', None)
+    return bool(has_receivers and has_receivers(signal))
+
+
+def fire_delivery_successful(plugins: Any, msg: Any, send_result: Any) -> None:
+    if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_successful):
+        return
+    plugins.call_plugins(MQSignal.delivery_successful, signal_kwargs={'msg': msg, 'send_result': send_result})
+
+
+def fire_delivery_failed(plugins: Any, msg: Any, send_result: Any) -> bool:
+    """True when a plugin asked to discard the message."""
+    if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_failed):
+        return False
+    results = plugins.call_plugins(MQSignal.delivery_failed,
+                                   signal_kwargs={'msg': msg, 'send_result': send_result}) or ()
+    return any(value is MQAction.DISCARD for _, value in results)
+
+
+class PluginManager:
+    """Loads plugins from the ``mailqueue.plugins`` entry points and terminates them at exit."""
+
+    def __init__(self, enabled: Optional[Iterable[str]] = None, registry: Any = None) -> None:
+        self.enabled = tuple(enabled) if enabled is not None else ('*',)
+        self.registry = registry
+        self._loader: Any = None
+
+    def load(self) -> Any:
+        """Initialise the enabled plugins; returns the registry (None without PuzzlePluginSystem)."""
+        try:
+            from schwarz.puzzle_plugins import PluginLoader
+        except ImportError:
+            if self.enabled and self.enabled != ('*',):
+                log.warning('plugins %s configured but PuzzlePluginSystem is not installed '
+                            '(pip install mailqueue-runner[plugins])', ', '.join(self.enabled))
+            return None
+        if self.registry is None:
+            self.registry = _registry_holder.get()
+        self._loader = PluginLoader(ENTRY_POINT_GROUP, enabled_plugins=self.enabled, log=log)
+        self._loader.init()
+        self._loader.initialize_plugins(self.registry)
+        return self.registry
+
+    def terminate(self) -> None:
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.terminate_all_activated_plugins()
+
+    def __enter__(self) -> PluginManager:
+        self.load()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()

@@ -1,0 +1,199 @@
+"""One queue file: meta lines, ``X-Queue-Meta-End: end``, then the message bytes untouched.
+
+    Return-path: <sender@example.org>
+    Envelope-to: a@example.org,b@example.org
+    X-Queue-Date: Fri, 29 Nov 2026 01:30:00 +0000
+    X-Last-Attempt: ...          (after a failed attempt)
+    X-Retries: 2                 (after a failed attempt)
+    X-Queue-Last-Error: ...      (ours; readers ignore unknown X-Queue-* lines)
+    X-Queue-Meta-End: end
+    <message bytes>
+
+Byte-compatible with mailqueue-runner 1.0.0 queue files. Pure: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any, Dict, List, Optional, Sequence, Union
+
+from ..message import message_bytes_from
+
+__all__ = [
+    'META_END',
+    'QueueFileError',
+    'QueueMeta',
+    'format_date',
+    'parse_date',
+    'parse_message_envelope',
+    'parse_queue_bytes',
+    'serialize_message_with_queue_data',
+    'serialize_meta',
+]
+
+META_END = b'X-Queue-Meta-End: end'
+_MAX_META_BYTES = 1024 * 1024
+_UNSAFE = re.compile(r'[\r\n\x00]')
+
+# Our own meta lines (X-Queue-* namespace), read back into QueueMeta.extra.
+LAST_ERROR = 'X-Queue-Last-Error'
+FAILED_REASON = 'X-Queue-Failed-Reason'
+HOLD_REASON = 'X-Queue-Hold-Reason'
+
+
+class QueueFileError(ValueError):
+    """Not a queue file, or a truncated/corrupt one."""
+
+
+@dataclass
+class QueueMeta:
+    from_addr: str
+    to_addrs: List[str]
+    queue_date: Optional[datetime] = None
+    last_delivery_attempt: Optional[datetime] = None
+    retries: int = 0
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.extra.get(LAST_ERROR)
+
+    @property
+    def failed_reason(self) -> Optional[str]:
+        return self.extra.get(FAILED_REASON)
+
+
+def format_date(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return email.utils.format_datetime(value)
+
+
+def parse_date(value: str) -> datetime:
+    parsed = email.utils.parsedate_to_datetime(value)
+    if parsed is None:  # pragma: no cover - Python < 3.10 returns None on garbage
+        raise ValueError(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _clean(value: str) -> str:
+    """Meta values are single lines; anything else would corrupt the file."""
+    return _UNSAFE.sub(' ', value)
+
+
+def serialize_meta(meta: QueueMeta) -> bytes:
+    for addr in [meta.from_addr, *meta.to_addrs]:
+        if _UNSAFE.search(addr) or ',' in addr:
+            raise ValueError(f'address cannot be stored in a queue file: {addr!r}')
+    lines = [
+        f'Return-path: <{meta.from_addr}>',
+        f'Envelope-to: {",".join(meta.to_addrs)}',
+        f'X-Queue-Date: {format_date(meta.queue_date or datetime.now(timezone.utc))}',
+    ]
+    if meta.last_delivery_attempt is not None:
+        lines.append(f'X-Last-Attempt: {format_date(meta.last_delivery_attempt)}')
+    if meta.retries:
+        lines.append(f'X-Retries: {int(meta.retries)}')
+    for name, value in meta.extra.items():
+        if not name.startswith('X-Queue-') or name == 'X-Queue-Meta-End':
+            raise ValueError(f'meta header outside the X-Queue- namespace: {name!r}')
+        lines.append(f'{name}: {_clean(value)}')
+    return ('\r\n'.join(lines)).encode('utf-8') + b'\r\n' + META_END + b'\r\n'
+
+
+def serialize_message_with_queue_data(
+    msg: Any,
+    sender: str,
+    recipients: Union[str, Sequence[str]],
+    queue_date: Optional[datetime] = None,
+    last: Optional[datetime] = None,
+    retries: Optional[int] = None,
+    extra: Optional[Dict[str, str]] = None,
+) -> bytes:
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    meta = QueueMeta(
+        from_addr=sender or '',
+        to_addrs=list(recipients),
+        queue_date=queue_date or datetime.now(timezone.utc),
+        last_delivery_attempt=last,
+        retries=retries or 0,
+        extra=dict(extra or {}),
+    )
+    return serialize_meta(meta) + message_bytes_from(msg)
+
+
+def _strip_eol(line: bytes) -> bytes:
+    return line.rstrip(b'\r\n')
+
+
+def _parse_meta_lines(lines: List[bytes]) -> QueueMeta:
+    from_addr: Optional[str] = None
+    to_addrs: Optional[List[str]] = None
+    meta = QueueMeta(from_addr='', to_addrs=[])
+    for raw in lines:
+        line = raw.decode('utf-8', 'replace')
+        name, sep, value = line.partition(':')
+        if not sep:
+            raise QueueFileError(f'malformed meta line {line[:60]!r}')
+        key = name.strip().lower()
+        value = value.strip()
+        try:
+            if key == 'return-path':
+                from_addr = value[1:-1] if value.startswith('<') and value.endswith('>') else value
+            elif key == 'envelope-to':
+                to_addrs = [a.strip() for a in value.split(',') if a.strip()]
+            elif key == 'x-queue-date':
+                meta.queue_date = parse_date(value)
+            elif key == 'x-last-attempt':
+                meta.last_delivery_attempt = parse_date(value)
+            elif key == 'x-retries':
+                meta.retries = int(value)
+            elif key.startswith('x-queue-'):
+                meta.extra[name.strip()] = value
+        except (TypeError, ValueError, IndexError) as exc:
+            raise QueueFileError(f'bad value for {name.strip()}: {value[:60]!r} ({exc})') from None
+    if from_addr is None or to_addrs is None:
+        raise QueueFileError('missing Return-path or Envelope-to')
+    if not to_addrs:
+        raise QueueFileError('no recipients in Envelope-to')
+    meta.from_addr = from_addr
+    meta.to_addrs = to_addrs
+    return meta
+
+
+def parse_message_envelope(fp: IO[bytes]) -> QueueMeta:
+    """Read the meta block from ``fp``; afterwards ``fp`` is positioned at the message bytes."""
+    lines: List[bytes] = []
+    consumed = 0
+    while True:
+        line = fp.readline(_MAX_META_BYTES)
+        if not line:
+            raise QueueFileError('no X-Queue-Meta-End line (truncated or not a queue file)')
+        consumed += len(line)
+        if consumed > _MAX_META_BYTES:
+            raise QueueFileError('meta block too large (not a queue file)')
+        stripped = _strip_eol(line)
+        if stripped == META_END:
+            break
+        if stripped.strip():
+            lines.append(stripped)
+    return _parse_meta_lines(lines)
+
+
+def parse_queue_bytes(data: bytes) -> tuple[QueueMeta, bytes]:
+    end = data.find(META_END)
+    if end < 0:
+        raise QueueFileError('no X-Queue-Meta-End line (truncated or not a queue file)')
+    body_start = end + len(META_END)
+    if data[body_start:body_start + 2] == b'\r\n':
+        body_start += 2
+    elif data[body_start:body_start + 1] == b'\n':
+        body_start += 1
+    meta = _parse_meta_lines([_strip_eol(line) for line in data[:end].splitlines() if line.strip()])
+    return meta, data[body_start:]

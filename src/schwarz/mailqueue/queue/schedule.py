@@ -1,0 +1,108 @@
+"""When to try a queued message again, and when to give up. Pure functions, no I/O.
+
+Exponential backoff like Postfix: after the n-th failed attempt wait
+``min_delay * 2**(n-1)``, capped at ``max_delay``. A message older than
+``max_queue_lifetime`` (or past ``max_attempts``) is given up on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+__all__ = ['RetryPolicy', 'parse_duration', 'format_duration']
+
+_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``90``, ``90s``, ``5m``, ``4h``, ``5d``, ``1w``, ``1h30m`` -> timedelta; bare numbers are seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(' ', '')
+        if not text:
+            raise ValueError('empty duration')
+        seconds = 0.0
+        number = ''
+        seen_unit = False
+        for ch in text:
+            if ch.isdigit() or ch == '.':
+                number += ch
+            elif ch in _UNITS and number:
+                seconds += float(number) * _UNITS[ch]
+                number = ''
+                seen_unit = True
+            else:
+                raise ValueError(f'invalid duration {value!r} (examples: 300, 5m, 4h, 5d)')
+        if number:
+            if seen_unit:
+                raise ValueError(f'invalid duration {value!r}: number without unit at the end')
+            seconds += float(number)
+    if seconds < 0:
+        raise ValueError(f'negative duration {value!r}')
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    """Compact human form: ``45s``, ``3m``, ``3h12m``, ``2d4h``."""
+    seconds = int(max(delta.total_seconds(), 0))
+    if seconds < 60:
+        return f'{seconds}s'
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f'{minutes}m'
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f'{hours}h{minutes:02d}m' if minutes else f'{hours}h'
+    days, hours = divmod(hours, 24)
+    return f'{days}d{hours}h' if hours else f'{days}d'
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    min_delay: timedelta = timedelta(minutes=5)
+    max_delay: timedelta = timedelta(hours=4)
+    max_queue_lifetime: timedelta = timedelta(days=5)
+    max_attempts: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.min_delay.total_seconds() < 0 or self.max_delay < self.min_delay:
+            raise ValueError('retry delays must satisfy 0 <= retry_min_delay <= retry_max_delay')
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError('max_attempts must be at least 1')
+
+    def delay_after(self, retries: int) -> timedelta:
+        """Wait after the ``retries``-th failed attempt (0 failed attempts: no wait)."""
+        if retries <= 0:
+            return timedelta(0)
+        min_seconds = self.min_delay.total_seconds()
+        max_seconds = self.max_delay.total_seconds()
+        # Cap the exponent: 2**retries overflows floats long before retries is unreasonable.
+        exponent = min(retries - 1, 64)
+        return timedelta(seconds=min(min_seconds * (2 ** exponent), max_seconds))
+
+    def next_attempt(self, last_attempt: Optional[datetime], retries: int) -> Optional[datetime]:
+        """When the message becomes due; None means due now (never tried)."""
+        if last_attempt is None or retries <= 0:
+            return None
+        return last_attempt + self.delay_after(retries)
+
+    def is_due(self, last_attempt: Optional[datetime], retries: int, now: datetime) -> bool:
+        due = self.next_attempt(last_attempt, retries)
+        return due is None or due <= now
+
+    def give_up_reason(self, queue_date: Optional[datetime], retries: int, now: datetime) -> Optional[str]:
+        """Why the message should move to failed/ before (or instead of) another attempt."""
+        if queue_date is not None and now - queue_date > self.max_queue_lifetime:
+            return f'expired: in queue longer than {format_duration(self.max_queue_lifetime)}'
+        if self.max_attempts is not None and retries >= self.max_attempts:
+            return f'gave up after {retries} attempts'
+        return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,53 @@
+"""``one_shot_queue_run``: what ``mq-run`` does, callable from a custom wrapper (README cookbook)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from .app import init_app
+from .config import ConfigError, init_smtp_mailer
+from .queue.maildir import get_queue
+from .runner import QueueRunner, RunStats, send_all_queued_messages, terminal_or_none
+
+__all__ = ['one_shot_queue_run', 'send_all_queued_messages']
+
+
+def one_shot_queue_run(queue_dir: Optional[str], config_path: Optional[str] = None,
+                       options: Optional[Mapping[str, Any]] = None,
+                       settings: Optional[Mapping[str, Any]] = None) -> RunStats:
+    """One pass over the queue. ``settings`` may carry ``plugins``, ``basic_logging_configured``, ``mh``."""
+    options = dict(options or {})
+    app = init_app(config_path, options=options, settings=settings)
+    try:
+        cfg = app.settings
+        queue_dir = queue_dir or cfg.queue_dir
+        if not queue_dir:
+            raise ConfigError('no queue_dir configured', cfg.path, 'queue_dir')
+        handler = app.extra.get('mh')
+        mailer = None if handler is not None else init_smtp_mailer(cfg)
+        progress = terminal_or_none() if options.get('progress', True) and not options.get('quiet') else None
+        runner = QueueRunner(
+            get_queue(queue_dir), mailer=mailer, handler=handler, policy=cfg.retry_policy(),
+            workers=int(options.get('workers') or cfg.workers), force=bool(options.get('force')),
+            rate_limit=cfg.smtp_rate_limit, plugins=app.plugins, progress=progress,
+        )
+        if options.get('daemon'):
+            _run_daemon(runner)
+            return RunStats()
+        return runner.run_once()
+    finally:
+        app.close()
+
+
+def _run_daemon(runner: QueueRunner) -> None:
+    import signal
+
+    def request_stop(signum: int, frame: Any) -> None:
+        runner.stop()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        runner.run_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,321 @@
+"""The queue runner: one pass (cron, systemd timer) or a daemon over a queue.
+
+A feeder streams ids from ``new/`` (never the whole queue in memory) into a
+small bounded hand-off; ``workers`` threads each own one SMTP connection and
+claim, check the schedule, and deliver through a ``MessageHandler``. When the
+server cannot be reached at all, the pass stops early instead of counting a
+failed attempt against every queued message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_mod
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Optional, TextIO
+
+from .handler import MessageHandler
+from .logs import QUEUE_LOG, log_event
+from .queue.format import QueueFileError
+from .queue.maildir import MaildirQueue, get_queue
+from .queue.schedule import RetryPolicy
+
+__all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
+
+log = logging.getLogger('mailqueue')
+_STOP = object()
+
+
+@dataclass
+class RunStats:
+    seen: int = 0
+    not_due: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    discarded: int = 0
+    skipped: int = 0
+    corrupt: int = 0
+    recovered: int = 0
+    aborted: Optional[str] = None
+    started: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
+
+    @property
+    def attempted(self) -> int:
+        return self.sent + self.deferred + self.failed + self.discarded
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in (
+            'seen', 'not_due', 'sent', 'deferred', 'failed', 'discarded', 'skipped', 'corrupt', 'recovered',
+            'aborted')}
+
+
+class _RateLimiter:
+    """Spreads message starts evenly across all workers: at most ``rate`` per second."""
+
+    def __init__(self, rate: Optional[float]) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+        delay = slot - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+
+
+class _Progress:
+    """``done/total, rate, failures`` on one terminal line; silent when not a terminal."""
+
+    def __init__(self, stream: Optional[TextIO], total: int) -> None:
+        self.stream = stream
+        self.total = total
+        self._last = 0.0
+
+    def update(self, stats: RunStats, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < 0.2:
+            return
+        self._last = now
+        done = stats.attempted + stats.not_due + stats.skipped + stats.corrupt
+        elapsed = max(now - stats.started, 1e-6)
+        rate = stats.attempted / elapsed
+        line = (f'\r{done}/{self.total} messages, {rate:.0f} msg/s, sent {stats.sent}, '
+                f'deferred {stats.deferred}, failed {stats.failed}')
+        self.stream.write(line + ('\n' if final else ''))
+        self.stream.flush()
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        queue: MaildirQueue,
+        *,
+        mailer: Any = None,
+        handler: Optional[MessageHandler] = None,
+        policy: Optional[RetryPolicy] = None,
+        workers: int = 1,
+        force: bool = False,
+        rate_limit: Optional[float] = None,
+        plugins: Any = None,
+        progress: Optional[TextIO] = None,
+        app: str = 'mq-run',
+        abort_after_connection_failures: int = 3,
+    ) -> None:
+        if mailer is None and handler is None:
+            raise ValueError('QueueRunner needs a mailer or a handler')
+        self.queue = queue
+        self.mailer = mailer
+        self.handler = handler
+        self.policy = policy or RetryPolicy()
+        # A caller-supplied handler is one object: several threads would only queue up on it.
+        self.workers = 1 if handler is not None else max(1, int(workers))
+        self.force = force
+        self.rate = _RateLimiter(rate_limit)
+        self.plugins = plugins
+        self.progress_stream = progress
+        self.app = app
+        self.abort_after = abort_after_connection_failures
+        self.stop_event = threading.Event()
+        self._abort_pass = threading.Event()
+        self.queue_log = logging.getLogger(QUEUE_LOG)
+        self._conn_failures = 0
+        self._conn_lock = threading.Lock()
+
+    # --- building blocks --------------------------------------------------------------------
+
+    def _make_handler(self, index: int) -> MessageHandler:
+        if self.handler is not None:
+            return self.handler
+        mailer = self.mailer if index == 0 else self.mailer.clone()
+        return MessageHandler([mailer], plugins=self.plugins, app=self.app, retry_policy=self.policy)
+
+    def stop(self) -> None:
+        """Finish the messages in flight, start no new ones."""
+        self.stop_event.set()
+
+    def _is_due_unclaimed(self, msg_id: str, now: datetime) -> bool:
+        if self.force:
+            return True
+        try:
+            meta = self.queue.read_meta('new', msg_id)
+        except (OSError, QueueFileError):
+            return True  # claim() will sort it out (gone, or corrupt -> failed/)
+        return self.policy.is_due(meta.last_delivery_attempt, meta.retries, now) or \
+            self.policy.give_up_reason(meta.queue_date, meta.retries, now) is not None
+
+    def process(self, msg_id: str, handler: MessageHandler, stats: RunStats) -> None:
+        now = datetime.now(timezone.utc)
+        if not self._is_due_unclaimed(msg_id, now):
+            stats.add('not_due')
+            return
+        try:
+            msg = self.queue.claim(msg_id)
+        except QueueFileError as exc:
+            stats.add('corrupt')
+            log.error('queue file %s moved to failed/: %s', msg_id, exc)
+            return
+        except OSError as exc:
+            stats.add('skipped')
+            log.error('cannot claim %s: %s', msg_id, exc)
+            return
+        if msg is None:
+            stats.add('skipped')  # another runner has it, or it is gone
+            return
+        give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
+        if give_up and not self.force:
+            self.queue.fail(msg, give_up)
+            log_event(self.queue_log, {'status': 'failed', 'to': ','.join(msg.to_addrs), 'queue_id': msg_id,
+                                       'from': msg.from_addr or '<>', 'attempts': msg.retries,
+                                       'app': self.app, 'error': give_up})
+            stats.add('failed')
+            return
+        if not self.force and not self.policy.is_due(msg.last_delivery_attempt, msg.retries, now):
+            self.queue.release(msg)
+            stats.add('not_due')
+            return
+        self.rate.wait(self.stop_event)
+        try:
+            result = handler.send_message(msg)
+        except Exception:
+            log.exception('unexpected error while delivering %s; it stays queued', msg_id)
+            if msg.is_claimed:
+                self.queue.release(msg)
+            stats.add('skipped')
+            return
+        finally:
+            if msg.is_claimed:
+                self.queue.release(msg)
+        if result is None:
+            stats.add('skipped')
+        elif result.discarded:
+            stats.add('discarded')
+        elif result.queued_to:
+            stats.add('deferred')
+        elif result.refused:
+            stats.add('failed')
+        else:
+            stats.add('sent')
+        self._note_connection(result)
+
+    def _note_connection(self, result: Any) -> None:
+        with self._conn_lock:
+            if result is not None and result.connection_failed:
+                self._conn_failures += 1
+                if self._conn_failures >= self.abort_after:
+                    self._abort_pass.set()
+            else:
+                self._conn_failures = 0
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def run_once(self, ids: Optional[Callable[[], Any]] = None) -> RunStats:
+        stats = RunStats()
+        self._abort_pass.clear()
+        self._conn_failures = 0
+        halted = lambda: self.stop_event.is_set() or self._abort_pass.is_set()  # noqa: E731
+        stats.recovered = self.queue.recover_stale()
+        total = sum(1 for _ in self.queue.iter_ids('new')) if self.progress_stream else 0
+        progress = _Progress(self.progress_stream, total)
+        hand_off: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=self.workers * 4)
+        handlers = [self._make_handler(i) for i in range(self.workers)]
+
+        def work(handler: MessageHandler) -> None:
+            while True:
+                item = hand_off.get()
+                if item is _STOP:
+                    return
+                if halted():
+                    continue  # drain without starting new deliveries
+                self.process(item, handler, stats)
+                progress.update(stats)
+
+        threads = [threading.Thread(target=work, args=(h,), name=f'mq-worker-{i}', daemon=True)
+                   for i, h in enumerate(handlers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for msg_id in (ids() if ids else self.queue.iter_ids('new')):
+                if halted():
+                    break
+                stats.add('seen')
+                while not halted():
+                    try:
+                        hand_off.put(msg_id, timeout=0.2)
+                        break
+                    except queue_mod.Full:
+                        continue
+        finally:
+            for _ in threads:
+                hand_off.put(_STOP)
+            for thread in threads:
+                thread.join()
+            if self.handler is None:
+                for handler in handlers:
+                    handler.close()
+        if self._abort_pass.is_set():
+            stats.aborted = 'server unreachable; remaining messages stay queued for the next run'
+        progress.update(stats, final=True)
+        return stats
+
+    # --- daemon -----------------------------------------------------------------------------
+
+    def run_forever(self, poll_interval: float = 1.0, full_scan_interval: float = 30.0) -> None:
+        """Keep delivering until ``stop()``; new messages are picked up within ``poll_interval``."""
+        last_full = 0.0
+        last_mtime = -1.0
+        while not self.stop_event.is_set():
+            try:
+                mtime = _mtime(self.queue, 'new')
+            except OSError:
+                mtime = -2.0
+            now = time.monotonic()
+            if mtime != last_mtime or now - last_full >= full_scan_interval:
+                last_mtime = mtime
+                last_full = now
+                stats = self.run_once()
+                if stats.aborted:
+                    self.stop_event.wait(min(full_scan_interval, 30.0))
+                    continue
+            self.stop_event.wait(poll_interval)
+
+
+def _mtime(queue: MaildirQueue, state: str) -> float:
+    import os
+
+    return os.stat(f'{queue.path}/{state}').st_mtime_ns / 1e9
+
+
+def send_all_queued_messages(queue_dir: str, mailer: Any = None, plugins: Any = None,
+                             mh: Optional[MessageHandler] = None, *, workers: int = 1, force: bool = False,
+                             policy: Optional[RetryPolicy] = None, progress: Optional[TextIO] = None,
+                             rate_limit: Optional[float] = None) -> RunStats:
+    """One pass over ``queue_dir`` (README/1.0.0 API)."""
+    runner = QueueRunner(get_queue(queue_dir), mailer=mailer, handler=mh, policy=policy, workers=workers,
+                         force=force, plugins=plugins, progress=progress, rate_limit=rate_limit)
+    return runner.run_once()
+
+
+def terminal_or_none(stream: TextIO = sys.stderr) -> Optional[TextIO]:
+    try:
+        return stream if stream.isatty() else None
+    except (AttributeError, ValueError):
+        return None
+
