@@ -17,8 +17,8 @@ __all__ = [
     'fire_delivery_failed',
     'fire_delivery_successful',
     'new_registry',
-    'registry',
 ]
+# ``registry`` (the default signal registry) is provided lazily by __getattr__ below.
 
 ENTRY_POINT_GROUP = 'mailqueue.plugins'
 log = logging.getLogger('mailqueue.plugins')

@@ -160,8 +160,6 @@ def _parse_meta_lines(lines: List[bytes]) -> QueueMeta:
             raise QueueFileError(f'bad value for {name.strip()}: {value[:60]!r} ({exc})') from None
     if from_addr is None or to_addrs is None:
         raise QueueFileError('missing Return-path or Envelope-to')
-    if not to_addrs:
-        raise QueueFileError('no recipients in Envelope-to')
     meta.from_addr = from_addr
     meta.to_addrs = to_addrs
     return meta

@@ -174,6 +174,8 @@ class SMTPConnection:
                 smtp = _SMTP(local_hostname=self.local_hostname, timeout=self.timeout)
             smtp._dialog_log = self.log
             smtp._peer = self.peer
+            # smtplib's SMTP_SSL takes the SNI/verification name from __init__'s host only.
+            smtp._host = self.hostname  # type: ignore[union-attr]
             self._smtp = smtp
             code, msg = smtp.connect(self.hostname, self.port)
             if code != 220:
