@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m schwarz.mailqueue.demo
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 
 typecheck: install
 	$(BIN)/mypy
