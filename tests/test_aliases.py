@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _hyp import examples
 from schwarz.mailqueue.aliases import (
     AliasesError,
     UnresolvableRecipientError,
@@ -16,6 +15,8 @@ from schwarz.mailqueue.aliases import (
     parse_aliases,
     resolve_recipients,
 )
+
+from _hyp import examples
 
 HYP_SETTINGS = settings(
     max_examples=examples(),

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _hyp import examples
 from schwarz.mailqueue.queue.schedule import RetryPolicy, format_duration, parse_duration
+
+from _hyp import examples
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

@@ -54,10 +54,10 @@ def _formatter(settings: Settings) -> logging.Formatter:
 def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False) -> None:
     """Console output on ``mailqueue``; optional delivery/queue log files; or a fileConfig."""
     if settings.logging_config:
-        import logging.config
+        from logging import config as logging_config
 
         try:
-            logging.config.fileConfig(settings.logging_config, disable_existing_loggers=False)
+            logging_config.fileConfig(settings.logging_config, disable_existing_loggers=False)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ConfigError(f'cannot load logging configuration ({exc})', settings.path,
                               'logging_config') from None

@@ -32,22 +32,9 @@ def one_shot_queue_run(queue_dir: Optional[str], config_path: Optional[str] = No
             rate_limit=cfg.smtp_rate_limit, plugins=app.plugins, progress=progress,
         )
         if options.get('daemon'):
-            _run_daemon(runner)
+            runner.serve()
             return RunStats()
         return runner.run_once()
     finally:
         app.close()
 
-
-def _run_daemon(runner: QueueRunner) -> None:
-    import signal
-
-    def request_stop(signum: int, frame: Any) -> None:
-        runner.stop()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        runner.run_forever()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -297,6 +297,21 @@ class QueueRunner:
             self.stop_event.wait(poll_interval)
 
 
+    def serve(self) -> None:
+        """``run_forever`` until SIGTERM or SIGINT; in-flight messages finish, nothing stays claimed."""
+        import signal
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop()
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.run_forever()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def _mtime(queue: MaildirQueue, state: str) -> float:
     import os
 

@@ -1,0 +1,96 @@
+"""mq-run: deliver what is in the queue (one pass, or ``--daemon``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE, fail, load_app, run_main
+
+__all__ = ['main']
+
+DESCRIPTION = """\
+Deliver queued messages to the configured SMTP smarthost.
+
+One pass honours the retry schedule (exponential backoff from retry_min_delay
+to retry_max_delay; messages older than max_queue_lifetime or refused
+permanently move to failed/). Run it from cron or a systemd timer, or keep it
+running with --daemon. Any number of mq-run processes may work on one queue.
+"""
+
+EPILOG = """\
+exit codes: 0 the pass ran (messages may still be deferred), 64 usage error,
+75 queue directory not accessible, 78 configuration error, 70 internal error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='mq-run', description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('queue_dir', nargs='?', help='queue directory (default: queue_dir from the config)')
+    parser.add_argument('-C', '--config', metavar='FILE', help='configuration file '
+                        '(default: ~/.mailqueue-runner.conf, then /etc/mailqueue-runner.conf)')
+    parser.add_argument('--force', action='store_true', help='ignore the retry schedule: try every message now')
+    parser.add_argument('-w', '--workers', type=int, metavar='N',
+                        help='parallel SMTP connections (default: workers from the config, else 1)')
+    parser.add_argument('--daemon', action='store_true',
+                        help='keep running; pick up new messages within a second; stop cleanly on SIGTERM/SIGINT')
+    parser.add_argument('--no-progress', action='store_true', help='no progress line even on a terminal')
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='show the SMTP dialog')
+    parser.add_argument('-q', '--quiet', action='store_true', help='print nothing but errors')
+    return parser
+
+
+def _main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return EX_OK if exc.code == 0 else EX_USAGE
+    if args.workers is not None and args.workers < 1:
+        fail('--workers must be at least 1', EX_USAGE)
+    options = {'verbose': args.verbose, 'quiet': args.quiet}
+    app = load_app(args.config, options, require_config=args.queue_dir is None)
+    try:
+        from ..config import ConfigError, init_smtp_mailer
+        from ..queue.maildir import QueueWriteError, get_queue
+        from ..runner import QueueRunner, terminal_or_none
+
+        settings = app.settings
+        queue_dir = args.queue_dir or settings.queue_dir
+        if not queue_dir:
+            fail(f'{settings.path or "configuration"}: queue_dir: not set (give the queue directory as argument)',
+                 EX_CONFIG)
+        try:
+            queue = get_queue(queue_dir)
+            mailer = init_smtp_mailer(settings)
+            policy = settings.retry_policy()
+        except QueueWriteError as exc:
+            fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
+        except ConfigError as exc:
+            fail(str(exc), EX_CONFIG)
+        show_progress = not (args.quiet or args.no_progress or args.daemon)
+        runner = QueueRunner(queue, mailer=mailer, policy=policy, workers=args.workers or settings.workers,
+                             force=args.force, rate_limit=settings.smtp_rate_limit, plugins=app.plugins,
+                             progress=terminal_or_none() if show_progress else None)
+        if args.daemon:
+            runner.serve()
+            return EX_OK
+        try:
+            stats = runner.run_once()
+        except PermissionError as exc:
+            fail(f'queue {queue_dir}: {exc.strerror}', EX_TEMPFAIL)
+        if stats.aborted and not args.quiet:
+            print(f'mq-run: {stats.aborted}', file=sys.stderr)
+        return EX_OK
+    finally:
+        app.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_main('mq-run', _main, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared helpers for tests that run the installed console scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+BIN_DIR = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    path = BIN_DIR / name
+    assert path.exists(), f'{name} is not installed next to {sys.executable}'
+    return str(path)
+
+
+def write_config(path: Path, server: Any = None, **values: Any) -> str:
+    lines = ['[mqrunner]']
+    if server is not None:
+        lines += [f'smtp_hostname = {server.hostname}', f'smtp_port = {server.port}', 'smtp_tls = none']
+    lines += [f'{key} = {value}' for key, value in values.items()]
+    path.write_text('\n'.join(lines) + '\n')
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def run(args: List[str], *, input: Optional[bytes] = None, timeout: float = 60,
+        env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(args, input=input, capture_output=True, timeout=timeout, env=full_env)
