@@ -180,9 +180,8 @@ def test_conservative_sending_server_down_keeps_message_queued(tmp_path) -> None
 
 
 def test_plugin_discard_on_failed_delivery(tmp_path) -> None:
-    from schwarz.puzzle_plugins import SignalRegistry, connect_signals
-
     from schwarz.mailqueue import MQAction, MQSignal
+    from schwarz.puzzle_plugins import SignalRegistry, connect_signals
     registry = SignalRegistry()
     calls = []
 
