@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Iterator
 
 import pytest
 
@@ -12,6 +13,13 @@ from schwarz.mailqueue.config import ConfigError
 from schwarz.mailqueue.testutils import SMTPTestServer
 
 MSG = b'From: a@x\r\nTo: b@x\r\nSubject: hi\r\n\r\nbody\r\n'
+
+
+@pytest.fixture(params=[True, False], ids=['pipelining', 'no-pipelining'])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPTestServer]:
+    """Every transaction test runs with and without PIPELINING (RFC 2920)."""
+    with SMTPTestServer(pipelining=request.param) as server:
+        yield server
 
 
 def mailer_for(server: SMTPTestServer, **kwargs) -> SMTPMailer:
@@ -100,6 +108,43 @@ def test_timeout_is_temporary(smtp_server: SMTPTestServer) -> None:
     with mailer_for(smtp_server, timeout=0.5) as mailer:
         result = mailer.send('a@x', ['b@x'], MSG)
     assert set(result.deferred) == {'b@x'} and not result.accepted
+
+
+def test_pipelining_sends_mail_rcpt_data_in_one_batch(smtp_server: SMTPTestServer,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger='mailqueue.smtp')
+    with mailer_for(smtp_server) as mailer:
+        assert mailer.send('a@x', ['b@x', 'c@x'], MSG)
+    dialog = [r.getMessage().split(' ', 1)[1] for r in caplog.records]
+    start = next(i for i, line in enumerate(dialog) if line.startswith('> MAIL FROM:<a@x>'))
+    transaction = dialog[start:start + 8]
+    if smtp_server._pipelining:
+        assert [line[:6] for line in transaction[:4]] == ['> MAIL', '> RCPT', '> RCPT', '> DATA']
+        assert transaction[4:7] == ['< 250 OK', '< 250 OK', '< 250 OK']
+    else:
+        assert [line[:6] for line in transaction[:4]] == ['> MAIL', '< 250 ', '> RCPT', '< 250 ']
+    assert len(smtp_server.received) == 1
+
+
+def test_mail_refused_with_pipelined_rcpts(smtp_server: SMTPTestServer) -> None:
+    smtp_server.set_reply('MAIL', 550, 'sender rejected')
+    with mailer_for(smtp_server) as mailer:
+        result = mailer.send('a@x', ['b@x', 'c@x'], MSG)
+        assert result.refused == {'b@x': (550, 'sender rejected'), 'c@x': (550, 'sender rejected')}
+        smtp_server.clear_reply('MAIL')
+        assert mailer.send('a@x', ['b@x'], MSG)  # the session is still in a clean state
+    assert [m.rcpt_tos for m in smtp_server.received] == [['b@x']]
+
+
+def test_all_recipients_refused_then_next_message_works(smtp_server: SMTPTestServer) -> None:
+    smtp_server.set_recipient_reply('x@x', 550, 'no')
+    smtp_server.set_recipient_reply('y@x', 450, 'later')
+    with mailer_for(smtp_server) as mailer:
+        result = mailer.send('a@x', ['x@x', 'y@x'], MSG)
+        assert result.refused == {'x@x': (550, 'no')} and result.deferred == {'y@x': (450, 'later')}
+        assert mailer.send('a@x', ['b@x'], MSG)
+    assert [m.rcpt_tos for m in smtp_server.received] == [['b@x']]
+    assert smtp_server.connection_count == 1
 
 
 def test_one_connection_for_many_messages(smtp_server: SMTPTestServer) -> None:

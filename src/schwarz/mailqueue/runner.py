@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, TextIO
 
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
-from .queue.format import QueueFileError
+from .queue.format import QueueFileError, QueueMeta
 from .queue.maildir import MaildirQueue, get_queue
 from .queue.schedule import RetryPolicy
 
@@ -151,23 +151,25 @@ class QueueRunner:
         """Finish the messages in flight, start no new ones."""
         self.stop_event.set()
 
-    def _is_due_unclaimed(self, msg_id: str, now: datetime) -> bool:
+    def _wanted(self, meta: QueueMeta, now: datetime) -> bool:
+        """Claim only what is due now, or what must be moved to failed/."""
         if self.force:
             return True
-        try:
-            meta = self.queue.read_meta('new', msg_id)
-        except (OSError, QueueFileError):
-            return True  # claim() will sort it out (gone, or corrupt -> failed/)
         return self.policy.is_due(meta.last_delivery_attempt, meta.retries, now) or \
             self.policy.give_up_reason(meta.queue_date, meta.retries, now) is not None
 
     def process(self, msg_id: str, handler: MessageHandler, stats: RunStats) -> None:
         now = datetime.now(timezone.utc)
-        if not self._is_due_unclaimed(msg_id, now):
-            stats.add('not_due')
-            return
+        not_due = []
+
+        def want(meta: QueueMeta) -> bool:
+            wanted = self._wanted(meta, now)
+            if not wanted:
+                not_due.append(True)
+            return wanted
+
         try:
-            msg = self.queue.claim(msg_id)
+            msg = self.queue.claim(msg_id, want=want)
         except QueueFileError as exc:
             stats.add('corrupt')
             log.error('queue file %s moved to failed/: %s', msg_id, exc)
@@ -177,7 +179,8 @@ class QueueRunner:
             log.error('cannot claim %s: %s', msg_id, exc)
             return
         if msg is None:
-            stats.add('skipped')  # another runner has it, or it is gone
+            # not due yet; or another runner has it / it is gone
+            stats.add('not_due' if not_due else 'skipped')
             return
         give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
         if give_up and not self.force:
@@ -186,10 +189,6 @@ class QueueRunner:
                                        'from': msg.from_addr or '<>', 'attempts': msg.retries,
                                        'app': self.app, 'error': give_up})
             stats.add('failed')
-            return
-        if not self.force and not self.policy.is_due(msg.last_delivery_attempt, msg.retries, now):
-            self.queue.release(msg)
-            stats.add('not_due')
             return
         self.rate.wait(self.stop_event)
         try:

@@ -362,6 +362,8 @@ class _Handler:
             session.host_name = hostname
             if not self._owner._auth:
                 responses = [line for line in responses if not line[4:].upper().startswith('AUTH')]
+            if self._owner._pipelining and len(responses) > 1:
+                responses = [responses[0], '250-PIPELINING', *responses[1:]]
             return responses
         if _is_success(reply):
             session.host_name = hostname
@@ -513,6 +515,7 @@ class SMTPTestServer:
         fault_hook: Optional[FaultHook] = None,
         server_name: str = 'localhost',
         data_size_limit: Optional[int] = 32 * 1024 * 1024,
+        pipelining: bool = True,
     ) -> None:
         """
         :param tls: ``None``, ``'starttls'`` (advertise STARTTLS) or ``'implicit'``
@@ -526,6 +529,7 @@ class SMTPTestServer:
         :param delays: command -> seconds, as for :meth:`set_delay`.
         :param drop_on: commands upon which the connection is dropped, see :meth:`drop_connection_on`.
         :param server_name: the name the server uses in its greeting and EHLO reply.
+        :param pipelining: advertise PIPELINING (RFC 2920), as real MTAs do.
         """
         if tls is not None and tls not in _TLS_MODES:
             raise ValueError(f'tls must be None, "implicit" or "starttls", not {tls!r}')
@@ -538,6 +542,7 @@ class SMTPTestServer:
         self._auth_required = auth_required
         self._server_name = server_name
         self._data_size_limit = data_size_limit
+        self._pipelining = pipelining
 
         self._lock = threading.RLock()
         self._messages_changed = threading.Condition(self._lock)

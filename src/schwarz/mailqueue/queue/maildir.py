@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..message import message_bytes_from
 from ..result import SendResult
@@ -225,30 +225,40 @@ class MaildirQueue:
             raise QueueFileError(f'{path} is not a regular file')
         return fd
 
-    def claim(self, msg_id: str, state: str = 'new') -> Optional[QueuedMessage]:
+    def claim(self, msg_id: str, state: str = 'new',
+              want: Optional[Callable[[QueueMeta], bool]] = None) -> Optional[QueuedMessage]:
         """Own a message: lock it and move it to cur/. None when it is gone or owned by someone else.
 
-        Raises ``QueueFileError`` for a corrupt file; it is then already locked in
-        cur/ so ``quarantine()`` can move it aside safely.
+        ``want(meta)`` is asked while the file is locked but not yet moved; returning
+        False leaves it where it is (a runner skipping a message that is not due
+        costs one read, no renames). Raises ``QueueFileError`` for a corrupt file,
+        which is moved to failed/ with the reason first.
         """
         fd = self._lock_file(state, msg_id)
         if fd is None:
             return None
-        cur_path = self._file('cur', msg_id)
         try:
+            data = _read_all(fd)
+            try:
+                meta, msg_bytes = parse_queue_bytes(data)
+                if not meta.to_addrs:
+                    raise QueueFileError('no recipients in Envelope-to')
+            except QueueFileError as exc:
+                problem: Optional[QueueFileError] = exc
+            else:
+                problem = None
+                if want is not None and not want(meta):
+                    os.close(fd)
+                    return None
+            cur_path = self._file('cur', msg_id)
             if state != 'cur':
                 os.rename(self._file(state, msg_id), cur_path)
-            data = _read_all(fd)
-        except OSError:
+        except BaseException:
             os.close(fd)
             raise
-        try:
-            meta, msg_bytes = parse_queue_bytes(data)
-            if not meta.to_addrs:
-                raise QueueFileError('no recipients in Envelope-to')
-        except QueueFileError as exc:
-            self._quarantine_fd(fd, msg_id, data, f'corrupt queue file: {exc}')
-            raise
+        if problem is not None:
+            self._quarantine_fd(fd, msg_id, data, f'corrupt queue file: {problem}')
+            raise problem
         return QueuedMessage(self, msg_id, meta, msg_bytes, cur_path, fd)
 
     def _replace_locked(self, msg: QueuedMessage, content: bytes, target_state: str) -> None:

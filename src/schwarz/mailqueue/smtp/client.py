@@ -85,7 +85,13 @@ class _DialogLoggingMixin:
         log = self._dialog_log
         if log.isEnabledFor(logging.DEBUG):
             text = s.decode('utf-8', 'replace') if isinstance(s, bytes) else str(s)
-            text = text.rstrip('\r\n')
+            lines = text.rstrip('\r\n').split('\r\n')
+            if len(lines) > 1 and not self._redact:
+                for line in lines:
+                    log.debug('%s > %s', self._peer, line)
+                super().send(s)  # type: ignore[misc]
+                return
+            text = lines[0]
             if self._redact:
                 verb, _, rest = text.partition(' ')
                 if verb.upper() == 'AUTH':
@@ -285,7 +291,8 @@ class SMTPConnection:
 
         Everything after that is reported per recipient in the result: the caller
         must be able to tell "nothing happened, reconnect and retry" apart from
-        "some recipients may already have the message".
+        "some recipients may already have the message". With PIPELINING (RFC 2920)
+        MAIL, every RCPT and DATA go out in one write: two round trips per message.
         """
         if self._smtp is None:
             self.open()
@@ -294,7 +301,8 @@ class SMTPConnection:
         result = SendResult(transport='smtp', queued=False, host=self.peer)
         data = dot_stuff(normalize_line_endings(msg_bytes))
         mail_options: List[str] = []
-        needs_utf8 = not _is_ascii(from_addr) or any(not _is_ascii(a) for a in to_addrs)
+        encoding = 'ascii'
+        needs_utf8 = not from_addr.isascii() or any(not a.isascii() for a in to_addrs)
         if needs_utf8:
             if not smtp.has_extn('smtputf8'):
                 reply = Reply(553, 'non-ASCII address but server does not offer SMTPUTF8')
@@ -303,63 +311,85 @@ class SMTPConnection:
                 result.error = str(reply)
                 return result
             mail_options.append('SMTPUTF8')
-        if smtp.has_extn('8bitmime') and not _is_ascii_bytes(msg_bytes):
+            encoding = 'utf-8'
+        if smtp.has_extn('8bitmime') and not msg_bytes.isascii():
             mail_options.append('BODY=8BITMIME')
         if smtp.has_extn('size'):
             mail_options.append(f'SIZE={len(data)}')
-
+        # Addresses were validated by the caller; smtplib's mail()/rcpt() would re-parse them with
+        # email.utils on every message.
+        mail_cmd = f'MAIL FROM:<{from_addr}>' + ''.join(' ' + o for o in mail_options) + '\r\n'
+        rcpt_cmds = [f'RCPT TO:<{addr}>\r\n' for addr in to_addrs]
+        pipelined = smtp.has_extn('pipelining')
         try:
-            code, msg = smtp.mail(from_addr, mail_options)
+            if pipelined:
+                smtp.send((mail_cmd + ''.join(rcpt_cmds) + 'DATA\r\n').encode(encoding))
+            else:
+                smtp.send(mail_cmd.encode(encoding))
+            code, msg = smtp.getreply()
         except _DISCONNECTED as exc:
             self._abort()
             raise ConnectError(f'{self.peer} went away before MAIL FROM: {_describe_os_error(exc)}') from None
         self.transactions += 1
+        mail_reply = Reply(code, _decode(msg))
         if code == 421:
             self._abort()
-            raise TemporaryError(f'{self.peer}: {code} {_decode(msg)}', Reply(code, _decode(msg)))
-        if not 200 <= code < 300:
-            return self._whole_message_refused(result, to_addrs, Reply(code, _decode(msg)), 'MAIL FROM')
+            raise TemporaryError(f'{self.peer}: {mail_reply}', mail_reply)
 
         accepted: List[str] = []
-        for rcpt in to_addrs:
-            try:
-                code, msg = smtp.rcpt(rcpt)
-            except _DISCONNECTED:
-                self._abort()
-                return self._defer_all(result, to_addrs, Reply(451, 'connection lost during RCPT TO'))
-            reply = Reply(code, _decode(msg))
-            if 200 <= code < 300:
-                accepted.append(rcpt)
-            elif code == 421:
-                self._abort()
-                return self._defer_all(result, to_addrs, reply)
-            elif code == 552 or reply.is_temporary:
-                # RFC 5321 4.5.3.1.10: 552 on RCPT means "too many recipients", retry later.
-                result.deferred[rcpt] = reply.as_tuple()
+        try:
+            for addr, rcpt_cmd in zip(to_addrs, rcpt_cmds):
+                if not pipelined:
+                    if not 200 <= mail_reply.code < 300:
+                        break
+                    smtp.send(rcpt_cmd.encode(encoding))
+                code, msg = smtp.getreply()
+                reply = Reply(code, _decode(msg))
+                if code == 421:
+                    self._abort()
+                    return self._defer_all(result, to_addrs, reply)
+                if not 200 <= mail_reply.code < 300:
+                    continue  # answers to RCPT after a failed MAIL are meaningless
+                if 200 <= code < 300:
+                    accepted.append(addr)
+                elif code == 552 or reply.is_temporary:
+                    # RFC 5321 4.5.3.1.10: 552 on RCPT means "too many recipients", retry later.
+                    result.deferred[addr] = reply.as_tuple()
+                else:
+                    result.refused[addr] = reply.as_tuple()
+                result.smtp_response = reply
+            if pipelined:
+                code, msg = smtp.getreply()
+            elif accepted:
+                smtp.send(b'DATA\r\n')
+                code, msg = smtp.getreply()
             else:
-                result.refused[rcpt] = reply.as_tuple()
-            result.smtp_response = reply
+                code, msg = 503, b'no valid recipients'
+        except _DISCONNECTED:
+            self._abort()
+            if accepted or not pipelined:
+                return self._defer_all(result, to_addrs, Reply(451, 'connection lost before DATA'))
+            return self._defer_all(result, to_addrs, Reply(451, 'connection lost during RCPT TO'))
+        data_reply = Reply(code, _decode(msg))
+
+        if not 200 <= mail_reply.code < 300:
+            self._finish_unwanted_data(data_reply)
+            return self._whole_message_refused(result, to_addrs, mail_reply, 'MAIL FROM')
         if not accepted:
+            self._finish_unwanted_data(data_reply)
             self.reset()
             result.error = _summarise(result)
             return result
-
-        try:
-            code, msg = smtp.docmd('DATA')
-        except _DISCONNECTED:
-            self._abort()
-            return self._defer(result, accepted, Reply(451, 'connection lost before DATA'))
         if code != 354:
-            reply = Reply(code, _decode(msg))
             if code == 421:
                 self._abort()
             else:
                 self.reset()
-            return self._settle(result, accepted, reply)
+            return self._settle(result, accepted, data_reply)
         try:
             sock = smtp.sock
             assert sock is not None
-            if smtp.debuglevel > 0 or self.log.isEnabledFor(logging.DEBUG):
+            if self.log.isEnabledFor(logging.DEBUG):
                 self.log.debug('%s > <message, %d bytes>', self.peer, len(data))
             sock.sendall(data + b'.\r\n')
             code, msg = smtp.getreply()
@@ -371,6 +401,16 @@ class SMTPConnection:
         if code == 421:
             self._abort()
         return self._settle(result, accepted, reply)
+
+    def _finish_unwanted_data(self, data_reply: Reply) -> None:
+        """A server that said 354 although nothing was accepted gets an empty message (RFC 2920 3.1)."""
+        if data_reply.code != 354 or self._smtp is None:
+            return
+        try:
+            self._smtp.send(b'.\r\n')
+            self._smtp.getreply()
+        except _DISCONNECTED:
+            self._abort()
 
     def _settle(self, result: SendResult, accepted: List[str], reply: Reply) -> SendResult:
         result.smtp_response = reply
@@ -417,14 +457,6 @@ def _decode(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode('utf-8', 'replace')
     return str(value)
-
-
-def _is_ascii(text: str) -> bool:
-    return text.isascii()
-
-
-def _is_ascii_bytes(data: bytes) -> bool:
-    return data.isascii()
 
 
 def _describe_ssl_error(exc: ssl.SSLError) -> str:
