@@ -150,7 +150,8 @@ class Settings:
     retry_max_delay: timedelta = timedelta(hours=4)
     max_queue_lifetime: timedelta = timedelta(days=5)
     max_attempts: Optional[int] = None
-    workers: int = 1
+    # Parallel SMTP connections for mq-run; conservative next to Postfix's 20 per destination.
+    workers: int = 4
     aliases: Optional[str] = None
     default_domain: Optional[str] = None
     warnings: List[str] = field(default_factory=list)

@@ -269,6 +269,7 @@ class QueueRunner:
             if self.handler is None:
                 for handler in handlers:
                     handler.close()
+            self.queue.flush()
         if self._abort_pass.is_set():
             stats.aborted = 'server unreachable; remaining messages stay queued for the next run'
         progress.update(stats, final=True)

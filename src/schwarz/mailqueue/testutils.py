@@ -258,6 +258,11 @@ class _FaultySMTP(SMTP):
         # called a second time (with the TLS transport) after STARTTLS
         if self.transport is None:
             self._mq_owner._connection_made(self)
+            sock = transport.get_extra_info('socket')
+            if sock is not None:
+                # Replies to pipelined commands must not wait for the client's delayed ACK
+                # (Nagle): real MTAs flush them promptly, so the test server does too.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
 
     def connection_lost(self, error: Optional[Exception]) -> None:

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default: ~/.mailqueue-runner.conf, then /etc/mailqueue-runner.conf)')
     parser.add_argument('--force', action='store_true', help='ignore the retry schedule: try every message now')
     parser.add_argument('-w', '--workers', type=int, metavar='N',
-                        help='parallel SMTP connections (default: workers from the config, else 1)')
+                        help='parallel SMTP connections, each reused for many messages '
+                        '(default: workers from the config, else 4)')
     parser.add_argument('--daemon', action='store_true',
                         help='keep running; pick up new messages within a second; stop cleanly on SIGTERM/SIGINT')
     parser.add_argument('--no-progress', action='store_true', help='no progress line even on a terminal')

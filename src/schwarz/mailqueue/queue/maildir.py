@@ -76,6 +76,7 @@ class MaildirQueue:
         self.stale_after = stale_after
         self._dir_fds: Dict[str, int] = {}
         self._dir_lock = threading.Lock()
+        self._closer: Optional[_BackgroundCloser] = None
         if create:
             self.ensure_dirs()
 
@@ -124,10 +125,16 @@ class MaildirQueue:
         os.fsync(fd)
 
     def close(self) -> None:
+        self.flush()
         with self._dir_lock:
             for fd in self._dir_fds.values():
                 os.close(fd)
             self._dir_fds.clear()
+
+    def flush(self) -> None:
+        """Wait until files removed by ``complete()`` are fully released."""
+        if self._closer is not None:
+            self._closer.flush()
 
     # --- durable writes ---------------------------------------------------------------------
 
@@ -298,12 +305,22 @@ class MaildirQueue:
         """Delivered: remove the file. (A crash before this is the at-least-once window.)"""
         if not msg.is_claimed:
             raise ValueError(f'{msg.msg_id} is not claimed')
+        fd, msg._handle = msg._handle, None
         try:
             os.unlink(self._file('cur', msg.msg_id))
         except FileNotFoundError:
             pass
-        finally:
-            self._drop_handle(msg)
+        except BaseException:
+            os.close(fd)
+            raise
+        # Once unlinked nobody can find the file, so the lock no longer matters; but the last
+        # close frees the inode's blocks, which costs ~100 us on ext4 with online discard.
+        # A helper thread does that off the delivery path (the kernel closes it if we die).
+        if self._closer is None:
+            with self._dir_lock:
+                if self._closer is None:
+                    self._closer = _BackgroundCloser()
+        self._closer.close_later(fd)
 
     def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str,
               attempt_time: datetime) -> None:
@@ -454,6 +471,36 @@ class MaildirQueue:
         """(state, id) pairs whose id starts with ``prefix``."""
         return [(state, msg_id) for state in states for msg_id in self.iter_ids(state)
                 if msg_id.startswith(prefix)]
+
+
+class _BackgroundCloser:
+    """Closes file descriptors in a daemon thread, in order."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._fds: queue.SimpleQueue[Optional[threading.Event] | int] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name='mq-closer', daemon=True)
+        self._thread.start()
+
+    def close_later(self, fd: int) -> None:
+        self._fds.put(fd)
+
+    def flush(self) -> None:
+        done = threading.Event()
+        self._fds.put(done)
+        done.wait()
+
+    def _run(self) -> None:
+        while True:
+            item = self._fds.get()
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                try:
+                    os.close(item)
+                except OSError:
+                    pass
 
 
 def _nofollow_opener(path: str, flags: int) -> int:

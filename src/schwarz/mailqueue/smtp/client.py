@@ -187,6 +187,9 @@ class SMTPConnection:
             if code != 220:
                 reply = Reply(code, _decode(msg))
                 raise ConnectError(f'{self.peer} greeted with {reply}', reply)
+            if smtp.sock is not None:
+                # Every logical unit (command batch, message) goes out in one sendall.
+                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.tls_active = self.tls == TLSMode.IMPLICIT
             self._ehlo()
             if self.tls in (TLSMode.STARTTLS, TLSMode.OPPORTUNISTIC) and not self.tls_active:
