@@ -161,3 +161,17 @@ def test_sigkill_during_enqueue_never_leaves_partial_files(tmp_path) -> None:
     missing = [m for m in acknowledged if m not in present]
     assert not missing, f'{len(missing)} acknowledged messages lost'
     assert len(acknowledged) > kills  # the writers did real work between kills
+
+
+def test_time_limit_fallback_only_when_configured(tmp_path) -> None:
+    from datetime import timedelta
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    msg_id = str(queue.enqueue(MSG, 'a@x', ['b@x']))
+    msg = queue.claim(msg_id)  # lock held: the claim is alive
+    assert msg is not None
+    old = time.time() - 3600
+    os.utime(os.path.join(queue.path, 'cur', msg_id), (old, old))
+    assert MaildirQueue(queue.path).recover_stale() == 0  # locks are trusted by default
+    untrusting = MaildirQueue(queue.path, stale_after=timedelta(minutes=30))
+    assert untrusting.recover_stale() == 1
+    assert files(queue, 'new') == [msg_id]

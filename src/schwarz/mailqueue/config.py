@@ -121,6 +121,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'max_queue_lifetime': ('max_queue_lifetime', _duration),
     'max_attempts': ('max_attempts', _positive_int),
     'workers': ('workers', _positive_int),
+    'stale_claim_timeout': ('stale_claim_timeout', _duration),
     'aliases': ('aliases', _str),
     'default_domain': ('default_domain', _str),
 }
@@ -152,6 +153,8 @@ class Settings:
     max_attempts: Optional[int] = None
     # Parallel SMTP connections for mq-run; conservative next to Postfix's 20 per destination.
     workers: int = 4
+    # Only for filesystems whose locks cannot be trusted (e.g. some NFS set-ups); 30m is a sane value there.
+    stale_claim_timeout: Optional[timedelta] = None
     aliases: Optional[str] = None
     default_domain: Optional[str] = None
     warnings: List[str] = field(default_factory=list)

@@ -26,8 +26,10 @@ def one_shot_queue_run(queue_dir: Optional[str], config_path: Optional[str] = No
         handler = app.extra.get('mh')
         mailer = None if handler is not None else init_smtp_mailer(cfg)
         progress = terminal_or_none() if options.get('progress', True) and not options.get('quiet') else None
+        queue = get_queue(queue_dir)
+        queue.stale_after = cfg.stale_claim_timeout
         runner = QueueRunner(
-            get_queue(queue_dir), mailer=mailer, handler=handler, policy=cfg.retry_policy(),
+            queue, mailer=mailer, handler=handler, policy=cfg.retry_policy(),
             workers=int(options.get('workers') or cfg.workers), force=bool(options.get('force')),
             rate_limit=cfg.smtp_rate_limit, plugins=app.plugins, progress=progress,
         )

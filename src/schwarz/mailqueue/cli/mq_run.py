@@ -65,6 +65,7 @@ def _main(argv: Sequence[str]) -> int:
                  EX_CONFIG)
         try:
             queue = get_queue(queue_dir)
+            queue.stale_after = settings.stale_claim_timeout
             mailer = init_smtp_mailer(settings)
             policy = settings.retry_policy()
         except QueueWriteError as exc:
