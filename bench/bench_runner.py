@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable, List
 
-from bench_common import ROOT, Sink, cpu_info, replace_section
-
 from schwarz.mailqueue.queue.maildir import MaildirQueue
+
+from bench_common import ROOT, Sink, cpu_info, replace_section
 
 BODY_LINE = b'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n'
 MESSAGE = (b'From: bench@example.org\r\nTo: rcpt@example.org\r\nSubject: benchmark\r\n'
