@@ -20,9 +20,9 @@ from helpers import run, script, write_config
 MSG = b'Subject: from the queue\r\n\r\nbody\r\n'
 
 
-def fill(queue_dir: str, count: int) -> list[str]:
+def fill(queue_dir: str, count: int, prefix: str = 'r') -> list[str]:
     queue = MaildirQueue(queue_dir, fsync=False)
-    return [str(queue.enqueue(MSG + b'%d' % n, 'a@x', [f'r{n}@x'])) for n in range(count)]
+    return [str(queue.enqueue(MSG + b'%d' % n, 'a@x', [f'{prefix}{n}@x'])) for n in range(count)]
 
 
 def delivered(server: SMTPTestServer) -> Counter:
@@ -80,7 +80,7 @@ def test_daemon_picks_up_new_mail_and_sigterm_leaves_nothing_claimed(tmp_path) -
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             time.sleep(0.5)
-            fill(queue_dir, 1)
+            fill(queue_dir, 1, prefix='first')
             deadline = time.monotonic() + 3
             while not server.received and time.monotonic() < deadline:
                 time.sleep(0.05)

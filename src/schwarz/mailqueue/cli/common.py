@@ -13,6 +13,7 @@ __all__ = [
     'EX_CONFIG',
     'EX_DATAERR',
     'EX_NOHOST',
+    'EX_NOUSER',
     'EX_OK',
     'EX_SOFTWARE',
     'EX_TEMPFAIL',
@@ -28,6 +29,7 @@ __all__ = [
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOUSER = 67  # unknown local recipient (no alias, no default_domain), as sendmail
 EX_NOHOST = 68
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70

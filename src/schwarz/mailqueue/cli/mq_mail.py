@@ -1,0 +1,179 @@
+"""``mq-mail``: a ``mail``/``mailx`` drop-in for sending (dnf-automatic, logwatch, scripts).
+
+Builds a proper UTF-8 text/plain message (encoded Subject, Date, Message-ID,
+MIME headers) from the body on stdin and submits it like ``mq-sendmail``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, List, NoReturn, Optional, Sequence
+
+from .common import EX_CONFIG, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, fail, load_app, run_main
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'mq-mail'
+
+DESCRIPTION = """\
+Send a text message, read from stdin, to the recipients. The message is
+relayed to the SMTP smarthost from the configuration; with queue_dir
+configured a temporarily failed message is queued for mq-run. Local names
+(without @) are resolved through the aliases file."""
+
+EPILOG = """\
+exit status (sysexits): 0 delivered or durably queued, 64 usage (also line
+breaks in the subject or an address), 67 unknown local recipient, 69 a
+recipient was refused permanently, 75 temporary failure and the message was
+not queued, 78 configuration error, 70 internal error.
+
+examples:
+  mq-mail --from-address="me@site.example" --subject "subject" root <<< "mail body"
+  df -h | mq-mail -s "disk usage on $(hostname)" -c ops@example.com root"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(f'{message} (see --help)', EX_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('recipients', nargs='*', metavar='RECIPIENT',
+                        help='address or local name (several allowed, also comma separated)')
+    parser.add_argument('-s', '--subject', help='subject (any Unicode text; encoded as RFC 2047 when needed)')
+    parser.add_argument('-r', '--from-address', dest='from_address', metavar='FROM',
+                        help='sender address, optionally "Name <address>" (default: "from" in the '
+                             'configuration, else the local user)')
+    parser.add_argument('-c', dest='cc', action='append', default=[], metavar='ADDRESS',
+                        help='carbon copy (repeatable, comma separated lists allowed)')
+    parser.add_argument('-b', dest='bcc', action='append', default=[], metavar='ADDRESS',
+                        help='blind carbon copy: envelope only, never in the headers (repeatable)')
+    parser.add_argument('-S', dest='variables', action='append', default=[], metavar='VAR[=VALUE]',
+                        help='mailx variable; accepted for compatibility, only "from=ADDRESS" is used')
+    parser.add_argument('-E', dest='skip_empty', action='store_true',
+                        help='do not send anything if the body is empty (or only white space)')
+    parser.add_argument('-C', '--config', metavar='FILE',
+                        help='configuration file (default: ~/.mailqueue-runner.conf, then '
+                             '/etc/mailqueue-runner.conf)')
+    parser.add_argument('--aliases', metavar='FILE',
+                        help='aliases file (default: "aliases" in the configuration, else /etc/aliases)')
+    parser.add_argument('-v', '--verbose', action='count', default=0,
+                        help='show the SMTP dialog (passwords are redacted)')
+    return parser
+
+
+def _addresses(values: Sequence[str], what: str) -> List[str]:
+    """Split "a@x, Name <b@y>" lists into bare addresses; refuse anything that could inject headers."""
+    from email.utils import getaddresses
+
+    from ..message import InvalidAddressError, validate_address
+
+    result: List[str] = []
+    for value in values:
+        if any(ch in value for ch in '\r\n\x00'):
+            fail(f'invalid {what}: contains a line break or NUL: {value!r}', EX_USAGE)
+        parsed = getaddresses([value])
+        if not parsed or not all(addr for _, addr in parsed):
+            fail(f'invalid {what}: {value!r}', EX_USAGE)
+        for _, addr in parsed:
+            try:
+                result.append(validate_address(addr))
+            except InvalidAddressError as exc:
+                fail(f'invalid {what}: {exc}', EX_USAGE)
+    return result
+
+
+def _from_variable(variables: Sequence[str]) -> Optional[str]:
+    value = None
+    for variable in variables:
+        name, has_value, setting = variable.partition('=')
+        if name.strip() == 'from' and has_value:
+            value = setting
+    return value
+
+
+def _resolve_for_headers(submitter: Any, addresses: Sequence[str]) -> List[str]:
+    """Local names become their alias targets, so the headers only carry real addresses."""
+    from ..aliases import AliasesError, UnresolvableRecipientError
+
+    result: List[str] = []
+    for addr in addresses:
+        try:
+            resolved = [addr] if '@' in addr else submitter.resolve([addr])
+        except UnresolvableRecipientError as exc:
+            fail(f'{exc} (add them to the aliases file or set default_domain)', EX_NOUSER)
+        except AliasesError as exc:
+            fail(str(exc), EX_CONFIG)
+        result.extend(a for a in resolved if a not in result)
+    return result
+
+
+def _body(args: Sequence[str]) -> int:
+    from ..headers import HeaderValueError, build_text_message, check_header_text, parse_mailbox
+    from ..message import InvalidAddressError, validate_address
+
+    args = list(args)
+    # argparse's intermixed parsing mishandles "--", so everything after it is split off here.
+    after_dashes: List[str] = []
+    if '--' in args:
+        split = args.index('--')
+        args, after_dashes = args[:split], args[split + 1:]
+    opts = build_parser().parse_intermixed_args(args)
+    to = _addresses(opts.recipients + after_dashes, 'recipient')
+    cc = _addresses(opts.cc, 'Cc address')
+    bcc = _addresses(opts.bcc, 'Bcc address')
+    if not (to or cc or bcc):
+        fail('no recipients given', EX_USAGE)
+    try:
+        if opts.subject is not None:
+            check_header_text('subject', opts.subject)
+        from_value = opts.from_address if opts.from_address is not None else _from_variable(opts.variables)
+        from_name, from_addr = parse_mailbox(from_value) if from_value is not None else (None, None)
+        if from_addr is not None:
+            validate_address(from_addr)
+    except HeaderValueError as exc:
+        fail(str(exc), EX_USAGE)
+    except InvalidAddressError as exc:
+        fail(f'invalid sender: {exc}', EX_USAGE)
+
+    app = load_app(opts.config, {'verbose': opts.verbose})
+    try:
+        from ..config import ConfigError
+        from ..submit import STATUS_REFUSED, STATUS_TEMPFAIL, Submitter, summarize
+
+        body = sys.stdin.buffer.read() if sys.stdin is not None else b''
+        if opts.skip_empty and not body.strip():
+            return EX_OK
+        with Submitter(app.settings, plugins=app.plugins, app=PROG, aliases_path=opts.aliases) as submitter:
+            header_to = _resolve_for_headers(submitter, to)
+            header_cc = _resolve_for_headers(submitter, cc)
+            envelope_bcc = _resolve_for_headers(submitter, bcc)
+            sender = submitter.qualify_sender(from_addr) if from_addr else submitter.default_sender()
+            message = build_text_message(from_addr=sender, from_name=from_name, to=header_to, cc=header_cc,
+                                         subject=opts.subject, body=body)
+            envelope_to = header_to + [a for a in header_cc + envelope_bcc if a not in header_to]
+            try:
+                result = submitter.send(message, sender, envelope_to)
+            except ConfigError as exc:
+                fail(str(exc), EX_CONFIG)
+            outcome = summarize(result, queue_configured=submitter.queue_configured)
+    finally:
+        app.close()
+    for line in outcome.problems:
+        print(f'{PROG}: {line}', file=sys.stderr)
+    if outcome.status == STATUS_TEMPFAIL:
+        return EX_TEMPFAIL
+    if outcome.status == STATUS_REFUSED:
+        return EX_UNAVAILABLE
+    return EX_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(PROG, _body, argv)
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

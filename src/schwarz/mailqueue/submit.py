@@ -1,0 +1,221 @@
+"""Submitting one new message the way the command-line tools do.
+
+The transport chain comes from the settings: SMTP first, then the maildir
+queue only when ``queue_dir`` is set (without it, a temporary failure is
+reported, never hidden). Local recipient names are resolved through the
+aliases file, local sender names are qualified, and the outcome is summed up
+per recipient so a tool can map it onto an exit code.
+
+Heavy modules (the SMTP client, ``ssl``, the queue) are imported only when a
+message is actually sent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+
+from .config import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .handler import MessageHandler
+    from .result import SendResult
+
+__all__ = [
+    'DEFAULT_ALIASES',
+    'STATUS_OK',
+    'STATUS_REFUSED',
+    'STATUS_TEMPFAIL',
+    'Outcome',
+    'Submitter',
+    'build_transports',
+    'local_user',
+    'submit_message',
+    'summarize',
+]
+
+DEFAULT_ALIASES = '/etc/aliases'
+
+STATUS_OK = 'ok'
+STATUS_REFUSED = 'refused'
+STATUS_TEMPFAIL = 'tempfail'
+
+
+def build_transports(settings: Settings, *, queue: bool = True) -> List[Any]:
+    """SMTP to the smarthost, then (with ``queue`` and a ``queue_dir``) the durable queue."""
+    from .config import init_smtp_mailer
+
+    transports: List[Any] = [init_smtp_mailer(settings)]
+    if queue and settings.queue_dir:
+        from .queue.maildir import MaildirBackend
+
+        transports.append(MaildirBackend(settings.queue_dir))
+    return transports
+
+
+def local_user() -> str:
+    """Name of the user running us (for a default envelope sender)."""
+    for variable in ('LOGNAME', 'USER'):
+        name = os.environ.get(variable)
+        if name:
+            return name
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return 'nobody'
+
+
+def _hostname() -> str:
+    import socket
+
+    # gethostname(), not getfqdn(): the latter may wait for DNS on every mail.
+    return socket.gethostname() or 'localhost'
+
+
+@dataclass
+class Outcome:
+    """What happened to a message, in terms a command-line tool reports."""
+
+    status: str
+    problems: List[str] = field(default_factory=list)
+    delivered: List[str] = field(default_factory=list)
+    queued: List[str] = field(default_factory=list)
+
+
+def summarize(result: SendResult, *, queue_configured: bool) -> Outcome:
+    """One line per recipient that did not get the message; status ``tempfail`` beats ``refused``.
+
+    A recipient deferred by the whole chain was not queued: either there is no
+    queue, or writing to it failed (then the reason is the queue's error).
+    """
+    problems: List[str] = []
+    for addr, (code, text) in result.refused.items():
+        problems.append(f'{addr}: refused permanently: {code} {text}'.rstrip())
+    for addr, (code, text) in result.deferred.items():
+        if queue_configured:
+            problems.append(f'{addr}: temporary failure and the message could not be queued: {text}')
+        else:
+            problems.append(f'{addr}: temporary failure, message NOT queued (no queue_dir configured): '
+                            f'{code} {text}'.rstrip())
+    if result.deferred:
+        status = STATUS_TEMPFAIL
+    elif result.refused:
+        status = STATUS_REFUSED
+    else:
+        status = STATUS_OK
+    return Outcome(status, problems, list(result.accepted), list(result.queued_to))
+
+
+class Submitter:
+    """Sends new messages through the configured chain; reuses one SMTP connection for several.
+
+    ``aliases_path`` overrides the ``aliases`` setting (default ``/etc/aliases``);
+    ``use_aliases=False`` skips the aliases file (``sendmail -n``).
+    """
+
+    def __init__(self, settings: Settings, *, plugins: Any = None, app: str = 'mq-sendmail',
+                 queue: bool = True, aliases_path: Optional[str] = None, use_aliases: bool = True) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.app = app
+        self.queue = queue
+        self.aliases_path = aliases_path
+        self.use_aliases = use_aliases
+        self._aliases: Optional[Dict[str, List[str]]] = None
+        self._handler: Optional[MessageHandler] = None
+
+    @property
+    def queue_configured(self) -> bool:
+        return self.queue and bool(self.settings.queue_dir)
+
+    # --- addresses ------------------------------------------------------------------------
+
+    def _alias_table(self) -> Dict[str, List[str]]:
+        if self._aliases is None:
+            from .aliases import AliasesError, load_aliases
+
+            explicit = self.aliases_path or self.settings.aliases
+            path = explicit or DEFAULT_ALIASES
+            # A missing /etc/aliases is normal; a missing file someone named is a mistake.
+            if explicit and not os.path.exists(path):
+                raise AliasesError('aliases file not found', path)
+            self._aliases = load_aliases(path)
+        return self._aliases
+
+    def resolve(self, recipients: Sequence[str]) -> List[str]:
+        """Expand local names (no ``@``) through the aliases; raises ``AliasesError`` subclasses."""
+        if all('@' in addr for addr in recipients):
+            # Nothing to look up: skip reading the aliases file (and importing its parser).
+            result: List[str] = []
+            seen = set()
+            for addr in recipients:
+                # Same duplicate rule as resolve_recipients: the local part is case-sensitive.
+                local_part, _, domain = addr.rpartition('@')
+                key = f'{local_part}@{domain.lower()}'
+                if key not in seen:
+                    seen.add(key)
+                    result.append(addr)
+            return result
+        from .aliases import resolve_recipients
+
+        table = self._alias_table() if self.use_aliases else {}
+        return resolve_recipients(recipients, table, default_domain=self.settings.default_domain)
+
+    def qualify_sender(self, name: str) -> str:
+        """A sender given as a local name (``-f root``) becomes an address.
+
+        ``default_domain`` if configured; otherwise the configured ``from``
+        (the address the smarthost accepts from us); otherwise ``name@host``.
+        """
+        if not name or '@' in name:
+            return name
+        if self.settings.default_domain:
+            return f'{name}@{self.settings.default_domain}'
+        if self.settings.from_addr:
+            return self.settings.from_addr
+        return f'{name}@{_hostname()}'
+
+    def default_sender(self) -> str:
+        """Envelope sender when the caller gave none: ``from``, else the local user, qualified."""
+        if self.settings.from_addr:
+            return self.settings.from_addr
+        return self.qualify_sender(local_user())
+
+    # --- sending --------------------------------------------------------------------------
+
+    def handler(self) -> MessageHandler:
+        if self._handler is None:
+            from .handler import MessageHandler
+
+            self._handler = MessageHandler(build_transports(self.settings, queue=self.queue),
+                                           plugins=self.plugins, app=self.app)
+        return self._handler
+
+    def send(self, msg_bytes: bytes, sender: str, recipients: Sequence[str]) -> SendResult:
+        """Resolve ``recipients`` and hand the message to the chain. ``sender`` must be final."""
+        to_addrs = self.resolve(recipients)
+        result = self.handler().send_message(msg_bytes, sender=sender, recipients=to_addrs)
+        assert result is not None  # only queued messages can come back unclaimed
+        return result
+
+    def close(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            handler.close()
+
+    def __enter__(self) -> Submitter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def submit_message(msg_bytes: bytes, sender: str, recipients: Sequence[str], settings: Settings, *,
+                   plugins: Any = None, app: str = 'mq-sendmail', queue: bool = True,
+                   aliases_path: Optional[str] = None) -> SendResult:
+    """Send one message through the chain built from ``settings`` and return the ``SendResult``."""
+    with Submitter(settings, plugins=plugins, app=app, queue=queue, aliases_path=aliases_path) as submitter:
+        return submitter.send(msg_bytes, sender, recipients)

@@ -1,0 +1,389 @@
+"""``mq-sendmail`` end to end: header handling, exit codes, queueing, config errors.
+
+All tests run the installed console script as a subprocess against the SMTP
+test server on 127.0.0.1 and check what the server received.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from schwarz.mailqueue.queue.format import parse_queue_bytes
+from schwarz.mailqueue.testutils import SMTPTestServer
+from test_cli_helpers import full_queue_dir, queue_files, run_tool, script, write_config
+
+MESSAGE = b'Subject: hello\nFrom: me@site.example\n\nbody\n'
+
+
+def sendmail(*args: str) -> list:
+    return [script('mq-sendmail'), *args]
+
+
+def assert_one_line_error(stderr: bytes, *fragments: str) -> None:
+    text = stderr.decode()
+    assert text.count('\n') == 1, text
+    assert text.startswith('mq-sendmail: ')
+    assert 'Traceback' not in text
+    for fragment in fragments:
+        assert fragment in text
+
+
+# --- -t and Bcc ------------------------------------------------------------------------------
+
+
+def test_t_sends_to_bcc_recipient_but_never_transmits_the_bcc_header(smtp_server: SMTPTestServer,
+                                                                     tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    message = (b'From: me@site.example\n'
+               b'To: alice@example.org\n'
+               b'Bcc: secret@example.org,\n'
+               b'  other-secret@example.org\n'
+               b'Cc: bob@example.org\n'
+               b'Subject: hi\n'
+               b'\n'
+               b'Bcc: this line is body text\n')
+    proc = run_tool(sendmail('-C', str(config), '-t', '-i'), input=message, home=tmp_path)
+
+    assert (proc.returncode, proc.stderr) == (0, b'')
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ['alice@example.org', 'bob@example.org', 'secret@example.org',
+                                 'other-secret@example.org']
+    assert received.data == (b'From: me@site.example\r\nTo: alice@example.org\r\nCc: bob@example.org\r\n'
+                             b'Subject: hi\r\n\r\nBcc: this line is body text\r\n')
+
+
+def test_t_header_block_ends_at_a_non_header_line_like_mtas_do(smtp_server: SMTPTestServer,
+                                                              tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    message = (b'To: alice@example.org\n'
+               b'this line is not a header\n'
+               b'Bcc: hidden@example.org\n'
+               b'\n'
+               b'body\n')
+    proc = run_tool(sendmail('-C', str(config), '-t'), input=message, home=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    # The Bcc: line is body: it names no recipient, and an inserted empty line makes sure no
+    # lenient reader downstream can take it for a header.
+    assert received.rcpt_tos == ['alice@example.org']
+    assert received.data == (b'To: alice@example.org\r\n\r\nthis line is not a header\r\n'
+                             b'Bcc: hidden@example.org\r\n\r\nbody\r\n')
+    assert 'Bcc' not in received.as_message()
+
+
+def test_t_without_any_recipient_header_is_bad_data(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-t'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 65
+    assert_one_line_error(proc.stderr, 'no recipients found')
+    assert smtp_server.commands == []
+
+
+# --- input handling and header options ------------------------------------------------------------
+
+
+def test_without_i_a_single_dot_line_ends_the_message(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    message = b'Subject: dots\n\nfirst\n..not the end\n.\nnot sent\n'
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=message, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    assert received.data == b'Subject: dots\r\n\r\nfirst\r\n..not the end\r\n'
+
+
+def test_odd_messages_pass_unchanged_apart_from_line_endings(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    # no header block at all, NUL bytes, 8-bit data, bare CR and LF, a 998 byte line, 1 MB in all
+    body = b'no headers here\n\x00nul\xff\xfe8bit\rbare cr\n' + b'y' * 998 + b'\n' + b'z\n' * 500_000
+    proc = run_tool(sendmail('-C', str(config), '-i', 'alice@example.org'), input=body, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    # the empty header block is made explicit (an empty first line), nothing else changes
+    assert received.data == b'\r\n' + body.replace(b'\r', b'\n').replace(b'\n', b'\r\n')
+
+    # a line longer than SMTP allows: the server's refusal is reported, nothing is mangled to fit
+    proc = run_tool(sendmail('-C', str(config), '-i', 'alice@example.org'), input=b'x' * 100_000 + b'\n',
+                    home=tmp_path)
+    assert proc.returncode == 69
+    assert proc.stderr.decode().startswith('mq-sendmail: alice@example.org: refused permanently: 500 Line too long')
+    assert len(smtp_server.received) == 1
+
+
+def test_set_header_options_add_missing_headers_only(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server, default_domain='site.example')
+    message = b'Subject: report\nDate: Tue, 3 Mar 2026 10:00:00 +0000\n\nbody\n'
+    argv = sendmail('-C', str(config), '--set-date-header', '--set-msgid-header', '--set-from-header',
+                    '--set-to-header', '-F', 'Nightly Report', '-f', 'reports', 'alice@example.org', 'root')
+    proc = run_tool(argv, input=message, home=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    assert received.mail_from == 'reports@site.example'
+    assert received.rcpt_tos == ['alice@example.org', 'admin@example.org']
+    head, _, body = received.data.partition(b'\r\n\r\n')
+    lines = head.split(b'\r\n')
+    msgid = re.fullmatch(rb'Message-ID: <[0-9a-f]+\.[0-9a-f]{24}@site\.example>', lines[0])
+    assert msgid is not None, lines
+    assert lines[1:] == [b'From: Nightly Report <reports@site.example>',
+                         b'To: alice@example.org, admin@example.org',
+                         b'Subject: report',
+                         b'Date: Tue, 3 Mar 2026 10:00:00 +0000']
+    assert body == b'body\r\n'
+
+
+def test_read_envelope_from(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server, **{'from': 'configured@site.example'})
+    message = b'From: "Some One" <someone@site.example>\nSubject: x\n\nbody\n'
+    proc = run_tool(sendmail('-C', str(config), '--read-envelope-from', 'alice@example.org'), input=message,
+                    home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    assert received.mail_from == 'someone@site.example'
+    assert received.data == b'From: "Some One" <someone@site.example>\r\nSubject: x\r\n\r\nbody\r\n'
+
+
+def test_verbose_shows_the_smtp_dialog_with_auth_redacted(tmp_path: Path) -> None:
+    with SMTPTestServer(auth={'mailuser': 'pass%word'}, auth_required=True) as server:
+        config = write_config(tmp_path, server)
+        proc = run_tool(sendmail('-C', str(config), '-v', 'alice@example.org'), input=MESSAGE, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert server.auth_logins == ['mailuser']
+        assert len(server.received) == 1
+    dialog = proc.stderr.decode()
+    assert re.search(r'> mail from:<tester@', dialog, re.IGNORECASE), dialog
+    assert re.search(r'> rcpt to:<alice@example.org>', dialog, re.IGNORECASE), dialog
+    assert '< 250' in dialog
+    assert 'AUTH PLAIN ***' in dialog
+    assert 'pass%word' not in dialog
+    import base64
+
+    assert base64.b64encode(b'\0mailuser\0pass%word').decode() not in dialog
+
+
+def test_python_dash_m_runs_the_same_tool(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool([sys.executable, '-m', 'schwarz.mailqueue.mq_sendmail', '-C', str(config), '-i',
+                     'alice@example.org'], input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert smtp_server.wait_for_messages(1)[0].rcpt_tos == ['alice@example.org']
+
+
+def test_help_documents_every_caller_option(tmp_path: Path) -> None:
+    proc = run_tool(sendmail('--help'), home=tmp_path)
+    assert proc.returncode == 0
+    text = proc.stdout.decode()
+    for option in ('-t', '-f ADDR', '-r ADDR', '-F NAME', '-oi', '-bs', '-bp', '-q', '-bm', '-o*', '-B TYPE',
+                   '-N DSN', '-R RET', '-V ENVID', '-L TAG', '--read-envelope-from', '--set-date-header',
+                   '--set-msgid-header', '--set-from-header', '--set-to-header', '--aliases FILE', '--config FILE',
+                   '-v'):
+        assert option in text, option
+
+
+# --- exit codes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['-X'], 'unknown option -X'),
+    (['--frobnicate'], 'unknown option --frobnicate'),
+    ([], 'no recipients given'),
+    (['-f'], 'option -f needs a value'),
+    (['-bd'], 'unsupported mode -bd'),
+    (['--', '-oi@example.org'], 'starts with "-"'),
+    (['-f', 'me@site.example\r\nRCPT TO:<victim@example.org>', 'alice@example.org'], 'line break'),
+    (['-F', 'Name\nBcc: victim@example.org', 'alice@example.org'], 'line break'),
+    (['alice@example.org\nBcc: victim@example.org'], 'line break'),
+    (['alice@example.org\r\nRCPT TO:<victim@example.org>'], 'line break'),
+    (['-t', 'bad address@example.org'], 'malformed address'),
+])
+def test_usage_errors_and_header_injection_exit_64_and_send_nothing(
+        smtp_server: SMTPTestServer, tmp_path: Path, args: list, fragment: str) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), *args), input=b'To: x@example.org\n\nbody\n', home=tmp_path)
+    assert proc.returncode == 64
+    assert_one_line_error(proc.stderr, fragment)
+    assert smtp_server.commands == []
+
+
+def test_unknown_local_recipient_exits_67(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org', 'nosuchuser'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 67
+    assert_one_line_error(proc.stderr, "'nosuchuser'", 'default_domain')
+    assert smtp_server.commands == []
+
+
+def test_aliases_option_overrides_the_configured_file(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    other = tmp_path / 'other-aliases'
+    other.write_text('root: other-admin@example.org\n')
+    proc = run_tool(sendmail('-C', str(config), '--aliases', str(other), 'root'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert smtp_server.received[0].rcpt_tos == ['other-admin@example.org']
+
+
+def test_permanent_refusal_exits_69_and_names_each_refused_recipient(smtp_server: SMTPTestServer,
+                                                                     tmp_path: Path) -> None:
+    smtp_server.set_recipient_reply('gone@example.org', 550, '5.1.1 <gone@example.org>: Recipient address rejected')
+    smtp_server.set_recipient_reply('blocked@example.org', 554, '5.7.1 blocked')
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org', 'gone@example.org', 'blocked@example.org'),
+                    input=MESSAGE, home=tmp_path)
+
+    assert proc.returncode == 69
+    assert proc.stderr.decode().splitlines() == [
+        'mq-sendmail: gone@example.org: refused permanently: 550 5.1.1 <gone@example.org>: '
+        'Recipient address rejected',
+        'mq-sendmail: blocked@example.org: refused permanently: 554 5.7.1 blocked',
+    ]
+    # the accepted recipient got it, once
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ['alice@example.org']
+
+
+def test_temporary_failure_without_queue_exits_75(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    smtp_server.set_reply('MAIL', 451, '4.3.0 try again later')
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 75
+    assert_one_line_error(proc.stderr, 'alice@example.org', 'NOT queued (no queue_dir configured)',
+                          '451 4.3.0 try again later')
+    assert smtp_server.received == []
+
+
+def test_temporary_failure_with_queue_dir_is_queued_and_exits_0(smtp_server: SMTPTestServer,
+                                                                tmp_path: Path) -> None:
+    smtp_server.set_reply('RCPT', 451, '4.2.0 greylisted')
+    queue_dir = tmp_path / 'queue'
+    config = write_config(tmp_path, smtp_server, queue_dir=str(queue_dir), **{'from': 'me@site.example'})
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=MESSAGE, home=tmp_path)
+
+    assert (proc.returncode, proc.stderr) == (0, b'')
+    assert smtp_server.received == []
+    files = queue_files(queue_dir)
+    assert files['tmp'] == [] and files['cur'] == []
+    [queued] = files['new']
+    meta, msg_bytes = parse_queue_bytes((queue_dir / 'new' / queued).read_bytes())
+    assert (meta.from_addr, meta.to_addrs, msg_bytes) == ('me@site.example', ['alice@example.org'], MESSAGE)
+
+
+def test_full_disk_exits_75_and_leaves_nothing_half_written(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    smtp_server.set_reply('MAIL', 451, '4.3.0 smarthost busy')
+    with full_queue_dir(tmp_path) as (queue_dir, preexec_fn):
+        config = write_config(tmp_path, smtp_server, queue_dir=str(queue_dir))
+        # big enough not to fit in the little space a tmpfs may still have for a new inode
+        message = MESSAGE + b'x' * 200_000 + b'\n'
+        proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=message, home=tmp_path,
+                        preexec_fn=preexec_fn)
+
+        assert proc.returncode == 75
+        assert_one_line_error(proc.stderr, 'alice@example.org', 'could not be queued')
+        assert ('No space left on device' in proc.stderr.decode()
+                or 'File too large' in proc.stderr.decode())
+        assert queue_files(queue_dir) == {'tmp': [], 'new': [], 'cur': [], 'failed': []}
+    assert smtp_server.received == []
+
+
+def test_missing_config_file_exits_78_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / 'nope.conf'
+    proc = run_tool(sendmail('-C', str(missing), 'alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 78
+    assert_one_line_error(proc.stderr, str(missing), 'not found')
+
+
+def test_no_config_anywhere_exits_78(tmp_path: Path) -> None:
+    assert not os.path.exists('/etc/mailqueue-runner.conf')  # this test relies on a host without one
+    proc = run_tool(sendmail('alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 78
+    assert_one_line_error(proc.stderr, '.mailqueue-runner.conf', '/etc/mailqueue-runner.conf')
+
+
+@pytest.mark.parametrize('content, fragments', [
+    ('[mqrunner]\nsmtp_port = seventy\n', ('smtp_port', 'invalid value')),
+    ('[mqrunner]\nsmtp_hostnme = mail.example\n', ('smtp_hostnme', 'unknown key')),
+    ('smtp_hostname = mail.example\n', ('malformed',)),
+])
+def test_broken_config_exits_78_with_one_line(tmp_path: Path, content: str, fragments: tuple) -> None:
+    config = tmp_path / 'broken.conf'
+    config.write_text(content)
+    proc = run_tool(sendmail('-C', str(config), '-v', 'alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 78
+    assert_one_line_error(proc.stderr, str(config), *fragments)
+
+
+def test_broken_aliases_file_exits_78(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server, aliases='root admin@example.org\n')
+    proc = run_tool(sendmail('-C', str(config), 'root'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 78
+    assert_one_line_error(proc.stderr, str(tmp_path / 'aliases'), 'line 1')
+    assert smtp_server.commands == []
+
+
+# --- queue modes ----------------------------------------------------------------------------------
+
+
+def queue_one(smtp_server: SMTPTestServer, tmp_path: Path) -> Path:
+    """Queue a message by letting the smarthost defer it; returns the config path."""
+    config = write_config(tmp_path, smtp_server, queue_dir=str(tmp_path / 'queue'), **{'from': 'me@site.example'})
+    smtp_server.set_reply('MAIL', 451, '4.3.0 later', times=1)
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return config
+
+
+def test_bp_prints_the_same_listing_as_mq_queue_list(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = queue_one(smtp_server, tmp_path)
+    [queue_id] = os.listdir(tmp_path / 'queue' / 'new')
+    listing = run_tool(sendmail('-C', str(config), '-bp'), home=tmp_path)
+    reference = run_tool([script('mq-queue'), '-C', str(config), 'list'], home=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout == reference.stdout
+    assert queue_id[:8] in listing.stdout.decode()
+
+
+def test_bp_without_queue_dir(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-bp'), home=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, b'no queue_dir configured: messages are never queued\n')
+
+
+def test_q_runs_the_queue_once(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = queue_one(smtp_server, tmp_path)
+    assert smtp_server.received == []
+    proc = run_tool(sendmail('-C', str(config), '-q'), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [received] = smtp_server.received
+    assert (received.mail_from, received.rcpt_tos) == ('me@site.example', ['alice@example.org'])
+    assert os.listdir(tmp_path / 'queue' / 'new') == []
+
+
+def test_bv_shows_alias_resolution_without_sending(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-bv', 'team', 'root'), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines() == [
+        'team... deliverable: alice@example.org, bob@example.org',
+        'root... deliverable: admin@example.org',
+    ]
+    assert smtp_server.commands == []
+
+
+def test_newaliases_checks_the_aliases_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None)
+    link = tmp_path / 'newaliases'
+    link.symlink_to(script('mq-sendmail'))
+    proc = run_tool([str(link), '-C', str(config)], home=tmp_path)
+    assert (proc.returncode, proc.stdout.decode()) == (0, f'{tmp_path / "aliases"}: 3 aliases\n')
+
+
+def test_message_without_final_newline_is_completed(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=b'Subject: x\n\nno newline',
+                    home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert smtp_server.received[0].data == b'Subject: x\r\n\r\nno newline\r\n'
