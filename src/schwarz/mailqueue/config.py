@@ -202,7 +202,8 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
             setattr(settings, attr, raw_value)
             continue
         value = raw_value.strip() if attr not in ('smtp_password',) else raw_value
-        if value == '' and attr not in ('smtp_password',):
+        # an empty `plugins =` means "none" (unset means "all")
+        if value == '' and attr not in ('smtp_password', 'plugins'):
             continue
         try:
             setattr(settings, attr, parser(value))

@@ -13,18 +13,23 @@ to ``failed/``.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .logs import DELIVERY_LOG, QUEUE_LOG, log_event
 from .message import get_header, message_bytes_from, validate_address
 from .plugins import fire_delivery_failed, fire_delivery_successful
-from .queue.backend import QueuedMessage
-from .queue.format import QueueFileError
-from .queue.maildir import MaildirBackend, QueueWriteError
 from .queue.schedule import RetryPolicy, format_duration
 from .result import Reply, SendResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .queue.backend import QueuedMessage
+
+# The queue modules are imported only when a queue is involved: mq-sendmail delivering straight
+# to the smarthost should not pay for them at start-up.
+_BACKEND_MODULE = 'schwarz.mailqueue.queue.backend'
 
 __all__ = ['DebugMailer', 'MessageHandler', 'MessageInfo']
 
@@ -79,7 +84,15 @@ def _transport_name(transport: Any) -> str:
 
 
 def _is_queue(transport: Any) -> bool:
-    return isinstance(transport, MaildirBackend) or getattr(transport, 'is_queue', False)
+    return bool(getattr(transport, 'is_queue', False))
+
+
+def _as_queued_message(msg: Any) -> Optional[QueuedMessage]:
+    backend = sys.modules.get(_BACKEND_MODULE)
+    # if the module was never imported, nothing can be a QueuedMessage
+    if backend is not None and isinstance(msg, backend.QueuedMessage):
+        return msg
+    return None
 
 
 def _reason(failures: Dict[str, Tuple[int, str]]) -> str:
@@ -108,9 +121,9 @@ class MessageHandler:
     def send_message(self, msg: Any, sender: Optional[str] = None, recipient: Optional[str] = None,
                      recipients: Optional[Union[str, Sequence[str]]] = None) -> Optional[SendResult]:
         queued = self._claimed(msg)
-        if queued is False:
+        if isinstance(queued, bool):  # a queued message that someone else holds, or that vanished
             return None
-        if isinstance(queued, QueuedMessage):
+        if queued is not None:
             from_addr = sender if sender is not None else queued.from_addr
             to_addrs = self._recipients(recipient, recipients) or queued.to_addrs
             return self._deliver_queued(queued, from_addr, to_addrs)
@@ -141,10 +154,13 @@ class MessageHandler:
     @staticmethod
     def _claimed(msg: Any) -> Union[QueuedMessage, None, bool]:
         """QueuedMessage if ``msg`` is (or can be claimed as) a queued message; False if it cannot be."""
-        if isinstance(msg, QueuedMessage):
-            return msg if msg.is_claimed else msg.backend.claim(msg.msg_id) or False
+        queued = _as_queued_message(msg)
+        if queued is not None:
+            return queued if queued.is_claimed else queued.backend.claim(queued.msg_id) or False
         queue = getattr(msg, 'queue', None)
         if isinstance(msg, str) and queue is not None:
+            from .queue.format import QueueFileError
+
             try:
                 return queue.claim(str(msg)) or False
             except QueueFileError:
@@ -243,7 +259,7 @@ class MessageHandler:
                 try:
                     queue.queue.store_failed(msg_bytes, from_addr, list(result.refused),
                                              _reason(result.refused))
-                except (QueueWriteError, OSError) as exc:
+                except OSError as exc:  # QueueWriteError is an OSError
                     logging.getLogger('mailqueue').error('could not keep a copy of the refused message: %s', exc)
         info = MessageInfo(from_addr, list(to_addrs), msg_bytes)
         self._fire(info, result)

@@ -575,6 +575,8 @@ class MaildirBackend:
     """Transport that queues the message for ``mq-run`` (always succeeds unless the disk fails)."""
 
     transport_name = 'maildir'
+    # MessageHandler: never queue a message that is already in a queue; fallback target for refusals
+    is_queue = True
 
     def __init__(self, queue_dir: str) -> None:
         self.queue_dir = queue_dir

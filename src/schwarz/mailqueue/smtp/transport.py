@@ -84,6 +84,11 @@ class SMTPMailer:
             self._ssl_context = build_ssl_context(self.tls_verify, self.cafile)
         return self._ssl_context
 
+    def _context_or_none(self) -> ssl.SSLContext:
+        context = self.ssl_context
+        assert context is not None, 'TLS negotiated although tls=none'
+        return context
+
     def clone(self) -> SMTPMailer:
         """A mailer with the same settings and SSL context but its own connection."""
         twin = SMTPMailer(
@@ -96,7 +101,7 @@ class SMTPMailer:
 
     def _new_connection(self) -> SMTPConnection:
         conn = SMTPConnection(
-            self.hostname, self.port, tls=self.tls, ssl_context=self.ssl_context, username=self.username,
+            self.hostname, self.port, tls=self.tls, ssl_context=self._context_or_none, username=self.username,
             password=self._password, timeout=self.timeout, local_hostname=self.local_hostname,
             dialog_log=self.smtp_log,
         )
