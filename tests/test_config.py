@@ -73,3 +73,17 @@ def test_password_command_reads_no_stdin(tmp_path) -> None:
     failing = parse_config_text('[mqrunner]\nsmtp_password_command = exit 3\n')
     with pytest.raises(ConfigError, match='status 3'):
         failing.password()
+
+
+def test_delivery_log_file_does_not_leak_to_console(tmp_path, smtp_server) -> None:
+    """With delivery_log set, a quiet cron run prints nothing: lines go to the file only."""
+    from helpers import run, script, write_config
+
+    from schwarz.mailqueue.queue.maildir import MaildirQueue
+    queue_dir = tmp_path / 'q'
+    MaildirQueue(str(queue_dir)).enqueue(b'Subject: x\r\n\r\nbody\r\n', 'a@x', ['b@x'])
+    log = tmp_path / 'delivery.log'
+    config = write_config(tmp_path / 'mq.conf', smtp_server, queue_dir=queue_dir, delivery_log=log)
+    result = run([script('mq-run'), '-C', config])
+    assert result.returncode == 0 and result.stderr == b'' and result.stdout == b''
+    assert log.read_text().count('status=sent') == 1

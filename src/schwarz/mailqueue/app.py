@@ -63,27 +63,37 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
                               'logging_config') from None
         return
     root = logging.getLogger('mailqueue')
-    if not any(getattr(h, '_mq_console', False) for h in root.handlers):
+    console_level = logging.ERROR if quiet else logging.DEBUG if verbose >= 1 else logging.WARNING
+    console = next((h for h in root.handlers if getattr(h, '_mq_console', False)), None)
+    if console is None:
         console = logging.StreamHandler(sys.stderr)
         console._mq_console = True  # type: ignore[attr-defined]
         console.setFormatter(logging.Formatter('%(message)s'))
         root.addHandler(console)
         root.propagate = False
-    if quiet:
-        root.setLevel(logging.ERROR)
-    elif verbose >= 1:
-        root.setLevel(logging.DEBUG)
-    else:
-        root.setLevel(logging.WARNING)
+    # The handler filters too: delivery/queue loggers are set to INFO for their log files and
+    # propagate here, and from cron every line on stderr becomes a mail.
+    console.setLevel(console_level)
+    root.setLevel(console_level)
     for logger_name, path in ((DELIVERY_LOG, settings.delivery_log), (QUEUE_LOG, settings.queue_log)):
-        if not path:
-            continue
         logger = logging.getLogger(logger_name)
+        # A wrapper calling init_app() once per run (one_shot_queue_run) must not stack a
+        # handler per call: every event would be written once more each time, and a changed
+        # log_format would mix formats in one file.
+        stale = [h for h in logger.handlers if getattr(h, '_mq_logfile', False)]
+        for old in stale:
+            logger.removeHandler(old)
+            old.close()
+        if not path:
+            if stale:
+                logger.setLevel(logging.NOTSET)  # back to what it was before we added the file
+            continue
         try:
             handler = logging.FileHandler(path, encoding='utf-8')
         except OSError as exc:
             raise ConfigError(f'cannot open log file ({exc.strerror or exc})', settings.path,
                               'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log') from None
+        handler._mq_logfile = True  # type: ignore[attr-defined]
         handler.setFormatter(_formatter(settings))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -1,0 +1,795 @@
+"""mq-queue: look at and manage the queue (``mailq`` / ``postqueue`` / ``postsuper`` of this project).
+
+    mq-queue [-C FILE | --queue-dir DIR] list [--json] [--state S] [--older-than AGE] [--to X] [--from X]
+    mq-queue show ID [--body]
+    mq-queue retry ID...|--all [--now]
+    mq-queue hold ID...|--all [--reason TEXT]
+    mq-queue release ID...|--all
+    mq-queue delete ID... [-y]
+    mq-queue requeue ID...|--all
+    mq-queue purge --older-than AGE [--state S] [-y] [--dry-run]
+    mq-queue stats [--json | --prometheus] [-o FILE]
+
+This module only parses arguments, prints and maps outcomes to exit codes; the
+work is done by ``schwarz.mailqueue.queue.admin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, TextIO, Tuple
+
+from ..humanize import ellipsize, format_age, format_size, format_until, one_line, printable
+from ..queue.admin import (
+    BUSY,
+    CORRUPT,
+    DEFERRED,
+    GONE,
+    NOOP,
+    OK,
+    PURGE_STATES,
+    REFUSED,
+    WRONG_STATE,
+    ActionResult,
+    IDError,
+    InvalidID,
+    MessageView,
+    QueueAdmin,
+    QueueStats,
+    Row,
+    Selection,
+    UnknownID,
+)
+from ..queue.backend import STATES
+from ..queue.format import FAILED_REASON, HOLD_REASON, LAST_ERROR, format_date
+from ..queue.maildir import MaildirQueue, QueueWriteError
+from ..queue.schedule import RetryPolicy, parse_duration
+from .common import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    CLIError,
+    fail,
+    load_app,
+    run_main,
+)
+
+__all__ = ['EX_IOERR', 'EX_NOINPUT', 'EX_NOPERM', 'build_parser', 'list_queue', 'main']
+
+PROG = 'mq-queue'
+# sysexits.h codes that cli.common does not need
+EX_NOINPUT = 66
+EX_IOERR = 74
+EX_NOPERM = 77
+
+_OUTCOME_CODES = {OK: EX_OK, NOOP: EX_OK, BUSY: EX_TEMPFAIL, GONE: EX_NOINPUT, WRONG_STATE: EX_USAGE,
+                  CORRUPT: EX_DATAERR, DEFERRED: EX_TEMPFAIL, REFUSED: EX_UNAVAILABLE}
+# What to do instead when a command does not apply to the state a message is in.
+_HINTS = {
+    ('retry', 'hold'): 'release it first',
+    ('retry', 'failed'): 'use requeue',
+    ('deliver', 'hold'): 'release it first',
+    ('deliver', 'failed'): 'use requeue',
+    ('hold', 'failed'): 'use requeue or delete',
+    ('release', 'failed'): 'use requeue',
+    ('requeue', 'new'): 'it is not failed; use retry',
+    ('requeue', 'hold'): 'use release',
+}
+_PAST = {'retry': 'made due', 'hold': 'held', 'release': 'released', 'requeue': 'requeued',
+         'delete': 'deleted', 'purge': 'purged', 'deliver': 'delivered'}
+_MAX_CONNECTION_FAILURES = 3
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f'{message} (see {PROG} --help)', EX_USAGE)
+
+
+def _duration(value: str) -> Any:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _state(value: str) -> str:
+    if value not in STATES:
+        raise argparse.ArgumentTypeError(f'unknown state {value!r} (one of {", ".join(STATES)})')
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    # Accepted before and after the sub-command; after it only overrides what was given.
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument('-C', '--config', metavar='FILE', default=d(None),
+                        help='configuration file (default: ~/.mailqueue-runner.conf, then '
+                             '/etc/mailqueue-runner.conf)')
+    parser.add_argument('-d', '--queue-dir', metavar='DIR', default=d(None),
+                        help='the queue directory (default: queue_dir from the configuration)')
+    parser.add_argument('-v', '--verbose', action='count', default=d(0), help='more detail')
+    parser.add_argument('--wait', metavar='SECONDS', type=float, default=d(5.0),
+                        help='how long to wait for a message that is being delivered (default: 5)')
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--older-than', metavar='AGE', type=_duration,
+                        help='only messages queued longer ago than AGE (e.g. 30m, 2d, 1h30m)')
+    parser.add_argument('--to', metavar='TEXT', help='only messages with a recipient containing TEXT')
+    parser.add_argument('--from', dest='sender', metavar='TEXT',
+                        help='only messages whose sender contains TEXT ("<>" for the null sender)')
+
+
+def _add_ids(parser: argparse.ArgumentParser, bulk: bool) -> None:
+    parser.add_argument('ids', nargs='*', metavar='ID',
+                        help='queue id or a unique prefix of one; "-" reads ids from stdin, one per line')
+    if bulk:
+        parser.add_argument('--all', action='store_true', help='every message this command applies to')
+        _add_filters(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description='Look at and manage the mailqueue-runner queue.',
+                     epilog='Without a command, "list" is run. IDs may be abbreviated to a unique prefix.')
+    _add_common(parser, defaults=True)
+    common = _Parser(add_help=False)
+    _add_common(common, defaults=False)
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+
+    p = sub.add_parser('list', parents=[common], help='one line per message (streams; fine for huge queues)')
+    p.add_argument('--json', action='store_true', help='one JSON object per line, full values')
+    p.add_argument('--state', action='append', type=_state, metavar='STATE',
+                   help=f'only this state ({", ".join(STATES)}); repeatable')
+    _add_filters(p)
+    p.add_argument('--sort', choices=('age', 'size'),
+                   help='sort (oldest/largest first); keeps the listing in memory')
+
+    p = sub.add_parser('show', parents=[common], help='envelope, queue metadata and headers of messages')
+    p.add_argument('ids', nargs='+', metavar='ID')
+    p.add_argument('--body', action='store_true', help='the whole message instead of only its headers')
+
+    p = sub.add_parser('retry', parents=[common], help='make messages due now (or deliver them now)')
+    _add_ids(p, bulk=True)
+    p.add_argument('--now', action='store_true', help='deliver immediately instead of at the next queue run')
+
+    p = sub.add_parser('hold', parents=[common], help='park waiting messages in hold/')
+    _add_ids(p, bulk=True)
+    p.add_argument('--reason', metavar='TEXT', help='note kept with the message')
+
+    p = sub.add_parser('release', parents=[common], help='move held messages back to new/')
+    _add_ids(p, bulk=True)
+
+    p = sub.add_parser('delete', parents=[common], help='remove messages')
+    _add_ids(p, bulk=False)
+    p.add_argument('-y', '--yes', action='store_true', help='do not ask for confirmation')
+
+    p = sub.add_parser('requeue', parents=[common], help='move failed messages back to new/, retries reset')
+    _add_ids(p, bulk=True)
+
+    p = sub.add_parser('purge', parents=[common], help='delete messages older than AGE')
+    p.add_argument('--older-than', metavar='AGE', type=_duration, required=True)
+    p.add_argument('--state', action='append', type=_state, metavar='STATE',
+                   help=f'only this state; repeatable (default: {", ".join(PURGE_STATES)})')
+    p.add_argument('-y', '--yes', action='store_true', help='do not ask for confirmation')
+    p.add_argument('-n', '--dry-run', action='store_true', help='only list what would be purged')
+
+    p = sub.add_parser('stats', parents=[common], help='counts per state, oldest age, total size')
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument('--json', action='store_true', help='one JSON object')
+    fmt.add_argument('--prometheus', action='store_true',
+                     help='Prometheus text format (node_exporter textfile collector)')
+    p.add_argument('-o', '--output', metavar='FILE', help='write FILE atomically instead of printing')
+    return parser
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _ellipsis(stream: Any) -> str:
+    encoding = (getattr(stream, 'encoding', None) or '').lower().replace('-', '')
+    return '…' if encoding == 'utf8' else '...'
+
+
+def _os_error(exc: OSError) -> CLIError:
+    code = EX_NOPERM if isinstance(exc, PermissionError) else EX_IOERR
+    where = f'{exc.filename}: ' if exc.filename else ''
+    return CLIError(f'{where}{exc.strerror or exc}', code)
+
+
+def _open_queue(path: str, *, writable: bool) -> MaildirQueue:
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        is_dir = False
+    except OSError as exc:
+        raise _os_error(exc) from None
+    if not is_dir:
+        fail(f'queue directory {path} does not exist', EX_NOINPUT)
+    queue = MaildirQueue(path, create=False)
+    if writable:
+        try:
+            # Queues written by mailqueue-runner 1.0.0 have no hold/ or failed/ yet.
+            queue.ensure_dirs()
+        except QueueWriteError as exc:
+            raise _os_error(exc) from None
+    return queue
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- list ------------------------------------------------------------------------------------------
+
+
+def _next_column(row: Row, now: datetime) -> str:
+    if row.error is not None:
+        return '-'
+    if row.state == 'cur':
+        return 'sending' if row.active else 'stale'
+    if row.state == 'new':
+        return format_until(row.next_attempt, now)
+    return '-'
+
+
+class _Table:
+    """Fixed-width columns, so rows can be printed as they stream in (no second pass over the queue)."""
+
+    FROM_WIDTH = 24
+    TO_WIDTH = 28
+
+    FULL_ID_WIDTH = 23  # what MaildirQueue's ids look like: 12 hex digits, a dot, a timestamp
+
+    def __init__(self, stream: TextIO, abbrev: Optional[int], now: datetime, terminal: bool) -> None:
+        self.stream = stream
+        self.abbrev = abbrev
+        id_width = self.id_width = abbrev or self.FULL_ID_WIDTH
+        self.now = now
+        self.terminal = terminal
+        self.marker = _ellipsis(stream)
+        self.from_width = self.FROM_WIDTH
+        self.to_width = self.TO_WIDTH
+        self.error_width: Optional[int] = None
+        if terminal:
+            columns = shutil.get_terminal_size((120, 24)).columns
+            fixed = id_width + 6 + 6 + 5 + 7 + 5 + 2 * 8
+            room = max(columns - fixed, 30)
+            self.from_width = min(self.FROM_WIDTH, max(12, room // 4))
+            self.to_width = min(self.TO_WIDTH, max(12, room // 3))
+            self.error_width = max(room - self.from_width - self.to_width, 10)
+
+    def _line(self, cells: Tuple[str, ...]) -> str:
+        ident, state, age, tries, nxt, size, sender, rcpts, error = cells
+        return (f'{ident:<{self.id_width}}  {state:<6}  {age:>6}  {tries:>5}  {nxt:>7}  {size:>5}  '
+                f'{sender:<{self.from_width}}  {rcpts:<{self.to_width}}  {error}').rstrip() + '\n'
+
+    def header(self) -> None:
+        self.stream.write(self._line(('ID', 'STATE', 'AGE', 'TRIES', 'NEXT', 'SIZE', 'FROM', 'TO', 'LAST ERROR')))
+
+    def _recipients(self, addrs: List[str]) -> str:
+        text = ','.join(one_line(a) for a in addrs) or '-'
+        if not self.terminal or len(text) <= self.to_width or len(addrs) < 2:
+            return text if not self.terminal else ellipsize(text, self.to_width, self.marker)
+        more = f',+{len(addrs) - 1}'
+        return ellipsize(one_line(addrs[0]), self.to_width - len(more), self.marker) + more
+
+    def row(self, row: Row) -> None:
+        sender = '-' if row.from_addr is None else (one_line(row.from_addr) or '<>')
+        error = one_line(row.reason) or '-'
+        if self.terminal:
+            sender = ellipsize(sender, self.from_width, self.marker)
+            if self.error_width is not None:
+                error = ellipsize(error, self.error_width, self.marker)
+        ident = row.msg_id if self.abbrev is None else row.msg_id[:self.abbrev]
+        self.stream.write(self._line((
+            one_line(ident), row.state, format_age(row.age(self.now)),
+            str(row.retries) if row.error is None else '-', _next_column(row, self.now),
+            format_size(row.size), sender, self._recipients(row.to_addrs), error)))
+
+
+def _write_listing(admin: QueueAdmin, stream: TextIO, selection: Selection, *, as_json: bool,
+                   sort: Optional[str] = None) -> int:
+    now = admin.clock()
+    rows: Iterable[Row] = admin.rows(selection)
+    if sort == 'age':
+        rows = sorted(rows, key=lambda r: r.age(now), reverse=True)
+    elif sort == 'size':
+        rows = sorted(rows, key=lambda r: r.size, reverse=True)
+    count = 0
+    total = 0
+    if as_json:
+        for row in rows:
+            stream.write(json.dumps(row.as_json(now)) + '\n')
+            count += 1
+        return EX_OK
+    terminal = _is_terminal(stream)
+    table = _Table(stream, admin.abbrev_length(), now, terminal)
+    for row in rows:
+        if count == 0 and terminal:
+            table.header()
+        table.row(row)
+        count += 1
+        total += row.size
+    filtered = selection != Selection()
+    if count == 0:
+        if not filtered:
+            # The sendmail/Postfix wording: monitoring scripts grep for it.
+            stream.write('Mail queue is empty\n')
+        elif terminal:
+            stream.write('no matching messages\n')
+    elif terminal:
+        noun = 'message' if count == 1 else 'messages'
+        stream.write(f'-- {count} {noun}, {format_size(total)}\n')
+    return EX_OK
+
+
+def list_queue(queue_dir: str, stream: TextIO, *, as_json: bool = False, policy: Optional[RetryPolicy] = None,
+               prog: str = PROG) -> int:
+    """Print the ``mq-queue list`` listing of ``queue_dir`` to ``stream`` (used by ``mq-sendmail -bp``).
+
+    Errors go to stderr as one line; the return value is the exit code.
+    """
+    try:
+        admin = QueueAdmin(_open_queue(queue_dir, writable=False), policy)
+        return _write_listing(admin, stream, Selection(), as_json=as_json)
+    except CLIError as exc:
+        print(f'{prog}: {exc}', file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        error = _os_error(exc)
+        print(f'{prog}: {error}', file=sys.stderr)
+        return error.exit_code
+
+
+def _cmd_list(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    selection = Selection(states=tuple(args.state) if args.state else STATES, older_than=args.older_than,
+                          to=args.to, sender=args.sender)
+    return _write_listing(admin, sys.stdout, selection, as_json=args.json, sort=args.sort)
+
+
+# --- show ------------------------------------------------------------------------------------------
+
+
+def _state_text(row: Row, now: datetime) -> str:
+    if row.state == 'new':
+        if row.error is not None:
+            return 'new (unreadable; the next queue run moves it to failed/)'
+        if row.due:
+            return 'new (waiting, due now)'
+        return f'new (deferred, next attempt in {format_until(row.next_attempt, now)})'
+    if row.state == 'cur':
+        if row.active:
+            return 'cur (being delivered right now)'
+        return 'cur (abandoned claim; the next queue run puts it back to new/)'
+    if row.state == 'hold':
+        return 'hold (held by an administrator; never delivered or expired until released)'
+    return 'failed (dead letter; "requeue" sends it again)'
+
+
+def _when(value: datetime, now: datetime) -> str:
+    if value <= now:
+        return f'{format_date(value)} ({format_age(now - value)} ago)'
+    return f'{format_date(value)} (in {format_age(value - now)})'
+
+
+def _show_fields(view: MessageView, now: datetime) -> List[Tuple[str, str]]:
+    row = view.row
+    fields = [('Queue-ID', row.msg_id), ('State', _state_text(row, now)), ('File', row.path),
+              ('Size', f'{format_size(row.size)} ({row.size} bytes)')]
+    if row.error is not None:
+        fields.append(('Unreadable', row.error))
+        if row.failed_reason:
+            fields.append(('Reason', row.failed_reason))
+        return fields
+    meta = view.meta
+    assert meta is not None
+    fields.append(('Sender', f'<{meta.from_addr}>'))
+    fields.append(('Recipients', ', '.join(meta.to_addrs)))
+    if row.first_queued is not None:
+        fields.append(('Queued', _when(row.first_queued, now)))
+    if row.queue_date is not None and row.queue_date != row.first_queued:
+        fields.append(('Lifetime from', _when(row.queue_date, now)))
+    fields.append(('Attempts', str(meta.retries)))
+    if meta.last_delivery_attempt is not None:
+        fields.append(('Last attempt', _when(meta.last_delivery_attempt, now)))
+    if row.state == 'new':
+        fields.append(('Next attempt', 'now' if row.due or row.next_attempt is None else
+                       _when(row.next_attempt, now)))
+    if row.held_since is not None:
+        fields.append(('Held since', _when(row.held_since, now)))
+    labels = {LAST_ERROR: 'Last error', FAILED_REASON: 'Failed reason', HOLD_REASON: 'Hold reason'}
+    for name, value in meta.extra.items():
+        if name in labels:
+            fields.append((labels[name], value))
+        elif name not in ('X-Queue-Held-Since', 'X-Queue-Original-Date'):
+            fields.append((name, value))
+    return fields
+
+
+def _write_bytes(data: bytes, terminal: bool) -> None:
+    if terminal:
+        # Mail is attacker-controlled: never let it drive the terminal.
+        text = printable(data.decode('utf-8', 'replace').replace('\r\n', '\n'))
+        sys.stdout.write(text if text.endswith('\n') else text + '\n')
+        return
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, 'buffer', None)
+    if buffer is None:
+        sys.stdout.write(data.decode('utf-8', 'replace'))
+        return
+    buffer.write(data if data.endswith(b'\n') else data + b'\n')
+    buffer.flush()
+
+
+def _cmd_show(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    ids = admin.resolve(args.ids)
+    terminal = _is_terminal(sys.stdout)
+    for index, msg_id in enumerate(ids):
+        view = admin.view(msg_id)
+        now = admin.clock()
+        if index:
+            sys.stdout.write('\n')
+        for label, value in _show_fields(view, now):
+            sys.stdout.write(f'{label + ":":<15}{one_line(value)}\n')
+        sys.stdout.write('\n')
+        content = view.content if args.body else view.headers
+        if content:
+            _write_bytes(content, terminal)
+    return EX_OK
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Per-message lines (all of them for explicit ids, only problems for --all) and the exit code."""
+
+    def __init__(self, action: str, bulk: bool, verbose: int) -> None:
+        self.action = action
+        self.bulk = bulk
+        self.verbose = verbose
+        self.counts: Dict[str, int] = {}
+        self.exit_code = EX_OK
+
+    def add(self, result: ActionResult) -> None:
+        self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
+        code = _OUTCOME_CODES.get(result.outcome, EX_DATAERR)
+        if result.outcome == GONE and result.action in ('delete', 'purge'):
+            code = EX_OK  # the goal, "not in the queue", is reached
+        if self.bulk and result.outcome in (GONE, WRONG_STATE):
+            code = EX_OK  # --all covers what is there; a runner took this one meanwhile
+        if code != EX_OK and self.exit_code == EX_OK:
+            self.exit_code = code
+        detail = result.detail
+        hint = _HINTS.get((result.action, result.state or ''))
+        if result.outcome == WRONG_STATE and hint:
+            detail = f'{detail} ({hint})'
+        if result.ok or code == EX_OK:
+            if not self.bulk or self.verbose:
+                print(f'{result.msg_id}: {detail}')
+        else:
+            print(f'{PROG}: {result.msg_id}: {detail}', file=sys.stderr)
+
+    def summary(self) -> None:
+        if not self.bulk:
+            return
+        done = self.counts.get(OK, 0)
+        noun = 'message' if done == 1 else 'messages'
+        parts = [f'{_PAST.get(self.action, self.action)} {done} {noun}']
+        for outcome, label in ((NOOP, 'unchanged'), (BUSY, 'busy'), (GONE, 'gone meanwhile'),
+                               (WRONG_STATE, 'moved meanwhile'), (CORRUPT, 'unreadable'),
+                               (DEFERRED, 'deferred'), (REFUSED, 'refused')):
+            if self.counts.get(outcome):
+                parts.append(f'{self.counts[outcome]} {label}')
+        print(', '.join(parts))
+
+
+def _read_stdin_ids() -> List[str]:
+    return [line.strip() for line in sys.stdin if line.strip() and not line.lstrip().startswith('#')]
+
+
+def _explicit_ids(args: argparse.Namespace, admin: QueueAdmin) -> List[str]:
+    given: List[str] = list(args.ids)
+    if given == ['-']:
+        given = _read_stdin_ids()
+        if not given:
+            fail('no ids on stdin', EX_USAGE)
+    elif '-' in given:
+        fail('"-" (ids from stdin) cannot be combined with other ids', EX_USAGE)
+    return admin.resolve(given)
+
+
+def _targets(args: argparse.Namespace, admin: QueueAdmin, states: Tuple[str, ...]) -> Tuple[bool, Iterator[str]]:
+    """(bulk, ids): explicit ids are all resolved first, so a typo changes nothing."""
+    use_all = bool(getattr(args, 'all', False))
+    if use_all and args.ids:
+        fail(f'give ids or --all, not both (see {PROG} {args.command} --help)', EX_USAGE)
+    if not use_all and not args.ids:
+        fail(f'{args.command}: give one or more ids' + (' or --all' if hasattr(args, 'all') else ''), EX_USAGE)
+    if use_all:
+        selection = Selection(states=states, older_than=args.older_than, to=args.to, sender=args.sender)
+        return True, (msg_id for _state, msg_id in admin.select_ids(selection))
+    if any(getattr(args, name, None) is not None for name in ('older_than', 'to', 'sender')):
+        fail('--older-than, --to and --from only apply to --all', EX_USAGE)
+    return False, iter(_explicit_ids(args, admin))
+
+
+_Apply = Callable[[str, Optional[float]], ActionResult]
+
+
+def _apply_all(bulk: bool, ids: Iterable[str], apply: _Apply, reporter: _Reporter,
+               stop: Callable[[ActionResult], bool] = lambda result: False) -> None:
+    busy: List[str] = []
+    for msg_id in ids:
+        if bulk:
+            # Walking the queue behind a running mq-run would mean waiting for every message it is
+            # delivering at that moment; skip those and come back to them once at the end.
+            result = apply(msg_id, 0)
+            if result.outcome == BUSY:
+                busy.append(msg_id)
+                continue
+        else:
+            result = apply(msg_id, None)
+        reporter.add(result)
+        if stop(result):
+            return
+    for msg_id in busy:
+        result = apply(msg_id, None)
+        reporter.add(result)
+        if stop(result):
+            return
+
+
+def _run_action(args: argparse.Namespace, admin: QueueAdmin, action: str, states: Tuple[str, ...],
+                apply: _Apply) -> int:
+    bulk, ids = _targets(args, admin, states)
+    reporter = _Reporter(action, bulk, args.verbose)
+    _apply_all(bulk, ids, apply, reporter)
+    reporter.summary()
+    return reporter.exit_code
+
+
+def _deliver_now(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    from ..config import ConfigError, init_smtp_mailer
+    from ..handler import MessageHandler
+
+    settings = ctx.settings
+    if not settings.smtp_hostname:
+        fail('retry --now needs the SMTP settings (smtp_hostname) from a configuration file (-C FILE)', EX_CONFIG)
+    bulk, ids = _targets(args, admin, ('new',))
+    try:
+        mailer = init_smtp_mailer(settings)
+    except ConfigError as exc:
+        fail(str(exc), EX_CONFIG)
+    handler = MessageHandler([mailer], plugins=ctx.plugins, app=PROG, retry_policy=admin.policy)
+    reporter = _Reporter('deliver', bulk, args.verbose)
+    failures = [0]
+
+    def unreachable(result: ActionResult) -> bool:
+        failures[0] = failures[0] + 1 if result.connection_failed else 0
+        if failures[0] < _MAX_CONNECTION_FAILURES:
+            return False
+        print(f'{PROG}: the SMTP server cannot be reached; the remaining messages stay queued', file=sys.stderr)
+        return True
+
+    try:
+        _apply_all(bulk, ids, lambda msg_id, wait: admin.deliver(msg_id, handler, wait=wait), reporter,
+                   unreachable)
+    finally:
+        handler.close()
+    reporter.summary()
+    return reporter.exit_code
+
+
+def _cmd_retry(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    if args.now:
+        return _deliver_now(args, admin, ctx)
+    return _run_action(args, admin, 'retry', ('new',), lambda msg_id, wait: admin.retry(msg_id, wait=wait))
+
+
+def _cmd_hold(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    return _run_action(args, admin, 'hold', ('new',), lambda msg_id, wait: admin.hold(msg_id, args.reason, wait=wait))
+
+
+def _cmd_release(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    return _run_action(args, admin, 'release', ('hold',), lambda msg_id, wait: admin.release(msg_id, wait=wait))
+
+
+def _cmd_requeue(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    return _run_action(args, admin, 'requeue', ('failed',), lambda msg_id, wait: admin.requeue(msg_id, wait=wait))
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on a terminal; scripts (stdin not a terminal) and -y proceed."""
+    if assume_yes or not _is_terminal(sys.stdin):
+        return True
+    sys.stderr.write(f'{question} [y/N] ')
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ('y', 'yes')
+
+
+def _describe(admin: QueueAdmin, msg_id: str) -> str:
+    try:
+        row = admin.view(msg_id).row
+    except IDError:
+        return msg_id
+    if row.error is not None:
+        return f'{msg_id} ({row.state}, unreadable)'
+    return f'{msg_id} ({row.state}, from <{one_line(row.from_addr)}> to {one_line(",".join(row.to_addrs))})'
+
+
+def _cmd_delete(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    _bulk, id_iter = _targets(args, admin, STATES)
+    ids = list(id_iter)
+    if _is_terminal(sys.stdin) and not args.yes:
+        for msg_id in ids[:10]:
+            sys.stderr.write(f'  {_describe(admin, msg_id)}\n')
+        if len(ids) > 10:
+            sys.stderr.write(f'  ... and {len(ids) - 10} more\n')
+        noun = 'this message' if len(ids) == 1 else f'these {len(ids)} messages'
+        if not _confirm(f'Delete {noun}?', False):
+            print('cancelled; nothing deleted', file=sys.stderr)
+            return EX_OK
+    reporter = _Reporter('delete', False, args.verbose)
+    for msg_id in ids:
+        reporter.add(admin.delete(msg_id))
+    return reporter.exit_code
+
+
+def _cmd_purge(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    states = tuple(args.state) if args.state else PURGE_STATES
+    age = format_age(args.older_than)
+    if not args.dry_run and _is_terminal(sys.stdin) and not args.yes:
+        matching = sum(1 for _ in admin.rows(Selection(states=states, older_than=args.older_than)))
+        if not matching:
+            print(f'no messages older than {age} in {", ".join(states)}')
+            return EX_OK
+        noun = 'message' if matching == 1 else 'messages'
+        if not _confirm(f'Delete {matching} {noun} older than {age} from {", ".join(states)}?', False):
+            print('cancelled; nothing deleted', file=sys.stderr)
+            return EX_OK
+    reporter = _Reporter('purge', True, args.verbose or int(args.dry_run))
+    for result in admin.purge(args.older_than, states, dry_run=args.dry_run):
+        reporter.add(result)
+    if args.dry_run:
+        count = reporter.counts.get(OK, 0)
+        print(f'{count} {"message" if count == 1 else "messages"} would be purged')
+    else:
+        reporter.summary()
+    return reporter.exit_code
+
+
+# --- stats ---------------------------------------------------------------------------------------
+
+
+def _stats_text(stats: QueueStats) -> str:
+    lines = [f'{"STATE":<8}{"MESSAGES":>10}{"SIZE":>8}{"OLDEST":>9}']
+    for name, item in [*stats.states.items(), ('total', stats.total)]:
+        age = item.oldest_age(stats.generated)
+        lines.append(f'{name:<8}{item.count:>10}{format_size(item.bytes):>8}'
+                     f'{format_age(age) if age is not None else "-":>9}')
+    extra = f'deferred {stats.deferred}, due now {stats.due}, being delivered {stats.active}'
+    if stats.total.unreadable:
+        extra += f', unreadable {stats.total.unreadable}'
+    lines.append(extra)
+    return '\n'.join(lines) + '\n'
+
+
+def _write_atomically(path: str, text: str) -> None:
+    # node_exporter may read at any moment: it must see the old file or the new one, never half.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.mq-queue-', suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as fp:
+            fp.write(text)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _cmd_stats(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    stats = admin.stats()
+    if args.prometheus:
+        text = stats.prometheus()
+    elif args.json:
+        text = json.dumps(stats.as_json()) + '\n'
+    else:
+        text = _stats_text(stats)
+    if args.output:
+        _write_atomically(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return EX_OK
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+_COMMANDS: Dict[str, Callable[[argparse.Namespace, QueueAdmin, Any], int]] = {
+    'list': _cmd_list, 'show': _cmd_show, 'retry': _cmd_retry, 'hold': _cmd_hold, 'release': _cmd_release,
+    'delete': _cmd_delete, 'requeue': _cmd_requeue, 'purge': _cmd_purge, 'stats': _cmd_stats,
+}
+_READ_ONLY = ('list', 'show', 'stats')
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.command is None:
+        args = parser.parse_args([*argv, 'list'])
+    return args
+
+
+def _body(argv: Sequence[str]) -> int:
+    from ..config import ConfigError
+
+    args = _parse(argv)
+    if args.wait < 0:
+        fail('--wait must not be negative', EX_USAGE)
+    needs_plugins = args.command == 'retry' and args.now
+    ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=needs_plugins)
+    try:
+        settings = ctx.settings
+        try:
+            policy = settings.retry_policy()
+        except ConfigError as exc:
+            fail(str(exc), EX_CONFIG)
+        queue_dir = args.queue_dir or settings.queue_dir
+        if not queue_dir:
+            fail('no queue directory: use --queue-dir DIR or set queue_dir in the configuration',
+                 EX_CONFIG if settings.path else EX_USAGE)
+        queue = _open_queue(queue_dir, writable=args.command not in _READ_ONLY)
+        admin = QueueAdmin(queue, policy, wait=args.wait, app=PROG)
+        try:
+            return _COMMANDS[args.command](args, admin, ctx)
+        except InvalidID as exc:
+            fail(str(exc), EX_USAGE)
+        except UnknownID as exc:
+            fail(str(exc), EX_NOINPUT)
+        except IDError as exc:  # ambiguous
+            fail(str(exc), EX_USAGE)
+        except BrokenPipeError:
+            # The reader (head, less) is gone; stop quietly and keep Python from complaining at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EX_OK
+        except OSError as exc:
+            raise _os_error(exc) from None
+    finally:
+        ctx.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(PROG, _body, argv)
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())
