@@ -77,9 +77,9 @@ def test_password_command_reads_no_stdin(tmp_path) -> None:
 
 def test_delivery_log_file_does_not_leak_to_console(tmp_path, smtp_server) -> None:
     """With delivery_log set, a quiet cron run prints nothing: lines go to the file only."""
-    from helpers import run, script, write_config
-
     from schwarz.mailqueue.queue.maildir import MaildirQueue
+
+    from helpers import run, script, write_config
     queue_dir = tmp_path / 'q'
     MaildirQueue(str(queue_dir)).enqueue(b'Subject: x\r\n\r\nbody\r\n', 'a@x', ['b@x'])
     log = tmp_path / 'delivery.log'
