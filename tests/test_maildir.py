@@ -175,3 +175,18 @@ def test_time_limit_fallback_only_when_configured(tmp_path) -> None:
     untrusting = MaildirQueue(queue.path, stale_after=timedelta(minutes=30))
     assert untrusting.recover_stale() == 1
     assert files(queue, 'new') == [msg_id]
+
+
+def test_rewrite_after_crash_left_a_tmp_file(tmp_path) -> None:
+    """A runner killed mid-rewrite leaves tmp/ debris; later rewrites of that message still work."""
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    msg_id = str(queue.enqueue(MSG, 'a@x', ['b@x', 'c@x']))
+    for name in (msg_id, f'{msg_id}.deadbeef'):
+        (tmp_path / 'q' / 'tmp' / name).write_bytes(b'partial')
+    msg = queue.claim(msg_id)
+    assert msg is not None
+    queue.defer(msg, ['c@x'], '451 later', datetime.now(timezone.utc))
+    msg = queue.claim(msg_id)
+    assert msg is not None
+    queue.fail(msg, '550 no')
+    assert queue.read_meta('failed', msg_id).to_addrs == ['c@x']

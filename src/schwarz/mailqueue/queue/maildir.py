@@ -271,7 +271,9 @@ class MaildirQueue:
     def _replace_locked(self, msg: QueuedMessage, content: bytes, target_state: str) -> None:
         """Atomically swap the claimed file for ``content`` and move it to ``target_state``."""
         old_fd = msg._handle
-        fd, tmp_path = self._write_tmp(msg.msg_id, content, lock=True)
+        # A unique temporary name: a rewrite interrupted by a crash leaves its tmp file behind,
+        # and the next rewrite of the same message must not trip over it.
+        fd, tmp_path = self._write_tmp(f'{msg.msg_id}.{secrets.token_hex(4)}', content, lock=True)
         cur_path = self._file('cur', msg.msg_id)
         try:
             os.rename(tmp_path, cur_path)
