@@ -1,15 +1,17 @@
-"""What happened to a message, per recipient."""
+"""What happened to a message, per recipient.
+
+Plain classes rather than dataclasses: ``dataclasses`` imports ``inspect``,
+a noticeable part of ``mq-sendmail``'s start-up, and these two are simple.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 __all__ = ['Reply', 'SendResult']
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """One SMTP reply (or a synthetic one for connection-level problems)."""
 
     code: int
@@ -30,29 +32,46 @@ class Reply:
         return (self.code, self.message)
 
 
-@dataclass
 class SendResult:
     """Outcome of one delivery attempt through one transport or a whole handler chain.
 
-    ``accepted`` recipients were delivered (or queued, when ``queued`` is true),
-    ``deferred`` were refused temporarily, ``refused`` permanently. Truthy when
-    nobody is left deferred or refused.
+    ``accepted`` recipients were delivered, ``queued_to`` were queued for later,
+    ``deferred`` were refused temporarily (and not queued), ``refused`` permanently
+    ({recipient: (code, text)}). Truthy when every recipient was delivered or queued.
     """
 
-    transport: Optional[str] = None
-    queued: Optional[bool] = False
-    host: Optional[str] = None
-    smtp_response: Optional[Reply] = None
-    error: Optional[str] = None
-    discarded: bool = False
-    accepted: List[str] = field(default_factory=list)
-    queued_to: List[str] = field(default_factory=list)
-    refused: Dict[str, Tuple[int, str]] = field(default_factory=dict)
-    deferred: Dict[str, Tuple[int, str]] = field(default_factory=dict)
-    queue_id: Optional[str] = None
-    # True when the server could not be reached at all (refused, TLS, AUTH, 421 greeting):
-    # the runner stops its pass instead of touching every queued message.
-    connection_failed: bool = False
+    __slots__ = ('transport', 'queued', 'host', 'smtp_response', 'error', 'discarded', 'accepted', 'queued_to',
+                 'refused', 'deferred', 'queue_id', 'connection_failed')
+
+    def __init__(
+        self,
+        transport: Optional[str] = None,
+        queued: Optional[bool] = False,
+        host: Optional[str] = None,
+        smtp_response: Optional[Reply] = None,
+        error: Optional[str] = None,
+        discarded: bool = False,
+        accepted: Optional[List[str]] = None,
+        queued_to: Optional[List[str]] = None,
+        refused: Optional[Dict[str, Tuple[int, str]]] = None,
+        deferred: Optional[Dict[str, Tuple[int, str]]] = None,
+        queue_id: Optional[str] = None,
+        connection_failed: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.queued = queued
+        self.host = host
+        self.smtp_response = smtp_response
+        self.error = error
+        self.discarded = discarded
+        self.accepted: List[str] = accepted if accepted is not None else []
+        self.queued_to: List[str] = queued_to if queued_to is not None else []
+        self.refused: Dict[str, Tuple[int, str]] = refused if refused is not None else {}
+        self.deferred: Dict[str, Tuple[int, str]] = deferred if deferred is not None else {}
+        self.queue_id = queue_id
+        # True when the server could not be reached at all (refused, TLS, AUTH, 421 greeting):
+        # the runner stops its pass instead of touching every queued message.
+        self.connection_failed = connection_failed
 
     @property
     def is_success(self) -> bool:
@@ -62,6 +81,13 @@ class SendResult:
 
     def __bool__(self) -> bool:
         return self.is_success
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendResult):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         parts = [f'transport={self.transport!r}', f'queued={self.queued!r}']
