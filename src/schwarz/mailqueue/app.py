@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from .config import KNOWN_KEYS, ConfigError, Settings, guess_config_path, load_config, settings_from_mapping
@@ -17,13 +16,16 @@ __all__ = ['AppContext', 'configure_logging', 'guess_config_path', 'init_app', '
 WRAPPER_KEYS = ('basic_logging_configured', 'mh')
 
 
-@dataclass
 class AppContext:
-    settings: Settings
-    options: Dict[str, Any]
-    plugin_manager: Optional[PluginManager] = None
-    plugins: Any = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    """Settings, options and loaded plugins of one tool run; ``close()`` terminates the plugins."""
+
+    def __init__(self, settings: Settings, options: Dict[str, Any], plugin_manager: Optional[PluginManager] = None,
+                 plugins: Any = None, extra: Optional[Dict[str, Any]] = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.plugin_manager = plugin_manager
+        self.plugins = plugins
+        self.extra: Dict[str, Any] = extra if extra is not None else {}
 
     def close(self) -> None:
         if self.plugin_manager is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,28 +33,35 @@ _BACKEND_MODULE = 'schwarz.mailqueue.queue.backend'
 __all__ = ['DebugMailer', 'MessageHandler', 'MessageInfo']
 
 
-@dataclass
 class MessageInfo:
     """What plugins see for a message that was not (yet) queued: same attribute names as a queued one."""
 
-    from_addr: str
-    to_addrs: List[str]
-    msg_bytes: bytes
-    retries: int = 0
-    msg_id: Optional[str] = None
-    queue_date: Optional[datetime] = None
-    last_delivery_attempt: Optional[datetime] = None
-    path: Optional[str] = None
+    __slots__ = ('from_addr', 'to_addrs', 'msg_bytes', 'retries', 'msg_id', 'queue_date', 'last_delivery_attempt',
+                 'path')
+
+    def __init__(self, from_addr: str, to_addrs: List[str], msg_bytes: bytes, retries: int = 0) -> None:
+        self.from_addr = from_addr
+        self.to_addrs = to_addrs
+        self.msg_bytes = msg_bytes
+        self.retries = retries
+        self.msg_id: Optional[str] = None
+        self.queue_date: Optional[datetime] = None
+        self.last_delivery_attempt: Optional[datetime] = None
+        self.path: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f'<MessageInfo from={self.from_addr!r} to={self.to_addrs!r}>'
 
 
-@dataclass
 class DebugMailer:
     """In-memory transport for tests: records ``(from, to, bytes)`` in ``sent_mails``."""
 
-    simulate_failed_sending: bool = False
-    send_callback: Any = None
-    sent_mails: List[Tuple[str, List[str], bytes]] = field(default_factory=list)
-    transport_name: str = 'debug'
+    transport_name = 'debug'
+
+    def __init__(self, simulate_failed_sending: bool = False, send_callback: Any = None) -> None:
+        self.simulate_failed_sending = simulate_failed_sending
+        self.send_callback = send_callback
+        self.sent_mails: List[Tuple[str, List[str], bytes]] = []
 
     def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes) -> SendResult:
         if self.send_callback is not None:

@@ -13,7 +13,6 @@ message is actually sent.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .config import Settings
@@ -75,14 +74,20 @@ def _hostname() -> str:
     return socket.gethostname() or 'localhost'
 
 
-@dataclass
 class Outcome:
     """What happened to a message, in terms a command-line tool reports."""
 
-    status: str
-    problems: List[str] = field(default_factory=list)
-    delivered: List[str] = field(default_factory=list)
-    queued: List[str] = field(default_factory=list)
+    __slots__ = ('status', 'problems', 'delivered', 'queued')
+
+    def __init__(self, status: str, problems: Optional[List[str]] = None, delivered: Optional[List[str]] = None,
+                 queued: Optional[List[str]] = None) -> None:
+        self.status = status
+        self.problems: List[str] = problems if problems is not None else []
+        self.delivered: List[str] = delivered if delivered is not None else []
+        self.queued: List[str] = queued if queued is not None else []
+
+    def __repr__(self) -> str:
+        return f'Outcome({self.status!r}, problems={self.problems!r})'
 
 
 def summarize(result: SendResult, *, queue_configured: bool) -> Outcome:

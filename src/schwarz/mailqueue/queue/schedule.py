@@ -7,7 +7,6 @@ Exponential backoff like Postfix: after the n-th failed attempt wait
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
@@ -62,18 +61,33 @@ def format_duration(delta: timedelta) -> str:
     return f'{days}d{hours}h' if hours else f'{days}d'
 
 
-@dataclass(frozen=True)
 class RetryPolicy:
-    min_delay: timedelta = timedelta(minutes=5)
-    max_delay: timedelta = timedelta(hours=4)
-    max_queue_lifetime: timedelta = timedelta(days=5)
-    max_attempts: Optional[int] = None
+    """Backoff and give-up rules. Immutable by convention."""
 
-    def __post_init__(self) -> None:
+    __slots__ = ('min_delay', 'max_delay', 'max_queue_lifetime', 'max_attempts')
+
+    def __init__(self, min_delay: timedelta = timedelta(minutes=5), max_delay: timedelta = timedelta(hours=4),
+                 max_queue_lifetime: timedelta = timedelta(days=5), max_attempts: Optional[int] = None) -> None:
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.max_queue_lifetime = max_queue_lifetime
+        self.max_attempts = max_attempts
         if self.min_delay.total_seconds() < 0 or self.max_delay < self.min_delay:
             raise ValueError('retry delays must satisfy 0 <= retry_min_delay <= retry_max_delay')
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError('max_attempts must be at least 1')
+
+    def __repr__(self) -> str:
+        return (f'RetryPolicy({self.min_delay!r}, {self.max_delay!r}, {self.max_queue_lifetime!r}, '
+                f'{self.max_attempts!r})')
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RetryPolicy):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, name) for name in self.__slots__))
 
     def delay_after(self, retries: int) -> timedelta:
         """Wait after the ``retries``-th failed attempt (0 failed attempts: no wait)."""
