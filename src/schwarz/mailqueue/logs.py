@@ -7,7 +7,6 @@ renders the same fields as one JSON object per line.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any, Dict, Mapping, Optional
@@ -54,6 +53,8 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, and the event's fields (or the message)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json  # only log shippers need it; keep it off every tool's start-up
+
         data: Dict[str, Any] = {
             'time': self.formatTime(record, '%Y-%m-%dT%H:%M:%S%z'),
             'level': record.levelname.lower(),
