@@ -7,6 +7,7 @@ names the file and the key.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import subprocess
@@ -63,7 +64,7 @@ def _port(value: str) -> int:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
+    if not math.isfinite(number) or number <= 0:
         raise ValueError(f'must be positive, got {value!r}')
     return number
 
@@ -87,6 +88,18 @@ def _str(value: str) -> str:
 
 def _duration(value: str) -> timedelta:
     return parse_duration(value)
+
+
+_MAX_RETRY_DELAY = timedelta(days=365)
+
+
+def _retry_delay(value: str) -> timedelta:
+    # Larger values are typos, and the backoff arithmetic (last attempt + delay) would
+    # overflow on them and stop mq-run.
+    delay = parse_duration(value)
+    if delay > _MAX_RETRY_DELAY:
+        raise ValueError(f'at most {_MAX_RETRY_DELAY.days}d, got {value!r}')
+    return delay
 
 
 def _log_format(value: str) -> str:
@@ -116,8 +129,8 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'delivery_log': ('delivery_log', _str),
     'queue_log': ('queue_log', _str),
     'plugins': ('plugins', _str),
-    'retry_min_delay': ('retry_min_delay', _duration),
-    'retry_max_delay': ('retry_max_delay', _duration),
+    'retry_min_delay': ('retry_min_delay', _retry_delay),
+    'retry_max_delay': ('retry_max_delay', _retry_delay),
     'max_queue_lifetime': ('max_queue_lifetime', _duration),
     'max_attempts': ('max_attempts', _positive_int),
     'workers': ('workers', _positive_int),
@@ -207,6 +220,9 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
             continue
         try:
             setattr(settings, attr, parser(value))
+        except OverflowError:
+            # e.g. a duration beyond what timedelta can hold
+            raise ConfigError('invalid value (out of range)', path, raw_key) from None
         except ValueError as exc:
             raise ConfigError(f'invalid value ({exc})', path, raw_key) from None
     if settings.smtp_password is not None and settings.smtp_password_command:

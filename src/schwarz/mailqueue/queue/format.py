@@ -15,6 +15,7 @@ Byte-compatible with mailqueue-runner 1.0.0 queue files. Pure: bytes in, bytes o
 from __future__ import annotations
 
 import email.utils
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,12 +73,20 @@ def format_date(value: datetime) -> str:
     return email.utils.format_datetime(value)
 
 
+# Dates outside this range cannot be real queue dates, and the retry arithmetic
+# (date + backoff, now - date) would overflow on them and stop a runner.
+_MIN_YEAR = 1900
+_MAX_YEAR = 9000
+
+
 def parse_date(value: str) -> datetime:
     parsed = email.utils.parsedate_to_datetime(value)
     if parsed is None:  # pragma: no cover - Python < 3.10 returns None on garbage
         raise ValueError(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    if not _MIN_YEAR <= parsed.year <= _MAX_YEAR:
+        raise ValueError(f'year {parsed.year} out of range')
     return parsed
 
 
@@ -167,14 +176,18 @@ def _parse_meta_lines(lines: List[bytes]) -> QueueMeta:
 
 def parse_message_envelope(fp: IO[bytes]) -> QueueMeta:
     """Read the meta block from ``fp``; afterwards ``fp`` is positioned at the message bytes."""
+    return _read_meta(fp, _MAX_META_BYTES)
+
+
+def _read_meta(fp: IO[bytes], limit: int) -> QueueMeta:
     lines: List[bytes] = []
     consumed = 0
     while True:
-        line = fp.readline(_MAX_META_BYTES)
+        line = fp.readline(limit)
         if not line:
             raise QueueFileError('no X-Queue-Meta-End line (truncated or not a queue file)')
         consumed += len(line)
-        if consumed > _MAX_META_BYTES:
+        if consumed > limit:
             raise QueueFileError('meta block too large (not a queue file)')
         stripped = _strip_eol(line)
         if stripped == META_END:
@@ -185,13 +198,9 @@ def parse_message_envelope(fp: IO[bytes]) -> QueueMeta:
 
 
 def parse_queue_bytes(data: bytes) -> tuple[QueueMeta, bytes]:
-    end = data.find(META_END)
-    if end < 0:
-        raise QueueFileError('no X-Queue-Meta-End line (truncated or not a queue file)')
-    body_start = end + len(META_END)
-    if data[body_start:body_start + 2] == b'\r\n':
-        body_start += 2
-    elif data[body_start:body_start + 1] == b'\n':
-        body_start += 1
-    meta = _parse_meta_lines([_strip_eol(line) for line in data[:end].splitlines() if line.strip()])
-    return meta, data[body_start:]
+    # The same line-by-line reader as for files: the end marker counts only as a line of its
+    # own, never inside a meta value (an SMTP reply stored as X-Queue-Last-Error may quote it).
+    # Already in memory, so no size limit (a message to many thousands of recipients is fine).
+    fp = io.BytesIO(data)
+    meta = _read_meta(fp, len(data) + 1)
+    return meta, data[fp.tell():]

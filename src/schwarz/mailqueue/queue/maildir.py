@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from ..message import message_bytes_from
 from ..result import SendResult
@@ -47,6 +47,7 @@ __all__ = ['MaildirBackend', 'MaildirQueue', 'QueueWriteError', 'enqueue_message
 _SUBDIRS = ('tmp',) + STATES
 _O_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
 _O_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
+_O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)
 
 
 class QueueWriteError(OSError):
@@ -87,7 +88,11 @@ class MaildirQueue:
 
     def ensure_dirs(self) -> None:
         try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            _make_parents(self.path)
+            try:
+                os.mkdir(self.path, 0o700)
+            except FileExistsError:
+                pass
             for name in _SUBDIRS:
                 sub = os.path.join(self.path, name)
                 try:
@@ -106,6 +111,19 @@ class MaildirQueue:
 
     def _dir(self, state: str) -> str:
         return os.path.join(self.path, state)
+
+    def _check_dir(self, state: str) -> None:
+        """Refuse a state directory that was swapped for a symlink (or anything else) after start-up."""
+        path = self._dir(state)
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as exc:
+            raise QueueWriteError(exc.errno or errno.EIO,
+                                  f'queue directory {path}: {exc.strerror or exc}') from None
+        if stat.S_ISLNK(mode):
+            raise QueueWriteError(errno.ELOOP, f'queue directory {path} is a symlink; refusing to use it')
+        if not stat.S_ISDIR(mode):
+            raise QueueWriteError(errno.ENOTDIR, f'{path} is not a directory')
 
     def _file(self, state: str, msg_id: str) -> str:
         if not msg_id or '/' in msg_id or msg_id.startswith('.'):
@@ -141,6 +159,7 @@ class MaildirQueue:
     def _write_tmp(self, msg_id: str, content: bytes, *, lock: bool) -> Tuple[int, str]:
         """Write ``content`` to tmp/ and fsync it. Returns an open fd (locked if asked)."""
         tmp_path = self._file('tmp', msg_id)
+        self._check_dir('tmp')
         try:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -154,7 +173,7 @@ class MaildirQueue:
                 # A failed fsync is not retried: the page cache state is unknown afterwards.
                 os.fsync(fd)
         except OSError as exc:
-            os.close(fd)
+            _close_quietly(fd)
             _unlink_quietly(tmp_path)
             raise QueueWriteError(exc.errno or errno.EIO,
                                   f'cannot write queue file {tmp_path}: {exc.strerror or exc}') from None
@@ -163,15 +182,28 @@ class MaildirQueue:
     def _publish(self, fd: int, tmp_path: str, state: str, msg_id: str, *, keep_fd: bool) -> str:
         target = self._file(state, msg_id)
         try:
+            self._check_dir(state)
             os.rename(tmp_path, target)
-            self._fsync_dir(state)
         except OSError as exc:
-            os.close(fd)
+            _close_quietly(fd)
             _unlink_quietly(tmp_path)
             raise QueueWriteError(exc.errno or errno.EIO,
-                                  f'cannot move queue file into {state}/: {exc.strerror or exc}') from None
+                                  f'cannot move queue file into {self._dir(state)}: {exc.strerror or exc}') \
+                from None
+        try:
+            self._fsync_dir(state)
+        except OSError as exc:
+            # Whether the rename is on disk is unknown, and the caller is about to be told that
+            # nothing was queued: take the file back so a retry cannot make a duplicate. (fsync
+            # is not tried again: after a failure its result would mean nothing.)
+            _unlink_quietly(target)
+            _close_quietly(fd)
+            raise QueueWriteError(exc.errno or errno.EIO,
+                                  f'cannot sync queue directory {self._dir(state)}: {exc.strerror or exc}') \
+                from None
         if not keep_fd:
-            os.close(fd)
+            # Written, synced and published: an error from close() cannot undo that.
+            _close_quietly(fd)
         return target
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *, claimed: bool = False,
@@ -205,13 +237,21 @@ class MaildirQueue:
     def _lock_file(self, state: str, msg_id: str) -> Optional[int]:
         """Open and lock the file at state/msg_id; None if it is gone or someone else owns it."""
         path = self._file(state, msg_id)
+        # Look before opening: a symlink is never followed, and a directory, FIFO or device
+        # node is never opened (opening some devices has side effects).
         try:
-            fd = os.open(path, os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC)
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(mode):
+            self._move_foreign(state, msg_id, mode)
+        try:
+            fd = os.open(path, os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise QueueFileError(f'{path} is a symlink; not following it') from None
+            if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+                self._move_foreign(state, msg_id, stat.S_IFLNK)
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,6 +281,8 @@ class MaildirQueue:
         costs one read, no renames). Raises ``QueueFileError`` for a corrupt file,
         which is moved to failed/ with the reason first.
         """
+        self._check_dir(state)
+        self._check_dir('cur')
         fd = self._lock_file(state, msg_id)
         if fd is None:
             return None
@@ -375,7 +417,29 @@ class MaildirQueue:
         """Move something that is not a queue file (symlink, directory, ...) out of the way, unfollowed."""
         source = self._file(state, name)
         target = self._file('failed', f'{name}.foreign')
-        os.rename(source, target)
+        os.rename(source, target)  # rename() acts on the link or directory itself, never on its target
+        try:
+            self._fsync_dir('failed')
+            self._fsync_dir(state)
+        except OSError:
+            pass  # no message is at stake; at worst the entry reappears in state/ after a crash
+
+    def _move_foreign(self, state: str, name: str, mode: int) -> NoReturn:
+        """Raise QueueFileError for a non-file entry; from new/, cur/ and hold/ it goes to failed/ first."""
+        path = self._file(state, name)
+        what = ('a symlink' if stat.S_ISLNK(mode) else 'a directory' if stat.S_ISDIR(mode)
+                else 'not a regular file')
+        reason = f'{path} is {what}; not following it'
+        if state != 'failed':
+            try:
+                self.quarantine_foreign(state, name, reason)
+            except FileNotFoundError:
+                pass  # gone meanwhile
+            except OSError as exc:
+                reason += f' (could not move it to failed/: {exc.strerror or exc})'
+            else:
+                reason += f'; moved to failed/{name}.foreign'
+        raise QueueFileError(reason)
 
     # --- recovery ---------------------------------------------------------------------------
 
@@ -433,12 +497,20 @@ class MaildirQueue:
     def iter_ids(self, state: str = 'new') -> Iterator[str]:
         """Stream the names in one state directory (no sorting: memory stays flat)."""
         try:
-            with os.scandir(self._dir(state)) as it:
+            dir_fd = os.open(self._dir(state), os.O_RDONLY | os.O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._check_dir(state)  # raises QueueWriteError naming the problem
+            raise
+        try:
+            with os.scandir(dir_fd) as it:
                 for entry in it:
                     if not entry.name.startswith('.'):
                         yield entry.name
-        except FileNotFoundError:
-            return
+        finally:
+            os.close(dir_fd)
 
     def read_meta(self, state: str, msg_id: str) -> QueueMeta:
         with open(self._file(state, msg_id), 'rb', opener=_nofollow_opener) as fp:
@@ -518,6 +590,31 @@ def _read_all(fd: int) -> bytes:
             break
         chunks.append(chunk)
     return b''.join(chunks)
+
+
+def _make_parents(path: str) -> None:
+    """Create missing parents of ``path`` as 0755: os.makedirs() would make them 0777 minus the
+    umask, i.e. world-writable under umask 0, letting anyone swap the queue directory."""
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        next_parent = os.path.dirname(parent)
+        if next_parent == parent:
+            break
+        parent = next_parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            pass
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # on Linux the descriptor is released even when close() reports an error
 
 
 def _unlink_quietly(path: str) -> None:

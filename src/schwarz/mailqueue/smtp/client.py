@@ -9,6 +9,7 @@ secrets replaced by ``***`` and the message body summarised, never logged.
 
 from __future__ import annotations
 
+import base64
 import enum
 import logging
 import smtplib
@@ -110,11 +111,36 @@ class _DialogLoggingMixin:
         return code, msg
 
     def auth(self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True) -> Any:
+        """smtplib's AUTH exchange, except that credentials are sent as UTF-8 (RFC 4616).
+
+        smtplib encodes them as ASCII, so a password like 'pässwort' raised
+        UnicodeEncodeError (a traceback, with part of the password in its text).
+        """
         self._redact = True
         try:
-            return super().auth(mechanism, authobject, initial_response_ok=initial_response_ok)  # type: ignore[misc]
+            mechanism = mechanism.upper()
+            initial = authobject() if initial_response_ok else None
+            # smtplib's auth_login() reads this counter to tell the user name from the password.
+            if initial is not None:
+                code, resp = self.docmd('AUTH', f'{mechanism} {_b64(initial)}')  # type: ignore[attr-defined]
+                self._auth_challenge_count = 1
+            else:
+                code, resp = self.docmd('AUTH', mechanism)  # type: ignore[attr-defined]
+                self._auth_challenge_count = 0
+            while code == 334:
+                self._auth_challenge_count += 1
+                if self._auth_challenge_count > 5:
+                    raise smtplib.SMTPException('server keeps sending AUTH challenges')
+                code, resp = self.docmd(_b64(authobject(base64.decodebytes(resp))))  # type: ignore[attr-defined]
+            if code in (235, 503):
+                return code, resp
+            raise smtplib.SMTPAuthenticationError(code, resp)
         finally:
             self._redact = False
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode('utf-8')).decode('ascii')
 
 
 class _SMTP(_DialogLoggingMixin, smtplib.SMTP):
@@ -257,6 +283,11 @@ class SMTPConnection:
         except smtplib.SMTPException as exc:
             raise AuthenticationError(f'authentication as {self.username!r} failed: {type(exc).__name__}') \
                 from None
+        except UnicodeError:
+            # CRAM-MD5 (smtplib's first choice when offered) can only use an ASCII password;
+            # the exception text would quote part of the password.
+            raise AuthenticationError(f'authentication as {self.username!r} failed: the password is not '
+                                      'ASCII, which the offered mechanism cannot send') from None
 
     def _abort(self) -> None:
         smtp, self._smtp = self._smtp, None
