@@ -172,6 +172,8 @@ def test_python_dash_m_and_help(smtp_server: SMTPTestServer, tmp_path: Path) -> 
     assert len(smtp_server.received) == 1
     proc = run_tool(mail('--help'), home=tmp_path)
     assert proc.returncode == 0
-    for option in ('-s SUBJECT, --subject SUBJECT', '-r FROM, --from-address FROM', '-c ADDRESS', '-b ADDRESS',
-                   '-S VAR[=VALUE]', '-E', '-C FILE, --config FILE', '--aliases FILE', '-v, --verbose'):
-        assert option in proc.stdout.decode(), option
+    # Python 3.13's argparse writes "-s, --subject SUBJECT" where older ones write "-s SUBJECT, --subject SUBJECT"
+    for option in (r'-s( SUBJECT)?, --subject SUBJECT', r'-r( FROM)?, --from-address FROM', r'-c ADDRESS',
+                   r'-b ADDRESS', r'-S VAR\[=VALUE\]', r'-E', r'-C( FILE)?, --config FILE', r'--aliases FILE',
+                   r'-v, --verbose'):
+        assert re.search(option, proc.stdout.decode()), option

@@ -228,3 +228,22 @@ def test_custom_wrapper_cookbook(smtp_server, tmp_path) -> None:
     result = run([sys.executable, '-c', wrapper], env=env)
     assert result.returncode == 0, result.stderr
     assert len(smtp_server.received) == 3 and marker.read_text() == 'terminated'
+
+
+def test_symlinked_queue_directory_is_a_clear_error(smtp_server, tmp_path) -> None:
+    queue_dir = tmp_path / 'q'
+    MaildirQueue(str(queue_dir))
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    os.rmdir(queue_dir / 'new')
+    os.symlink(elsewhere, queue_dir / 'new')
+    config = write_config(tmp_path / 'mq.conf', smtp_server, queue_dir=queue_dir)
+    result = run([script('mq-run'), '-C', config])
+    assert result.returncode == 75, result.stderr
+    assert b'symlink' in result.stderr and result.stderr.count(b'\n') == 1 and b'Traceback' not in result.stderr
+
+
+def test_errors_quoting_input_stay_on_one_line(tmp_path) -> None:
+    result = run([script('mq-sendmail'), '--x\nInjected: line', 'a@example.org'], input=b'x')
+    assert result.returncode == 64
+    assert result.stderr.count(b'\n') == 1 and b'\\nInjected' in result.stderr

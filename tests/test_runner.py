@@ -144,3 +144,23 @@ def test_queue_of_corrupt_and_good_files_goes_on(smtp_server: SMTPTestServer, tm
     assert (stats.sent, stats.corrupt) == (1, 1)
     assert names(queue, 'failed') == ['junk']
     assert os.listdir(os.path.join(queue.path, 'cur')) == []
+
+
+class _BrokenPolicy(RetryPolicy):
+    def give_up_reason(self, queue_date, retries, now):  # type: ignore[override]
+        raise RuntimeError('bug in a policy')
+
+
+def test_unexpected_error_neither_hangs_the_pass_nor_loses_the_message(smtp_server, tmp_path) -> None:
+    import threading
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    ids = [str(queue.enqueue(MSG, 'a@x', [f'r{n}@x'])) for n in range(5)]
+    runner = QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=2)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run_once()), daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), 'the pass hung'
+    assert outcome[0].skipped == 5
+    assert sorted(names(queue, 'new')) == sorted(ids) and names(queue, 'cur') == []
+    assert smtp_server.received == []

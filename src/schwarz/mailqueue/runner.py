@@ -182,10 +182,21 @@ class QueueRunner:
             # not due yet; or another runner has it / it is gone
             stats.add('not_due' if not_due else 'skipped')
             return
+        try:
+            self._deliver_claimed(msg, handler, stats, now)
+        finally:
+            if msg.is_claimed:
+                # whatever went wrong, the message goes back to new/ unchanged, for the next pass
+                try:
+                    self.queue.release(msg)
+                except OSError as exc:
+                    log.error('cannot release %s (the next pass recovers it): %s', msg_id, exc)
+
+    def _deliver_claimed(self, msg: Any, handler: MessageHandler, stats: RunStats, now: datetime) -> None:
         give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
         if give_up and not self.force:
             self.queue.fail(msg, give_up)
-            log_event(self.queue_log, {'status': 'failed', 'to': ','.join(msg.to_addrs), 'queue_id': msg_id,
+            log_event(self.queue_log, {'status': 'failed', 'to': ','.join(msg.to_addrs), 'queue_id': msg.msg_id,
                                        'from': msg.from_addr or '<>', 'attempts': msg.retries,
                                        'app': self.app, 'error': give_up})
             stats.add('failed')
@@ -194,14 +205,9 @@ class QueueRunner:
         try:
             result = handler.send_message(msg)
         except Exception:
-            log.exception('unexpected error while delivering %s; it stays queued', msg_id)
-            if msg.is_claimed:
-                self.queue.release(msg)
+            log.exception('unexpected error while delivering %s; it stays queued', msg.msg_id)
             stats.add('skipped')
             return
-        finally:
-            if msg.is_claimed:
-                self.queue.release(msg)
         if result is None:
             stats.add('skipped')
         elif result.discarded:
@@ -243,7 +249,12 @@ class QueueRunner:
                     return
                 if halted():
                     continue  # drain without starting new deliveries
-                self.process(item, handler, stats)
+                try:
+                    self.process(item, handler, stats)
+                except Exception:
+                    # A worker must never die: the feeder would wait for it forever.
+                    log.exception('unexpected error with queue entry %s; skipped', item)
+                    stats.add('skipped')
                 progress.update(stats)
 
         threads = [threading.Thread(target=work, args=(h,), name=f'mq-worker-{i}', daemon=True)

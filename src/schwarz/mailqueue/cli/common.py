@@ -72,7 +72,8 @@ def run_main(prog: str, body: Callable[[Sequence[str]], int], argv: Optional[Seq
     try:
         return body(args)
     except CLIError as exc:
-        print(f'{prog}: {exc}', file=sys.stderr)
+        # one line, whatever the message quotes from the input (an option, a header, an address)
+        print(f'{prog}: {_one_line(str(exc))}', file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)
@@ -84,5 +85,9 @@ def run_main(prog: str, body: Callable[[Sequence[str]], int], argv: Optional[Seq
             import traceback
 
             traceback.print_exc()
-        print(f'{prog}: internal error: {type(exc).__name__}: {exc}', file=sys.stderr)
+        print(f'{prog}: internal error: {type(exc).__name__}: {_one_line(str(exc))}', file=sys.stderr)
         return EX_SOFTWARE
+
+
+def _one_line(text: str) -> str:
+    return text.replace('\r', '\\r').replace('\n', '\\n')

@@ -76,13 +76,13 @@ def _main(argv: Sequence[str]) -> int:
         runner = QueueRunner(queue, mailer=mailer, policy=policy, workers=args.workers or settings.workers,
                              force=args.force, rate_limit=settings.smtp_rate_limit, plugins=app.plugins,
                              progress=terminal_or_none() if show_progress else None)
-        if args.daemon:
-            runner.serve()
-            return EX_OK
         try:
+            if args.daemon:
+                runner.serve()
+                return EX_OK
             stats = runner.run_once()
-        except PermissionError as exc:
-            fail(f'queue {queue_dir}: {exc.strerror}', EX_TEMPFAIL)
+        except OSError as exc:  # permission denied, a symlinked queue directory, I/O errors
+            fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
         if stats.aborted and not args.quiet:
             print(f'mq-run: {stats.aborted}', file=sys.stderr)
         return EX_OK
