@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck install clean bench
+.PHONY: demo test test-pythons lint typecheck install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,17 @@ typecheck: install
 test: install lint typecheck
 	$(BIN)/python -m pytest
 
+# The suite on the other supported CPythons (3.11 is `make test`); needs python3.X on PATH or pyenv.
+test-pythons: install
+	$(BIN)/nox -s tests-3.9 tests-3.10 tests-3.12 tests-3.13
+
+# Benchmarks and the full torture test; each writes its figures into docs/.
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_runner.py --write-docs
+	$(BIN)/python bench/bench_runner_memory.py --write-docs
+	$(BIN)/python bench/bench_sendmail_startup.py --write-docs
+	$(BIN)/python bench/bench_queue_list.py --write-docs
+	$(BIN)/python bench/torture.py --messages 2000 --kills 25 --write-docs
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
