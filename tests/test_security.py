@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import smtplib
 import ssl
 import stat
 from pathlib import Path
@@ -112,36 +111,40 @@ def test_auth_delivery_and_failed_auth_leak_nothing(all_logs: _Collect, tmp_path
         assert_no_secret(text, secret='not-' + SECRET)
 
 
-def _raw_client(server: SMTPTestServer) -> Any:
-    """Our dialog-logging smtplib client, to drive one AUTH mechanism by hand."""
-    from schwarz.mailqueue.smtp.client import _SMTP
+def _login_only_connection(server: SMTPTestServer, password: str) -> Any:
+    """Our SMTP connection to the real server, told after EHLO that only AUTH LOGIN is on offer."""
+    from schwarz.mailqueue.smtp.client import SMTPConnection
+    from schwarz.mailqueue.smtp.wire import SMTPWire
 
-    client = _SMTP(timeout=5)
-    client._dialog_log = logging.getLogger('mailqueue.smtp')
-    client._peer = f'{server.hostname}:{server.port}'
-    client.connect(server.hostname, server.port)
-    client.ehlo()
-    return client
+    conn = SMTPConnection(server.hostname, server.port, tls='none', username=USER, password=password)
+    wire = SMTPWire.connect(server.hostname, server.port, 5, logging.getLogger('mailqueue.smtp'))
+    assert wire.read_reply()[0] == 220
+    conn._wire = wire
+    conn._ehlo()
+    wire.features['auth'] = 'LOGIN'
+    return conn
 
 
 def test_auth_login_mechanism_is_redacted_too(all_logs: _Collect) -> None:
     """AUTH LOGIN: user name and password go out as separate base64 lines after 334 challenges."""
+    from schwarz.mailqueue.smtp.errors import AuthenticationError
+
     with SMTPTestServer(auth={USER: SECRET}, auth_required=True) as server:
         for password, expected in ((SECRET, 235), ('wrong-' + SECRET, 535)):
-            client = _raw_client(server)
-            client.user, client.password = USER, password
+            conn = _login_only_connection(server, password)
             try:
-                code, _ = client.auth('LOGIN', client.auth_login)
-            except smtplib.SMTPAuthenticationError as exc:
-                code = exc.smtp_code
+                conn._authenticate()
+                code = 235
+            except AuthenticationError as exc:
+                code = exc.reply.code
                 assert_no_secret(str(exc), secret=password)
             finally:
-                client.close()
+                conn.close()
             assert code == expected
         assert server.auth_logins == [USER]
     dialog = [r.getMessage() for r in all_logs.records if r.name == 'mailqueue.smtp']
-    assert any(line.endswith('> AUTH LOGIN ***') for line in dialog), dialog
-    assert sum(line.endswith('> ***') for line in dialog) == 2  # the two passwords
+    assert any(line.endswith('> AUTH LOGIN') for line in dialog), dialog
+    assert sum(line.endswith('> ***') for line in dialog) == 4  # user name and password, twice
     assert_no_secret(all_logs.text())
     assert_no_secret(all_logs.text(), secret='wrong-' + SECRET)
 

@@ -225,14 +225,28 @@ def test_auth_success_and_failure_password_never_logged(caplog: pytest.LogCaptur
 
 
 def test_no_auth_in_clear_text_to_remote_host() -> None:
-    # The address is never contacted: a refused connection happens first; so test the policy directly.
+    """A session without TLS to a host that is not loopback never sends AUTH.
+
+    The host name decides "remote"; the socket is a real one to the test server (which offers AUTH),
+    attached to a connection that believes it talks to smtp.example.com.
+    """
+    import logging as logging_module
+
     from schwarz.mailqueue.smtp.client import SMTPConnection, is_local_host
+    from schwarz.mailqueue.smtp.errors import AuthenticationError
+    from schwarz.mailqueue.smtp.wire import SMTPWire
     assert not is_local_host('smtp.example.com')
-    conn = SMTPConnection('smtp.example.com', 25, username='u', password='p')
-    conn.tls_active = False
-    conn._smtp = object()  # type: ignore[assignment]
-    with pytest.raises(Exception, match='without TLS'):
-        conn._authenticate()
+    with SMTPTestServer(auth={'u': 'p'}) as server:
+        conn = SMTPConnection('smtp.example.com', 25, username='u', password='p', tls='none')
+        wire = SMTPWire.connect('127.0.0.1', server.port, 5, logging_module.getLogger('mailqueue.smtp'))
+        assert wire.read_reply()[0] == 220
+        conn._wire = wire
+        conn._ehlo()
+        assert wire.has('auth')
+        with pytest.raises(AuthenticationError, match='without TLS'):
+            conn._authenticate()
+        conn.close()
+        assert 'AUTH' not in server.commands and server.auth_logins == []
 
 
 def test_init_smtp_mailer_from_settings(smtp_server: SMTPTestServer) -> None:

@@ -77,7 +77,7 @@ def _positive_int(value: str) -> int:
 
 
 def _tls(value: str) -> str:
-    from .smtp.client import TLSMode  # lazy: keeps ssl/smtplib out of config-only start-ups
+    from .smtp.client import TLSMode  # lazy: keeps the SMTP client out of config-only start-ups
 
     return TLSMode.parse(value).value
 

@@ -1,21 +1,21 @@
 """One SMTP connection: connect, TLS, AUTH, and one transaction with per-recipient replies.
 
-Built on the standard library's ``smtplib`` for the wire protocol, but the
-transaction itself (MAIL, RCPT per recipient, DATA) is driven here so that
-every recipient gets its own verdict and a dropped connection is never
-mistaken for success. The dialog is logged on ``mailqueue.smtp`` with AUTH
-secrets replaced by ``***`` and the message body summarised, never logged.
+The wire protocol is our own small ``wire`` module rather than ``smtplib``
+(which would cost a third of ``mq-sendmail``'s start-up); ``ssl`` is imported
+only when TLS is used. The transaction (MAIL, RCPT per recipient, DATA) is
+driven here so that every recipient gets its own verdict and a dropped
+connection is never mistaken for success. The dialog is logged on
+``mailqueue.smtp`` with AUTH secrets replaced by ``***`` and the message body
+summarised, never logged.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
 import logging
-import smtplib
 import socket
-import ssl
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..message import dot_stuff, normalize_line_endings
 from ..result import Reply, SendResult
@@ -26,11 +26,17 @@ from .errors import (
     TemporaryError,
     TLSError,
 )
+from .wire import SMTPWire
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 __all__ = ['SMTPConnection', 'TLSMode', 'build_ssl_context', 'is_local_host']
 
 LOCAL_HOSTS = frozenset({'localhost', '127.0.0.1', '::1', 'localhost.localdomain', 'ip6-localhost'})
-_DISCONNECTED = (smtplib.SMTPServerDisconnected, OSError, EOFError)
+# A lost connection shows up as EOF (wire.ConnectionClosed), a reset, a timeout or garbage
+# (wire.ProtocolError): all of them OSErrors.
+_DISCONNECTED = (OSError, EOFError)
 
 
 class TLSMode(str, enum.Enum):
@@ -68,6 +74,8 @@ def is_local_host(hostname: str) -> bool:
 
 
 def build_ssl_context(verify: bool, cafile: Optional[str] = None) -> ssl.SSLContext:
+    import ssl
+
     context = ssl.create_default_context(cafile=cafile)
     if not verify:
         context.check_hostname = False
@@ -75,80 +83,10 @@ def build_ssl_context(verify: bool, cafile: Optional[str] = None) -> ssl.SSLCont
     return context
 
 
-class _DialogLoggingMixin:
-    """Logs each command and reply; redacts AUTH and never logs message data."""
+def _b64(data: bytes) -> str:
+    import base64
 
-    _dialog_log: logging.Logger
-    _peer: str
-    _redact: bool = False
-
-    def send(self, s: Any) -> None:
-        log = self._dialog_log
-        if log.isEnabledFor(logging.DEBUG):
-            text = s.decode('utf-8', 'replace') if isinstance(s, bytes) else str(s)
-            lines = text.rstrip('\r\n').split('\r\n')
-            if len(lines) > 1 and not self._redact:
-                for line in lines:
-                    log.debug('%s > %s', self._peer, line)
-                super().send(s)  # type: ignore[misc]
-                return
-            text = lines[0]
-            if self._redact:
-                verb, _, rest = text.partition(' ')
-                if verb.upper() == 'AUTH':
-                    mech, _, secret = rest.partition(' ')
-                    text = f'AUTH {mech} ***' if secret else f'AUTH {mech}'
-                else:
-                    text = '***'
-            log.debug('%s > %s', self._peer, text)
-        super().send(s)  # type: ignore[misc]
-
-    def getreply(self) -> Tuple[int, bytes]:
-        code, msg = super().getreply()  # type: ignore[misc]
-        log = self._dialog_log
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug('%s < %s %s', self._peer, code, msg.decode('utf-8', 'replace').replace('\n', ' | '))
-        return code, msg
-
-    def auth(self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True) -> Any:
-        """smtplib's AUTH exchange, except that credentials are sent as UTF-8 (RFC 4616).
-
-        smtplib encodes them as ASCII, so a password like 'pässwort' raised
-        UnicodeEncodeError (a traceback, with part of the password in its text).
-        """
-        self._redact = True
-        try:
-            mechanism = mechanism.upper()
-            initial = authobject() if initial_response_ok else None
-            # smtplib's auth_login() reads this counter to tell the user name from the password.
-            if initial is not None:
-                code, resp = self.docmd('AUTH', f'{mechanism} {_b64(initial)}')  # type: ignore[attr-defined]
-                self._auth_challenge_count = 1
-            else:
-                code, resp = self.docmd('AUTH', mechanism)  # type: ignore[attr-defined]
-                self._auth_challenge_count = 0
-            while code == 334:
-                self._auth_challenge_count += 1
-                if self._auth_challenge_count > 5:
-                    raise smtplib.SMTPException('server keeps sending AUTH challenges')
-                code, resp = self.docmd(_b64(authobject(base64.decodebytes(resp))))  # type: ignore[attr-defined]
-            if code in (235, 503):
-                return code, resp
-            raise smtplib.SMTPAuthenticationError(code, resp)
-        finally:
-            self._redact = False
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode('utf-8')).decode('ascii')
-
-
-class _SMTP(_DialogLoggingMixin, smtplib.SMTP):
-    pass
-
-
-class _SMTP_SSL(_DialogLoggingMixin, smtplib.SMTP_SSL):
-    pass
+    return base64.b64encode(data).decode('ascii')
 
 
 class SMTPConnection:
@@ -177,7 +115,7 @@ class SMTPConnection:
         # socket.getfqdn() may wait for DNS; the plain host name is enough for EHLO.
         self.local_hostname = local_hostname or socket.gethostname() or 'localhost'
         self.log = dialog_log or logging.getLogger('mailqueue.smtp')
-        self._smtp: Optional[smtplib.SMTP] = None
+        self._wire: Optional[SMTPWire] = None
         self.tls_active = False
         self.transactions = 0
 
@@ -187,7 +125,7 @@ class SMTPConnection:
 
     @property
     def is_open(self) -> bool:
-        return self._smtp is not None
+        return self._wire is not None
 
     def _context(self) -> ssl.SSLContext:
         # Built (or fetched from the mailer's cache) only when TLS is really negotiated: loading the
@@ -199,121 +137,109 @@ class SMTPConnection:
         return self.ssl_context
 
     def open(self) -> None:
-        if self._smtp is not None:
+        if self._wire is not None:
             return
-        smtp: _SMTP | _SMTP_SSL
         try:
-            if self.tls == TLSMode.IMPLICIT:
-                smtp = _SMTP_SSL(local_hostname=self.local_hostname, timeout=self.timeout,
-                                 context=self._context())
-            else:
-                smtp = _SMTP(local_hostname=self.local_hostname, timeout=self.timeout)
-            smtp._dialog_log = self.log
-            smtp._peer = self.peer
-            # smtplib's SMTP_SSL takes the SNI/verification name from __init__'s host only.
-            smtp._host = self.hostname  # type: ignore[union-attr]
-            self._smtp = smtp
-            code, msg = smtp.connect(self.hostname, self.port)
+            context = self._context() if self.tls == TLSMode.IMPLICIT else None
+            wire = self._wire = SMTPWire.connect(self.hostname, self.port, self.timeout, self.log, context)
+            code, text = wire.read_reply()
             if code != 220:
-                reply = Reply(code, _decode(msg))
+                reply = Reply(code, text)
                 raise ConnectError(f'{self.peer} greeted with {reply}', reply)
-            if smtp.sock is not None:
-                # Every logical unit (command batch, message) goes out in one sendall.
-                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.tls_active = self.tls == TLSMode.IMPLICIT
+            self.tls_active = context is not None
             self._ehlo()
             if self.tls in (TLSMode.STARTTLS, TLSMode.OPPORTUNISTIC) and not self.tls_active:
-                if smtp.has_extn('starttls'):
+                if wire.has('starttls'):
                     self._starttls()
                 elif self.tls == TLSMode.STARTTLS:
                     raise TLSError(f'{self.peer} does not offer STARTTLS but TLS is required')
             if self.username:
                 self._authenticate()
-        except ssl.SSLError as exc:
-            self._abort()
-            raise TLSError(f'TLS with {self.peer} failed: {_describe_ssl_error(exc)}') from None
         except SMTPError:
             self._abort()
             raise
-        except smtplib.SMTPServerDisconnected:
+        except OSError as exc:
             self._abort()
-            raise ConnectError(f'{self.peer} closed the connection during set-up') from None
-        except (OSError, smtplib.SMTPException) as exc:
-            self._abort()
+            ssl_module = sys.modules.get('ssl')
+            if ssl_module is not None and isinstance(exc, ssl_module.SSLError):
+                raise TLSError(f'TLS with {self.peer} failed: {_describe_ssl_error(exc)}') from None
             raise ConnectError(f'cannot connect to {self.peer}: {_describe_os_error(exc)}') from None
 
     def _ehlo(self) -> None:
-        assert self._smtp is not None
-        code, msg = self._smtp.ehlo()
+        assert self._wire is not None
+        code, text = self._wire.ehlo(self.local_hostname)
         if not 200 <= code < 300:
-            code, msg = self._smtp.helo()
+            code, text = self._wire.command(f'HELO {self.local_hostname}')
             if not 200 <= code < 300:
-                reply = Reply(code, _decode(msg))
+                reply = Reply(code, text)
                 raise ConnectError(f'{self.peer} refused HELO: {reply}', reply)
 
     def _starttls(self) -> None:
-        assert self._smtp is not None
-        code, msg = self._smtp.docmd('STARTTLS')
+        assert self._wire is not None
+        code, text = self._wire.command('STARTTLS')
         if code != 220:
-            raise TLSError(f'{self.peer} refused STARTTLS: {code} {msg.decode("utf-8", "replace")}')
-        sock = self._smtp.sock
-        assert sock is not None
-        self._smtp.sock = self._context().wrap_socket(sock, server_hostname=self.hostname)
-        self._smtp.file = None
-        # RFC 3207: forget everything learned before TLS and say EHLO again.
-        self._smtp.helo_resp = None
-        self._smtp.ehlo_resp = None
-        self._smtp.esmtp_features = {}
-        self._smtp.does_esmtp = False
+            raise TLSError(f'{self.peer} refused STARTTLS: {code} {text}')
+        # Anything the server sent after its 220 and before the handshake is dropped with the
+        # old reader (no command injection across the TLS boundary); RFC 3207: EHLO again.
+        self._wire.start_tls(self._context(), self.hostname)
         self.tls_active = True
         self._ehlo()
 
     def _authenticate(self) -> None:
-        assert self._smtp is not None
+        wire = self._wire
+        assert wire is not None
         if not self.tls_active and not is_local_host(self.hostname):
             raise AuthenticationError(
                 f'refusing to send credentials to {self.peer} without TLS (set smtp_tls)')
-        if not self._smtp.has_extn('auth'):
+        if not wire.has('auth'):
             raise AuthenticationError(f'{self.peer} does not offer AUTH')
-        try:
-            self._smtp.login(self.username or '', self._password or '')
-        except smtplib.SMTPAuthenticationError as exc:
-            reply = Reply(exc.smtp_code, _decode(exc.smtp_error))
-            raise AuthenticationError(f'authentication as {self.username!r} failed: {reply}', reply) from None
-        except smtplib.SMTPException as exc:
-            raise AuthenticationError(f'authentication as {self.username!r} failed: {type(exc).__name__}') \
-                from None
-        except UnicodeError:
-            # CRAM-MD5 (smtplib's first choice when offered) can only use an ASCII password;
-            # the exception text would quote part of the password.
-            raise AuthenticationError(f'authentication as {self.username!r} failed: the password is not '
-                                      'ASCII, which the offered mechanism cannot send') from None
+        offered = wire.features['auth'].upper().split()
+        # RFC 4616: PLAIN carries UTF-8, so any password works; LOGIN as the fallback.
+        user = (self.username or '').encode('utf-8')
+        password = (self._password or '').encode('utf-8')
+        if 'PLAIN' in offered:
+            credentials = _b64(b'\0' + user + b'\0' + password)
+            code, text = wire.command(f'AUTH PLAIN {credentials}', summary='AUTH PLAIN ***')
+            if code == 334:  # a server that wants the credentials after an empty challenge
+                code, text = wire.command(credentials, secret=True)
+        elif 'LOGIN' in offered:
+            code, text = wire.command('AUTH LOGIN')
+            if code == 334:
+                code, text = wire.command(_b64(user), secret=True)
+            if code == 334:
+                code, text = wire.command(_b64(password), secret=True)
+        else:
+            raise AuthenticationError(f'{self.peer} offers no AUTH mechanism we support '
+                                      f'(offered: {" ".join(offered) or "none"}; we speak PLAIN and LOGIN)')
+        if not 200 <= code < 300:
+            reply = Reply(code, text)
+            raise AuthenticationError(f'authentication as {self.username!r} failed: {reply}', reply)
 
     def _abort(self) -> None:
-        smtp, self._smtp = self._smtp, None
+        wire, self._wire = self._wire, None
         self.tls_active = False
-        if smtp is not None:
+        if wire is not None:
             try:
-                smtp.close()
+                wire.close()
             except OSError:
                 pass
 
     def close(self) -> None:
-        smtp = self._smtp
-        if smtp is None:
+        wire = self._wire
+        if wire is None:
             return
         try:
-            smtp.quit()
-        except (smtplib.SMTPException, OSError):
+            wire.command('QUIT')
+        except OSError:
             pass
         self._abort()
 
     def reset(self) -> bool:
         """RSET after a failed transaction; False (and closed) when the connection is gone."""
-        if self._smtp is None:
+        if self._wire is None:
             return False
         try:
-            code, _ = self._smtp.rset()
+            code, _ = self._wire.command('RSET')
         except _DISCONNECTED:
             self._abort()
             return False
@@ -332,9 +258,9 @@ class SMTPConnection:
         "some recipients may already have the message". With PIPELINING (RFC 2920)
         MAIL, every RCPT and DATA go out in one write: two round trips per message.
         """
-        if self._smtp is None:
+        if self._wire is None:
             self.open()
-        smtp = self._smtp
+        smtp = self._wire
         assert smtp is not None
         result = SendResult(transport='smtp', queued=False, host=self.peer)
         data = dot_stuff(normalize_line_endings(msg_bytes))
@@ -342,7 +268,7 @@ class SMTPConnection:
         encoding = 'ascii'
         needs_utf8 = not from_addr.isascii() or any(not a.isascii() for a in to_addrs)
         if needs_utf8:
-            if not smtp.has_extn('smtputf8'):
+            if not smtp.has('smtputf8'):
                 reply = Reply(553, 'non-ASCII address but server does not offer SMTPUTF8')
                 result.refused = {a: reply.as_tuple() for a in to_addrs}
                 result.smtp_response = reply
@@ -350,21 +276,20 @@ class SMTPConnection:
                 return result
             mail_options.append('SMTPUTF8')
             encoding = 'utf-8'
-        if smtp.has_extn('8bitmime') and not msg_bytes.isascii():
+        if smtp.has('8bitmime') and not msg_bytes.isascii():
             mail_options.append('BODY=8BITMIME')
-        if smtp.has_extn('size'):
+        if smtp.has('size'):
             mail_options.append(f'SIZE={len(data)}')
-        # Addresses were validated by the caller; smtplib's mail()/rcpt() would re-parse them with
-        # email.utils on every message.
+        # Addresses were validated by the caller (no CR/LF, no angle brackets).
         mail_cmd = f'MAIL FROM:<{from_addr}>' + ''.join(' ' + o for o in mail_options) + '\r\n'
         rcpt_cmds = [f'RCPT TO:<{addr}>\r\n' for addr in to_addrs]
-        pipelined = smtp.has_extn('pipelining')
+        pipelined = smtp.has('pipelining')
         try:
             if pipelined:
                 smtp.send((mail_cmd + ''.join(rcpt_cmds) + 'DATA\r\n').encode(encoding))
             else:
                 smtp.send(mail_cmd.encode(encoding))
-            code, msg = smtp.getreply()
+            code, msg = smtp.read_reply()
         except _DISCONNECTED as exc:
             self._abort()
             raise ConnectError(f'{self.peer} went away before MAIL FROM: {_describe_os_error(exc)}') from None
@@ -381,7 +306,7 @@ class SMTPConnection:
                     if not 200 <= mail_reply.code < 300:
                         break
                     smtp.send(rcpt_cmd.encode(encoding))
-                code, msg = smtp.getreply()
+                code, msg = smtp.read_reply()
                 reply = Reply(code, _decode(msg))
                 if code == 421:
                     self._abort()
@@ -397,12 +322,12 @@ class SMTPConnection:
                     result.refused[addr] = reply.as_tuple()
                 result.smtp_response = reply
             if pipelined:
-                code, msg = smtp.getreply()
+                code, msg = smtp.read_reply()
             elif accepted:
                 smtp.send(b'DATA\r\n')
-                code, msg = smtp.getreply()
+                code, msg = smtp.read_reply()
             else:
-                code, msg = 503, b'no valid recipients'
+                code, msg = 503, 'no valid recipients'
         except _DISCONNECTED:
             self._abort()
             if accepted or not pipelined:
@@ -425,12 +350,8 @@ class SMTPConnection:
                 self.reset()
             return self._settle(result, accepted, data_reply)
         try:
-            sock = smtp.sock
-            assert sock is not None
-            if self.log.isEnabledFor(logging.DEBUG):
-                self.log.debug('%s > <message, %d bytes>', self.peer, len(data))
-            sock.sendall(data + b'.\r\n')
-            code, msg = smtp.getreply()
+            smtp.send(data + b'.\r\n', summary=f'<message, {len(data)} bytes>')
+            code, msg = smtp.read_reply()
         except _DISCONNECTED:
             # The server may or may not have the message; at-least-once means we retry.
             self._abort()
@@ -442,11 +363,11 @@ class SMTPConnection:
 
     def _finish_unwanted_data(self, data_reply: Reply) -> None:
         """A server that said 354 although nothing was accepted gets an empty message (RFC 2920 3.1)."""
-        if data_reply.code != 354 or self._smtp is None:
+        if data_reply.code != 354 or self._wire is None:
             return
         try:
-            self._smtp.send(b'.\r\n')
-            self._smtp.getreply()
+            self._wire.send(b'.\r\n')
+            self._wire.read_reply()
         except _DISCONNECTED:
             self._abort()
 
@@ -497,7 +418,9 @@ def _decode(value: Any) -> str:
     return str(value)
 
 
-def _describe_ssl_error(exc: ssl.SSLError) -> str:
+def _describe_ssl_error(exc: Any) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f'certificate verification failed ({exc.verify_message})'
     return exc.reason or str(exc)

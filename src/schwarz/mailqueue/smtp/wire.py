@@ -81,7 +81,7 @@ class SMTPWire:
                 raise ProtocolError(f'{self.peer} sent an overlong reply')
             line = raw.rstrip(b'\r\n')
             head = line[:3]
-            if not head.isdigit() or (len(line) > 3 and line[3:4] not in (b' ', b'-')):
+            if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b' ', b'-')):
                 raise ProtocolError(f'{self.peer} sent a malformed reply: {line[:60]!r}')
             this_code = int(head)
             if lines and this_code != code:
