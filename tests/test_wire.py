@@ -80,7 +80,7 @@ def test_garbage_is_a_protocol_error(scripted, greeting: bytes) -> None:
 def test_eof_is_connection_closed(scripted) -> None:
     server = scripted(b'', [])
     wire = SMTPWire.connect('127.0.0.1', server.port, 5, LOG)
-    server.close()
+    server.thread.join(timeout=5)  # it accepted, sent nothing and closed: a clean EOF
     with pytest.raises(ConnectionClosed):
         wire.read_reply()
     wire.close()

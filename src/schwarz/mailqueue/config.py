@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-import subprocess
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -140,13 +138,18 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
 }
 
 
-@dataclass
 class Settings:
+    """Typed configuration. The class attributes are the defaults; instances hold what was set.
+
+    A plain class (no dataclass): ``dataclasses`` imports ``inspect``, a noticeable share of
+    ``mq-sendmail``'s start-up.
+    """
+
     path: Optional[str] = None
     smtp_hostname: Optional[str] = None
     smtp_port: Optional[int] = None
     smtp_username: Optional[str] = None
-    smtp_password: Optional[str] = field(default=None, repr=False)
+    smtp_password: Optional[str] = None
     smtp_password_command: Optional[str] = None
     smtp_tls: Optional[str] = None
     smtp_tls_verify: Optional[bool] = None
@@ -170,7 +173,20 @@ class Settings:
     stale_claim_timeout: Optional[timedelta] = None
     aliases: Optional[str] = None
     default_domain: Optional[str] = None
-    warnings: List[str] = field(default_factory=list)
+
+    def __init__(self, path: Optional[str] = None, **values: Any) -> None:
+        self.path = path
+        self.warnings: List[str] = []
+        for name, value in values.items():
+            if name.startswith('_') or not hasattr(Settings, name) or callable(getattr(Settings, name)):
+                raise TypeError(f'unknown setting {name!r}')
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if k not in ('warnings', 'smtp_password')}
+        if self.smtp_password is not None:
+            shown['smtp_password'] = '***'  # never in a repr, a traceback or a log
+        return 'Settings(' + ', '.join(f'{k}={v!r}' for k, v in shown.items()) + ')'
 
     def retry_policy(self) -> RetryPolicy:
         try:
@@ -185,6 +201,8 @@ class Settings:
             return self.smtp_password
         if not self.smtp_password_command:
             return None
+        import subprocess
+
         try:
             # stdin from /dev/null: otherwise the command would eat the message mq-sendmail reads.
             proc = subprocess.run(self.smtp_password_command, shell=True, stdin=subprocess.DEVNULL,

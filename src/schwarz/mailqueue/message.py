@@ -8,11 +8,9 @@ DKIM signatures and the exact header folding survive.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
-    'Envelope',
     'InvalidAddressError',
     'MessageSource',
     'add_header',
@@ -36,14 +34,6 @@ _FIELD_NAME = re.compile(rb'^[\x21-\x39\x3b-\x7e]+$')
 
 class InvalidAddressError(ValueError):
     """An envelope address that would break or inject into the SMTP dialog."""
-
-
-@dataclass
-class Envelope:
-    """SMTP envelope: who it is from (``''`` = null sender) and who gets it."""
-
-    from_addr: str
-    to_addrs: List[str] = field(default_factory=list)
 
 
 def validate_address(address: str, *, allow_empty: bool = False) -> str:

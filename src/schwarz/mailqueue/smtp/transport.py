@@ -9,14 +9,16 @@ a recipient, no automatic retry happens here: the queue decides.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..result import Reply, SendResult
 from .client import SMTPConnection, TLSMode, build_ssl_context, is_local_host
 from .errors import SMTPError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 __all__ = ['SMTPMailer']
 
