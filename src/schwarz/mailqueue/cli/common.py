@@ -22,6 +22,7 @@ __all__ = [
     'CLIError',
     'fail',
     'load_app',
+    'report_outcome',
     'run_main',
 ]
 
@@ -63,6 +64,19 @@ def load_app(config_path: Optional[str], options: Optional[Mapping[str, Any]] = 
         return init_app(path, options=options, load_plugins=load_plugins)
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
+
+
+def report_outcome(prog: str, outcome: Any) -> int:
+    """Print one line per recipient that did not get the message; map the outcome to an exit code."""
+    from ..submit import STATUS_REFUSED, STATUS_TEMPFAIL
+
+    for line in outcome.problems:
+        print(f'{prog}: {_one_line(line)}', file=sys.stderr)
+    if outcome.status == STATUS_TEMPFAIL:
+        return EX_TEMPFAIL
+    if outcome.status == STATUS_REFUSED:
+        return EX_UNAVAILABLE
+    return EX_OK
 
 
 def run_main(prog: str, body: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:

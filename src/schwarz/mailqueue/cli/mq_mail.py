@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-from .common import EX_CONFIG, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, fail, load_app, run_main
+from .common import (
+    EX_CONFIG,
+    EX_NOUSER,
+    EX_OK,
+    EX_USAGE,
+    fail,
+    load_app,
+    report_outcome,
+    run_main,
+)
+from .parsing import ArgumentParser
 
 __all__ = ['build_parser', 'main']
 
@@ -33,13 +43,9 @@ examples:
   df -h | mq-mail -s "disk usage on $(hostname)" -c ops@example.com root"""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        fail(f'{message} (see --help)', EX_USAGE)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+    parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('recipients', nargs='*', metavar='RECIPIENT',
                         help='address or local name (several allowed, also comma separated)')
@@ -142,7 +148,7 @@ def _body(args: Sequence[str]) -> int:
     app = load_app(opts.config, {'verbose': opts.verbose})
     try:
         from ..config import ConfigError
-        from ..submit import STATUS_REFUSED, STATUS_TEMPFAIL, Submitter, summarize
+        from ..submit import Submitter, summarize
 
         body = sys.stdin.buffer.read() if sys.stdin is not None else b''
         if opts.skip_empty and not body.strip():
@@ -162,13 +168,7 @@ def _body(args: Sequence[str]) -> int:
             outcome = summarize(result, queue_configured=submitter.queue_configured)
     finally:
         app.close()
-    for line in outcome.problems:
-        print(f'{PROG}: {line}', file=sys.stderr)
-    if outcome.status == STATUS_TEMPFAIL:
-        return EX_TEMPFAIL
-    if outcome.status == STATUS_REFUSED:
-        return EX_UNAVAILABLE
-    return EX_OK
+    return report_outcome(PROG, outcome)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,7 +24,7 @@ import stat
 import sys
 import tempfile
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from ..humanize import ellipsize, format_age, format_size, format_until, one_line, printable
 from ..queue.admin import (
@@ -63,6 +63,7 @@ from .common import (
     load_app,
     run_main,
 )
+from .parsing import ArgumentParser
 
 __all__ = ['EX_IOERR', 'EX_NOINPUT', 'EX_NOPERM', 'build_parser', 'list_queue', 'main']
 
@@ -92,10 +93,6 @@ _MAX_CONNECTION_FAILURES = 3
 
 # --- argument parsing ----------------------------------------------------------------------------
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise CLIError(f'{message} (see {PROG} --help)', EX_USAGE)
 
 
 def _duration(value: str) -> Any:
@@ -141,10 +138,10 @@ def _add_ids(parser: argparse.ArgumentParser, bulk: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description='Look at and manage the mailqueue-runner queue.',
+    parser = ArgumentParser(prog=PROG, description='Look at and manage the mailqueue-runner queue.',
                      epilog='Without a command, "list" is run. IDs may be abbreviated to a unique prefix.')
     _add_common(parser, defaults=True)
-    common = _Parser(add_help=False)
+    common = ArgumentParser(add_help=False)
     _add_common(common, defaults=False)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
 

@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE, fail, load_app, run_main
+from .parsing import ArgumentParser
 
 __all__ = ['main']
 
@@ -26,7 +27,7 @@ exit codes: 0 the pass ran (messages may still be deferred), 64 usage error,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='mq-run', description=DESCRIPTION, epilog=EPILOG,
+    parser = ArgumentParser(prog='mq-run', description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('queue_dir', nargs='?', help='queue directory (default: queue_dir from the config)')
     parser.add_argument('-C', '--config', metavar='FILE', help='configuration file '
@@ -44,11 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str]) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return EX_OK if exc.code == 0 else EX_USAGE
+    args = build_parser().parse_args(list(argv))
     if args.workers is not None and args.workers < 1:
         fail('--workers must be at least 1', EX_USAGE)
     options = {'verbose': args.verbose, 'quiet': args.quiet}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, NoReturn, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .common import EX_CONFIG, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, fail, load_app, run_main
+from .parsing import ArgumentParser
 
 __all__ = ['build_parser', 'main']
 
@@ -26,13 +27,9 @@ example:
   mq-send-test --to=recipient@site.example"""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        fail(f'{message} (see --help)', EX_USAGE)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+    parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--to', metavar='ADDRESS',
                         help='recipient (default: "from" in the configuration)')

@@ -22,11 +22,10 @@ from .common import (
     EX_DATAERR,
     EX_NOUSER,
     EX_OK,
-    EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     EX_USAGE,
     fail,
     load_app,
+    report_outcome,
     run_main,
 )
 
@@ -394,16 +393,9 @@ def _send(submitter: Any, data: bytes, sender: str, recipients: Sequence[str]) -
 
 
 def _report(result: Any, submitter: Any) -> int:
-    from ..submit import STATUS_REFUSED, STATUS_TEMPFAIL, summarize
+    from ..submit import summarize
 
-    outcome = summarize(result, queue_configured=submitter.queue_configured)
-    for line in outcome.problems:
-        print(f'{PROG}: {line}', file=sys.stderr)
-    if outcome.status == STATUS_TEMPFAIL:
-        return EX_TEMPFAIL
-    if outcome.status == STATUS_REFUSED:
-        return EX_UNAVAILABLE
-    return EX_OK
+    return report_outcome(PROG, summarize(result, queue_configured=submitter.queue_configured))
 
 
 def _choose_sender(opts: SendmailOptions, submitter: Any, data: bytes) -> str:
