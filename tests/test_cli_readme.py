@@ -95,3 +95,19 @@ def test_repo_readme_command_lines(smtp_server: SMTPTestServer, tmp_path: Path) 
     assert second.as_message().get_content().replace('\r\n', '\n') == 'mail body\n'
     assert third.rcpt_tos == ['recipient@site.example']
     assert output.decode().startswith('test message from me@site.example to recipient@site.example accepted')
+
+
+def test_root_without_an_alias_goes_to_the_from_domain(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    """The README's config block sets `from = user@host.example`; with no alias for root, root is
+    root@host.example (like nullmailer's defaulthost), not an error."""
+    write_config(tmp_path, smtp_server, name='.mailqueue-runner.conf', aliases='',
+                 **{'from': 'user@host.example'})
+    bash(SPEC_MAIL_EXAMPLE, tmp_path)
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ['root@host.example']
+
+
+def test_local_name_without_alias_or_domain_is_an_error(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    write_config(tmp_path, smtp_server, name='.mailqueue-runner.conf', aliases='')
+    proc = run_tool(['bash', '-c', SPEC_MAIL_EXAMPLE], home=tmp_path, cwd=tmp_path)
+    assert proc.returncode == 67 and b'root' in proc.stderr and smtp_server.received == []

@@ -44,6 +44,12 @@ def test_typed_retry_keys() -> None:
     ('smtp_hostname = x\n', 'malformed'),
     ('[other]\nx = 1\n', 'no [mqrunner] section'),
     ('[mqrunner]\nsmtp_password = a\nsmtp_password_command = echo b\n', 'not both'),
+    ('[mqrunner]\nsmtp_username = u\n    smtp_password = MyRealPassword\n', 'smtp_username: value continues'),
+    ('[mqrunner]\nfrom = bad address\n', 'from: invalid value'),
+    ('[mqrunner]\nfrom = -oQ@x\n', 'from: invalid value'),
+    ('[mqrunner]\ndefault_domain = ex ample.org\n', 'default_domain: invalid value'),
+    ('[mqrunner]\ndefault_domain = -x\n', 'default_domain: invalid value'),
+    ('[mqrunner]\nqueue_dir = relative/q\n', 'queue_dir: invalid value'),
 ])
 def test_errors_name_file_and_key(tmp_path, text: str, needle: str) -> None:
     path = write(tmp_path, text)
@@ -51,6 +57,7 @@ def test_errors_name_file_and_key(tmp_path, text: str, needle: str) -> None:
         load_config(path)
     message = str(info.value)
     assert message.startswith(path) and needle in message and '\n' not in message
+    assert 'MyRealPassword' not in message
 
 
 def test_missing_file(tmp_path) -> None:
@@ -87,3 +94,12 @@ def test_delivery_log_file_does_not_leak_to_console(tmp_path, smtp_server) -> No
     result = run([script('mq-run'), '-C', config])
     assert result.returncode == 0 and result.stderr == b'' and result.stdout == b''
     assert log.read_text().count('status=sent') == 1
+
+
+def test_unwritable_log_file_never_stops_mail(tmp_path, smtp_server) -> None:
+    from helpers import run, script, write_config
+    config = write_config(tmp_path / 'mq.conf', smtp_server, delivery_log=tmp_path / 'missing-dir' / 'd.log')
+    result = run([script('mq-sendmail'), '-C', config, 'a@example.org'], input=b'Subject: x\n\nbody\n')
+    assert result.returncode == 0, result.stderr
+    assert len(smtp_server.received) == 1
+    assert b'cannot open' in result.stderr and result.stderr.count(b'\n') == 1

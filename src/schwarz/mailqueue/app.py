@@ -93,8 +93,12 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
         try:
             handler = logging.FileHandler(path, encoding='utf-8')
         except OSError as exc:
-            raise ConfigError(f'cannot open log file ({exc.strerror or exc})', settings.path,
-                              'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log') from None
+            # A log file we cannot write must never stop mail (say, a user sending as themselves
+            # while the log belongs to the queue's owner): warn and go on.
+            key = 'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log'
+            root.warning('warning: %s: %s: cannot open %s (%s); not logging there',
+                         settings.path or 'configuration', key, path, exc.strerror or exc)
+            continue
         handler._mq_logfile = True  # type: ignore[attr-defined]
         handler.setFormatter(_formatter(settings))
         logger.addHandler(handler)

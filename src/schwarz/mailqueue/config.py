@@ -100,6 +100,32 @@ def _retry_delay(value: str) -> timedelta:
     return delay
 
 
+def _address(value: str) -> str:
+    from .message import InvalidAddressError, validate_address
+
+    try:
+        return validate_address(value)
+    except InvalidAddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _domain(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r'(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}'
+                        r'[A-Za-z0-9])?)*', value):
+        raise ValueError(f'not a domain name: {value!r}')
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        # cron, PHP and a login shell each start in another directory
+        raise ValueError(f'must be an absolute path, got {value!r}')
+    return path
+
+
 def _log_format(value: str) -> str:
     text = value.strip().lower()
     if text not in ('logfmt', 'json'):
@@ -119,8 +145,8 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'smtp_ca_file': ('smtp_ca_file', _str),
     'smtp_timeout': ('smtp_timeout', _positive_float),
     'smtp_rate_limit': ('smtp_rate_limit', _positive_float),
-    'queue_dir': ('queue_dir', _str),
-    'from': ('from_addr', _str),
+    'queue_dir': ('queue_dir', _absolute_path),
+    'from': ('from_addr', _address),
     'logging_config': ('logging_config', _str),
     'logging_conf': ('logging_config', _str),
     'log_format': ('log_format', _log_format),
@@ -134,7 +160,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'workers': ('workers', _positive_int),
     'stale_claim_timeout': ('stale_claim_timeout', _duration),
     'aliases': ('aliases', _str),
-    'default_domain': ('default_domain', _str),
+    'default_domain': ('default_domain', _domain),
 }
 
 
@@ -188,6 +214,18 @@ class Settings:
             shown['smtp_password'] = '***'  # never in a repr, a traceback or a log
         return 'Settings(' + ', '.join(f'{k}={v!r}' for k, v in shown.items()) + ')'
 
+    def local_domain(self) -> Optional[str]:
+        """Domain for bare local names (``root``): ``default_domain``, else the domain of ``from``.
+
+        Like nullmailer's defaulthost: on a host that relays everything to one smarthost, mail
+        for ``root`` means the administrator's address at the sending domain.
+        """
+        if self.default_domain:
+            return self.default_domain
+        if self.from_addr and '@' in self.from_addr:
+            return self.from_addr.rsplit('@', 1)[1] or None
+        return None
+
     def retry_policy(self) -> RetryPolicy:
         try:
             return RetryPolicy(self.retry_min_delay, self.retry_max_delay, self.max_queue_lifetime,
@@ -232,6 +270,11 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
         if not isinstance(raw_value, str):
             setattr(settings, attr, raw_value)
             continue
+        if '\n' in raw_value or '\r' in raw_value:
+            # configparser joins an indented next line onto the value: almost always a mistake,
+            # and it would carry the next line (say, the password) into SMTP commands and errors.
+            raise ConfigError('value continues on an indented line (keys must start at the beginning '
+                              'of a line; one value per key)', path, raw_key)
         value = raw_value.strip() if attr not in ('smtp_password',) else raw_value
         # an empty `plugins =` means "none" (unset means "all")
         if value == '' and attr not in ('smtp_password', 'plugins'):

@@ -167,7 +167,7 @@ class Submitter:
         from .aliases import resolve_recipients
 
         table = self._alias_table() if self.use_aliases else {}
-        return resolve_recipients(recipients, table, default_domain=self.settings.default_domain)
+        return resolve_recipients(recipients, table, default_domain=self.settings.local_domain())
 
     def qualify_sender(self, name: str) -> str:
         """A sender given as a local name (``-f root``) becomes an address.
