@@ -58,3 +58,24 @@ def test_invalid_addresses_are_refused(address: str) -> None:
 
 def test_empty_sender_allowed_when_asked() -> None:
     assert validate_address('', allow_empty=True) == ''
+
+
+@pytest.mark.parametrize('value,expected', [
+    ('A <a@x>, b@x', ['a@x', 'b@x']),
+    ('"Smith, John" <j@x>', ['j@x']),
+    ('a@x (a comment)', ['a@x']),
+    ('undisclosed-recipients:;', []),
+    ('team: a@x, b@y;', ['a@x', 'b@y']),
+    ('root', ['root']),
+])
+def test_address_lists(value: str, expected: list) -> None:
+    from schwarz.mailqueue.message import parse_address_list
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize('value', ['John Smith', 'foo@bar.example baz', 'a@example.com (comment) extra',
+                                   'a@example.com b@example.com', 'a@', '<>', 'A <a@x'])
+def test_malformed_address_lists_are_refused_not_guessed(value: str) -> None:
+    from schwarz.mailqueue.message import parse_address_list
+    with pytest.raises(InvalidAddressError):
+        parse_address_list(value)

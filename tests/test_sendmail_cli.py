@@ -389,3 +389,12 @@ def test_message_without_final_newline_is_completed(smtp_server: SMTPTestServer,
                     home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert smtp_server.received[0].data == b'Subject: x\r\n\r\nno newline\r\n'
+
+
+@pytest.mark.parametrize('to', [b'John Smith', b'foo@bar.example baz', b'a@example.com (comment) extra'])
+def test_t_with_a_malformed_to_header_is_refused(smtp_server: SMTPTestServer, tmp_path: Path, to: bytes) -> None:
+    config = write_config(tmp_path, smtp_server, default_domain='example.org')
+    proc = run_tool(sendmail('-C', str(config), '-t', '-i'), input=b'To: ' + to + b'\nSubject: x\n\nb\n',
+                    home=tmp_path)
+    assert proc.returncode == 65, proc.stderr
+    assert b'malformed address' in proc.stderr and smtp_server.received == []

@@ -16,6 +16,7 @@ __all__ = [
     'add_header',
     'dot_stuff',
     'extract_recipients',
+    'parse_address_list',
     'get_header',
     'message_bytes_from',
     'normalize_line_endings',
@@ -156,17 +157,106 @@ def add_header(data: bytes, name: str, value: str) -> bytes:
     return name.encode('ascii') + b': ' + value.encode('utf-8') + eol + data
 
 
+def _split_top_level(value: str, separator: str) -> List[str]:
+    """Split at ``separator`` outside "quoted strings", (comments) and <angle brackets>."""
+    items: List[str] = []
+    current: List[str] = []
+    depth_comment = 0
+    in_quote = in_angle = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == '\\' and (in_quote or depth_comment):
+            escaped = True
+        elif in_quote:
+            in_quote = ch != '"'
+        elif ch == '"' and not depth_comment:
+            in_quote = True
+        elif ch == '(':
+            depth_comment += 1
+        elif ch == ')' and depth_comment:
+            depth_comment -= 1
+        elif not depth_comment and ch == '<':
+            in_angle = True
+        elif not depth_comment and ch == '>':
+            in_angle = False
+        elif ch == separator and not (in_quote or in_angle or depth_comment):
+            items.append(''.join(current))
+            current = []
+            continue
+        current.append(ch)
+    items.append(''.join(current))
+    return items
+
+
+def _strip_comments(text: str) -> str:
+    out: List[str] = []
+    depth = 0
+    in_quote = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+            if not depth:
+                out.append(ch)
+            continue
+        if ch == '\\' and (in_quote or depth):
+            escaped = True
+            if not depth:
+                out.append(ch)
+            continue
+        if depth:
+            depth += 1 if ch == '(' else -1 if ch == ')' else 0
+            continue
+        if ch == '"':
+            in_quote = not in_quote
+        elif ch == '(' and not in_quote:
+            depth = 1
+            continue
+        out.append(ch)
+    return ''.join(out)
+
+
+def parse_address_list(value: str) -> List[str]:
+    """The addresses in one To/Cc/Bcc value; ``InvalidAddressError`` for an item that is not one address.
+
+    Stricter than ``email.utils.getaddresses``, which turns ``John Smith`` into
+    ``JohnSmith`` and ``a@x.example b`` into ``a@x.exampleb``: sending to an
+    address invented from a typo is worse than refusing the message.
+    """
+    addresses: List[str] = []
+    for item in _split_top_level(value, ','):
+        item = item.strip()
+        # group syntax: "undisclosed-recipients:;" or "team: a@x, b@y;" (the ';' ends the group)
+        head, colon, rest = item.partition(':')
+        if colon and '<' not in head and '@' not in head and '"' not in head:
+            item = rest.strip()
+        item = item.rstrip(';').strip()
+        if not item:
+            continue
+        bare = _strip_comments(item).strip()
+        if '<' in bare:
+            address = bare[bare.rindex('<') + 1:]
+            if not address.endswith('>'):
+                raise InvalidAddressError(f'malformed address: {item!r}')
+            address = address[:-1].strip()
+        else:
+            address = bare
+        if not address or any(ch.isspace() for ch in address) or address.count('@') > 1 and '"' not in address:
+            raise InvalidAddressError(f'malformed address: {item!r}')
+        if '@' in address and (address.startswith('@') or address.endswith('@')):
+            raise InvalidAddressError(f'malformed address: {item!r}')
+        addresses.append(validate_address(address))
+    return addresses
+
+
 def extract_recipients(data: bytes, header_names: Sequence[str] = ('To', 'Cc', 'Bcc')) -> List[str]:
     """Addresses from To/Cc/Bcc, in order, without duplicates (for ``sendmail -t``)."""
-    from email.utils import getaddresses
-
-    values: List[str] = []
-    for name in header_names:
-        values.extend(get_header(data, name))
     result: List[str] = []
     seen = set()
-    for _, addr in getaddresses(values):
-        if addr and addr.lower() not in seen:
-            seen.add(addr.lower())
-            result.append(addr)
+    for name in header_names:
+        for value in get_header(data, name):
+            for addr in parse_address_list(value):
+                if addr.lower() not in seen:
+                    seen.add(addr.lower())
+                    result.append(addr)
     return result

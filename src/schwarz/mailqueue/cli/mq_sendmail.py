@@ -330,15 +330,12 @@ def _split_recipient_args(args: Sequence[str]) -> List[str]:
 
 def _header_recipients(data: bytes) -> List[str]:
     """-t: addresses from To/Cc/Bcc; bad ones are bad message data (65)."""
-    from ..message import InvalidAddressError, extract_recipients, validate_address
+    from ..message import InvalidAddressError, extract_recipients
 
-    recipients = []
-    for addr in extract_recipients(data):
-        try:
-            recipients.append(validate_address(addr))
-        except InvalidAddressError as exc:
-            fail(f'invalid recipient in the message headers: {exc}', EX_DATAERR)
-    return recipients
+    try:
+        return extract_recipients(data)
+    except InvalidAddressError as exc:
+        fail(f'invalid recipient in the message headers: {exc}', EX_DATAERR)
 
 
 def _header_sender(data: bytes) -> Optional[str]:
