@@ -51,6 +51,8 @@ def test_queued_when_server_down(tmp_path) -> None:
     [name] = listing(queue_dir, 'new')
     meta, body = MaildirQueue(queue_dir).read_message('new', name)
     assert meta.to_addrs == ['b@x', 'c@x'] and body == MSG
+    # why it is waiting is visible at once; the first mq-run still tries it right away
+    assert 'Connection refused' in (meta.last_error or '') and meta.retries == 0
 
 
 def test_partial_refusal_nobody_gets_duplicates_nothing_lost(smtp_server: SMTPTestServer, tmp_path) -> None:

@@ -247,3 +247,8 @@ def test_errors_quoting_input_stay_on_one_line(tmp_path) -> None:
     result = run([script('mq-sendmail'), '--x\nInjected: line', 'a@example.org'], input=b'x')
     assert result.returncode == 64
     assert result.stderr.count(b'\n') == 1 and b'\\nInjected' in result.stderr
+
+
+def test_queue_dir_argument_still_needs_a_configuration(tmp_path) -> None:
+    result = run([script('mq-run'), str(tmp_path / 'q')], env={'HOME': str(tmp_path)})
+    assert result.returncode == 78 and b'no configuration found' in result.stderr

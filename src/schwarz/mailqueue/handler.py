@@ -209,7 +209,11 @@ class MessageHandler:
             if skip_queues and _is_queue(transport):
                 continue
             name = _transport_name(transport)
-            outcome: SendResult = transport.send(from_addr, pending, msg_bytes)
+            if _is_queue(transport) and deferred:
+                # keep why it could not go out now: `mq-queue list` shows it before the first retry
+                outcome: SendResult = transport.send(from_addr, pending, msg_bytes, last_error=_reason(deferred))
+            else:
+                outcome = transport.send(from_addr, pending, msg_bytes)
             via = f'{name}:{outcome.host}' if outcome.host and name != 'maildir' else name
             result.transport = outcome.transport or name
             result.host = outcome.host

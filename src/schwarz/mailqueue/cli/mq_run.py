@@ -49,7 +49,7 @@ def _main(argv: Sequence[str]) -> int:
     if args.workers is not None and args.workers < 1:
         fail('--workers must be at least 1', EX_USAGE)
     options = {'verbose': args.verbose, 'quiet': args.quiet}
-    app = load_app(args.config, options, require_config=args.queue_dir is None)
+    app = load_app(args.config, options)  # the SMTP settings live there, even with a queue_dir argument
     try:
         from ..config import ConfigError, init_smtp_mailer
         from ..queue.maildir import QueueWriteError, get_queue

@@ -690,9 +690,11 @@ class MaildirBackend:
     def __repr__(self) -> str:
         return f'MaildirBackend({self.queue_dir!r})'
 
-    def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes) -> SendResult:
+    def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes,
+             last_error: Optional[str] = None) -> SendResult:
         try:
-            msg_id = self.queue.enqueue(msg_bytes, from_addr, list(to_addrs))
+            msg_id = self.queue.enqueue(msg_bytes, from_addr, list(to_addrs),
+                                        extra={LAST_ERROR: last_error} if last_error else None)
         except QueueWriteError as exc:
             return SendResult(transport='maildir', queued=False, error=str(exc),
                               deferred={a: (451, str(exc)) for a in to_addrs})
