@@ -252,3 +252,13 @@ def test_errors_quoting_input_stay_on_one_line(tmp_path) -> None:
 def test_queue_dir_argument_still_needs_a_configuration(tmp_path) -> None:
     result = run([script('mq-run'), str(tmp_path / 'q')], env={'HOME': str(tmp_path)})
     assert result.returncode == 78 and b'no configuration found' in result.stderr
+
+
+def test_dead_letters_are_reported_even_from_cron(smtp_server, tmp_path) -> None:
+    queue_dir = str(tmp_path / 'q')
+    MaildirQueue(queue_dir).enqueue(MSG, 'a@x', ['gone@x'])
+    smtp_server.set_recipient_reply('gone@x', 550, 'no such user')
+    config = write_config(tmp_path / 'mq.conf', smtp_server, queue_dir=queue_dir)
+    result = run([script('mq-run'), '-C', config, '--quiet'])
+    assert result.returncode == 0
+    assert result.stderr == b'mq-run: 1 message(s) moved to failed/ (see: mq-queue list --state failed)\n'

@@ -82,6 +82,10 @@ def _main(argv: Sequence[str]) -> int:
             fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
         if stats.aborted and not args.quiet:
             print(f'mq-run: {stats.aborted}', file=sys.stderr)
+        if stats.failed or stats.corrupt:
+            # Dead letters need a human; from cron this line becomes the mail that says so.
+            print(f'mq-run: {stats.failed + stats.corrupt} message(s) moved to failed/ '
+                  f'(see: mq-queue list --state failed)', file=sys.stderr)
         return EX_OK
     finally:
         app.close()
