@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schwarz.mailqueue import parse_message_envelope, serialize_message_with_queue_data
 from schwarz.mailqueue.queue.format import QueueFileError, parse_queue_bytes
+
+from _hyp import examples
 
 # A queue file as mailqueue-runner 1.0.0 writes it (CRLF meta block, message bytes after it).
 LEGACY_FILE = (
@@ -60,3 +64,18 @@ def test_corrupt_files_raise_queue_file_error(data: bytes) -> None:
 def test_address_with_line_break_cannot_be_stored() -> None:
     with pytest.raises(ValueError):
         serialize_message_with_queue_data(b'x', 'a@x', ['b@x\r\nX-Retries: 0'])
+
+
+
+@settings(max_examples=examples())
+@given(moment=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1)),
+       offset=st.integers(-14 * 60, 14 * 60))
+def test_fast_date_parser_agrees_with_email_utils(moment: datetime, offset: int) -> None:
+    import email.utils
+
+    from schwarz.mailqueue.queue.format import _parse_canonical_date, format_date, parse_date
+    value = format_date(moment.replace(microsecond=0, tzinfo=timezone(timedelta(minutes=offset))))
+    fast = _parse_canonical_date(value)
+    assert fast is not None
+    assert fast == email.utils.parsedate_to_datetime(value) == parse_date(value)
+    assert fast.utcoffset() == email.utils.parsedate_to_datetime(value).utcoffset()

@@ -75,12 +75,17 @@ def message_bytes_from(msg: MessageSource) -> bytes:
 
 def normalize_line_endings(data: bytes) -> bytes:
     """Every CR, LF and CRLF becomes CRLF: no bare CR/LF reaches the server (SMTP smuggling)."""
+    if b'\r' not in data:
+        return data.replace(b'\n', b'\r\n')
+    crlf = data.count(b'\r\n')
+    if crlf == data.count(b'\r') == data.count(b'\n'):
+        return data  # already CRLF throughout (the common case for queued mail)
     return _LINE_BREAK.sub(b'\r\n', data)
 
 
 def dot_stuff(data: bytes) -> bytes:
     """Prepare normalised message bytes for DATA: stuff leading dots, end with CRLF."""
-    stuffed = _LEADING_DOT.sub(b'..', data)
+    stuffed = _LEADING_DOT.sub(b'..', data) if data[:1] == b'.' or b'\n.' in data else data
     if stuffed and not stuffed.endswith(b'\r\n'):
         stuffed += b'\r\n'
     return stuffed

@@ -18,7 +18,7 @@ import email.utils
 import io
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import IO, Any, Dict, List, Optional, Sequence, Union
 
 from ..message import message_bytes_from
@@ -79,8 +79,33 @@ _MIN_YEAR = 1900
 _MAX_YEAR = 9000
 
 
+_MONTHS = {name: number for number, name in enumerate(
+    ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'), start=1)}
+
+
+def _parse_canonical_date(value: str) -> Optional[datetime]:
+    """Fast path for what ``format_date`` writes ('Sun, 29 Nov 2026 01:30:00 +0000'); None otherwise."""
+    parts = value.split()
+    if len(parts) != 6 or not parts[0].endswith(','):
+        return None
+    _, day, month_name, year, clock, zone = parts
+    month = _MONTHS.get(month_name)
+    if month is None or len(zone) != 5 or zone[0] not in '+-' or not zone[1:].isdigit():
+        return None
+    try:
+        hour, minute, second = clock.split(':')
+        offset = int(zone[1:3]) * 60 + int(zone[3:5])
+        tz = timezone.utc if offset == 0 else timezone(timedelta(minutes=offset if zone[0] == '+' else -offset))
+        return datetime(int(year), month, int(day), int(hour), int(minute), int(second), tzinfo=tz)
+    except ValueError:
+        return None
+
+
 def parse_date(value: str) -> datetime:
-    parsed = email.utils.parsedate_to_datetime(value)
+    parsed = _parse_canonical_date(value)
+    if parsed is None:
+        # anything else RFC 2822 allows (files written by other tools or older versions)
+        parsed = email.utils.parsedate_to_datetime(value)
     if parsed is None:  # pragma: no cover - Python < 3.10 returns None on garbage
         raise ValueError(value)
     if parsed.tzinfo is None:

@@ -128,7 +128,7 @@ class MaildirQueue:
     def _file(self, state: str, msg_id: str) -> str:
         if not msg_id or '/' in msg_id or msg_id.startswith('.'):
             raise ValueError(f'invalid queue id {msg_id!r}')
-        return os.path.join(self.path, state, msg_id)
+        return f'{self.path}/{state}/{msg_id}'  # called several times per message: no os.path.join
 
     def _fsync_dir(self, state: str) -> None:
         if not self.fsync:
