@@ -234,8 +234,8 @@ class MaildirQueue:
 
     # --- claiming ---------------------------------------------------------------------------
 
-    def _lock_file(self, state: str, msg_id: str) -> Optional[int]:
-        """Open and lock the file at state/msg_id; None if it is gone or someone else owns it."""
+    def _lock_file(self, state: str, msg_id: str) -> Optional[Tuple[int, int]]:
+        """Open and lock the file at state/msg_id: (fd, size); None if it is gone or someone else owns it."""
         path = self._file(state, msg_id)
         # Look before opening: a symlink is never followed, and a directory, FIFO or device
         # node is never opened (opening some devices has side effects).
@@ -270,7 +270,7 @@ class MaildirQueue:
         if not stat.S_ISREG(st_fd.st_mode):
             os.close(fd)
             raise QueueFileError(f'{path} is not a regular file')
-        return fd
+        return fd, st_fd.st_size
 
     def claim(self, msg_id: str, state: str = 'new',
               want: Optional[Callable[[QueueMeta], bool]] = None) -> Optional[QueuedMessage]:
@@ -283,11 +283,12 @@ class MaildirQueue:
         """
         self._check_dir(state)
         self._check_dir('cur')
-        fd = self._lock_file(state, msg_id)
-        if fd is None:
+        locked = self._lock_file(state, msg_id)
+        if locked is None:
             return None
+        fd, size = locked
         try:
-            data = _read_all(fd)
+            data = _read_all(fd, size)
             try:
                 meta, msg_bytes = parse_queue_bytes(data)
                 if not meta.to_addrs:
@@ -448,13 +449,15 @@ class MaildirQueue:
         recovered = 0
         for msg_id in self.iter_ids('cur'):
             try:
-                fd = self._lock_file('cur', msg_id)
+                locked = self._lock_file('cur', msg_id)
             except QueueFileError:
                 continue
-            if fd is None:
+            if locked is None:
                 if self.stale_after is None or not self._older_than('cur', msg_id, self.stale_after):
                     continue
                 fd = os.open(self._file('cur', msg_id), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            else:
+                fd = locked[0]
             try:
                 os.rename(self._file('cur', msg_id), self._file('new', msg_id))
                 recovered += 1
@@ -581,15 +584,20 @@ def _nofollow_opener(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC)
 
 
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file. Published queue files never change (rewrites replace them), so the size
+    seen under our lock is the size: one pread is enough unless the read comes back short."""
+    data = os.pread(fd, size, 0)
+    if len(data) == size:
+        return data
+    chunks = [data]
+    offset = len(data)
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:
-            break
+            return b''.join(chunks)
         chunks.append(chunk)
-    return b''.join(chunks)
+        offset += len(chunk)
 
 
 def _make_parents(path: str) -> None:
