@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.testutils import SMTPTestServer
 
@@ -262,3 +264,10 @@ def test_dead_letters_are_reported_even_from_cron(smtp_server, tmp_path) -> None
     result = run([script('mq-run'), '-C', config, '--quiet'])
     assert result.returncode == 0
     assert result.stderr == b'mq-run: 1 message(s) moved to failed/ (see: mq-queue list --state failed)\n'
+
+
+@pytest.mark.parametrize('tool', ['mq-mail', 'mq-run', 'mq-queue', 'mq-send-test', 'mq-sendmail'])
+def test_every_tool_answers_version(tool: str) -> None:
+    result = run([script(tool), '--version'])
+    import re
+    assert result.returncode == 0 and re.search(rb'\d+\.\d+', result.stdout) and result.stderr == b''
