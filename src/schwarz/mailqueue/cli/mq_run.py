@@ -51,28 +51,25 @@ def _main(argv: Sequence[str]) -> int:
     options = {'verbose': args.verbose, 'quiet': args.quiet}
     app = load_app(args.config, options)  # the SMTP settings live there, even with a queue_dir argument
     try:
-        from ..config import ConfigError, init_smtp_mailer
-        from ..queue.maildir import QueueWriteError, get_queue
-        from ..runner import QueueRunner, terminal_or_none
+        from ..config import ConfigError
+        from ..queue.maildir import QueueWriteError
+        from ..queue_runner import runner_from_settings
+        from ..runner import terminal_or_none
 
         settings = app.settings
         queue_dir = args.queue_dir or settings.queue_dir
         if not queue_dir:
             fail(f'{settings.path or "configuration"}: queue_dir: not set (give the queue directory as argument)',
                  EX_CONFIG)
+        show_progress = not (args.quiet or args.no_progress or args.daemon)
         try:
-            queue = get_queue(queue_dir)
-            queue.stale_after = settings.stale_claim_timeout
-            mailer = init_smtp_mailer(settings)
-            policy = settings.retry_policy()
+            runner = runner_from_settings(settings, queue_dir, plugins=app.plugins, workers=args.workers,
+                                          force=args.force,
+                                          progress=terminal_or_none() if show_progress else None)
         except QueueWriteError as exc:
             fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
         except ConfigError as exc:
             fail(str(exc), EX_CONFIG)
-        show_progress = not (args.quiet or args.no_progress or args.daemon)
-        runner = QueueRunner(queue, mailer=mailer, policy=policy, workers=args.workers or settings.workers,
-                             force=args.force, rate_limit=settings.smtp_rate_limit, plugins=app.plugins,
-                             progress=terminal_or_none() if show_progress else None)
         try:
             if args.daemon:
                 runner.serve()
