@@ -43,10 +43,6 @@ def new_registry() -> Any:
     return SignalRegistry()
 
 
-def _default_registry() -> Any:
-    return new_registry()
-
-
 class _LazyRegistry:
     """Module attribute ``registry`` without importing blinker at start-up."""
 
@@ -55,7 +51,7 @@ class _LazyRegistry:
 
     def get(self) -> Any:
         if not self._loaded:
-            self._value = _default_registry()
+            self._value = new_registry()
             self._loaded = True
         return self._value
 
