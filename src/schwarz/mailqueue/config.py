@@ -54,24 +54,25 @@ def _bool(value: str) -> bool:
 
 
 def _port(value: str) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError(f'port out of range: {port}')
-    return port
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f'expected a port number from 1 to 65535, got {value!r}')
+    return int(value)
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f'must be positive, got {value!r}')
+        raise ValueError(f'expected a positive number, got {value!r}')
     return number
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(f'must be at least 1, got {value!r}')
-    return number
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f'expected a whole number of at least 1, got {value!r}')
+    return int(value)
 
 
 def _tls(value: str) -> str:

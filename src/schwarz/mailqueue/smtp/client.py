@@ -65,7 +65,7 @@ class TLSMode(str, enum.Enum):
             'none': cls.NONE, 'no': cls.NONE, 'false': cls.NONE, 'off': cls.NONE, 'plain': cls.NONE,
         }
         if text not in aliases:
-            raise ValueError(f'unknown TLS mode {value!r} (use implicit, starttls, opportunistic or none)')
+            raise ValueError(f'unknown TLS mode {value!r}; use implicit, starttls, opportunistic or none')
         return aliases[text]
 
 
