@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -70,7 +71,9 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
     if console is None:
         console = logging.StreamHandler(sys.stderr)
         console._mq_console = True  # type: ignore[attr-defined]
-        console.setFormatter(logging.Formatter('%(message)s'))
+        # every line names the tool, as the tools' own error lines do (cron mails mix several)
+        prog = os.path.basename(sys.argv[0] or '') or 'mailqueue'
+        console.setFormatter(logging.Formatter(prog.replace('%', '%%') + ': %(message)s'))
         root.addHandler(console)
         root.propagate = False
     # The handler filters too: delivery/queue loggers are set to INFO for their log files and
