@@ -201,3 +201,17 @@ def test_plugin_discard_on_failed_delivery(tmp_path) -> None:
     second = handler.send_message(queue.claim(msg_id))
     assert second is not None and second.discarded
     assert listing(queue_dir, 'new') == [] and calls == [(0, False), (1, False)]
+
+
+def test_a_crashing_transport_does_not_lose_the_message(tmp_path, caplog) -> None:
+    def broken(from_addr, to_addrs, msg_bytes):
+        raise RuntimeError('bug in a transport')
+
+    queue_dir = str(tmp_path / 'q')
+    handler = MessageHandler([DebugMailer(send_callback=broken), MaildirBackend(queue_dir)])
+    result = handler.send_message(MSG, sender='a@x', recipient='b@x')
+    assert result and result.queued is True
+    [name] = listing(queue_dir, 'new')
+    assert 'internal error in the debug transport: RuntimeError' in \
+        (MaildirQueue(queue_dir).read_meta('new', name).last_error or '')
+    assert any('bug in a transport' in r.getMessage() or r.exc_info for r in caplog.records)

@@ -209,11 +209,18 @@ class MessageHandler:
             if skip_queues and _is_queue(transport):
                 continue
             name = _transport_name(transport)
-            if _is_queue(transport) and deferred:
-                # keep why it could not go out now: `mq-queue list` shows it before the first retry
-                outcome: SendResult = transport.send(from_addr, pending, msg_bytes, last_error=_reason(deferred))
-            else:
-                outcome = transport.send(from_addr, pending, msg_bytes)
+            try:
+                if _is_queue(transport) and deferred:
+                    # keep why it could not go out now: `mq-queue list` shows it before the first retry
+                    outcome: SendResult = transport.send(from_addr, pending, msg_bytes,
+                                                         last_error=_reason(deferred))
+                else:
+                    outcome = transport.send(from_addr, pending, msg_bytes)
+            except Exception as exc:
+                # A bug in one transport must not lose the message: the next one (the queue) gets it.
+                logging.getLogger('mailqueue').exception('unexpected error in the %s transport', name)
+                outcome = _all_deferred(name, pending, Reply(451, f'internal error in the {name} transport: '
+                                                                  f'{type(exc).__name__}'))
             via = f'{name}:{outcome.host}' if outcome.host and name != 'maildir' else name
             result.transport = outcome.transport or name
             result.host = outcome.host
