@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, Optional, TextIO
 
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
+from .queue.backend import QueueBackend
 from .queue.format import QueueFileError, QueueMeta
-from .queue.maildir import MaildirQueue, get_queue
+from .queue.maildir import get_queue
 from .queue.schedule import RetryPolicy
 
 __all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
@@ -106,7 +107,7 @@ class _Progress:
 class QueueRunner:
     def __init__(
         self,
-        queue: MaildirQueue,
+        queue: QueueBackend,
         *,
         mailer: Any = None,
         handler: Optional[MessageHandler] = None,
@@ -294,7 +295,7 @@ class QueueRunner:
         last_mtime = -1.0
         while not self.stop_event.is_set():
             try:
-                mtime = _mtime(self.queue, 'new')
+                mtime = self.queue.changed_marker()
             except OSError:
                 mtime = -2.0
             now = time.monotonic()
@@ -321,12 +322,6 @@ class QueueRunner:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def _mtime(queue: MaildirQueue, state: str) -> float:
-    import os
-
-    return os.stat(f'{queue.path}/{state}').st_mtime_ns / 1e9
 
 
 def send_all_queued_messages(queue_dir: str, mailer: Any = None, plugins: Any = None,

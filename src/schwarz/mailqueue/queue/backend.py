@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence
 
 from .format import QueueMeta
 
@@ -92,7 +92,8 @@ class QueueBackend(Protocol):
 
     def iter_ids(self, state: str = 'new') -> Iterator[str]: ...
 
-    def claim(self, msg_id: str, state: str = 'new') -> Optional[QueuedMessage]: ...
+    def claim(self, msg_id: str, state: str = 'new',
+              want: Optional[Callable[[QueueMeta], bool]] = None) -> Optional[QueuedMessage]: ...
 
     def complete(self, msg: QueuedMessage) -> None: ...
 
@@ -104,5 +105,11 @@ class QueueBackend(Protocol):
     def release(self, msg: QueuedMessage) -> None: ...
 
     def recover_stale(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def changed_marker(self) -> float:
+        """Changes when messages arrive (the daemon polls it; the maildir uses new/'s mtime)."""
+        ...
 
     def entries(self, states: Sequence[str] = STATES) -> Iterator[QueueEntry]: ...

@@ -149,6 +149,10 @@ class MaildirQueue:
                 os.close(fd)
             self._dir_fds.clear()
 
+    def changed_marker(self) -> float:
+        """new/'s modification time: every enqueue, release or recovery renames a file into it."""
+        return os.stat(self._dir('new')).st_mtime_ns / 1e9
+
     def flush(self) -> None:
         """Wait until files removed by ``complete()`` are fully released."""
         if self._closer is not None:
