@@ -375,6 +375,15 @@ def test_bv_shows_alias_resolution_without_sending(smtp_server: SMTPTestServer, 
     assert smtp_server.commands == []
 
 
+def test_bv_gives_a_verdict_for_every_name(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-bv', 'nosuchname', 'team'), home=tmp_path)
+    assert proc.returncode == 67
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith('nosuchname... not deliverable: ')
+    assert lines[1] == 'team... deliverable: alice@example.org, bob@example.org'
+
+
 def test_newaliases_checks_the_aliases_file(tmp_path: Path) -> None:
     config = write_config(tmp_path, None)
     link = tmp_path / 'newaliases'

@@ -23,6 +23,7 @@ from .common import (
     EX_NOUSER,
     EX_OK,
     EX_USAGE,
+    CLIError,
     fail,
     load_app,
     report_outcome,
@@ -768,12 +769,19 @@ def _verify(opts: SendmailOptions) -> int:
     app = load_app(opts.config, {'verbose': opts.verbose}, require_config=False, load_plugins=False)
     try:
         submitter = Submitter(app.settings, aliases_path=opts.aliases, use_aliases=opts.use_aliases)
+        worst = EX_OK
         for recipient in recipients:
-            resolved = _resolve_or_fail(submitter, [recipient])
+            # like sendmail -bv: a verdict for every name, not just up to the first bad one
+            try:
+                resolved = _resolve_or_fail(submitter, [recipient])
+            except CLIError as exc:
+                print(f'{recipient}... not deliverable: {exc}')
+                worst = max(worst, exc.exit_code)
+                continue
             print(f'{recipient}... deliverable: {", ".join(resolved)}')
     finally:
         app.close()
-    return EX_OK
+    return worst
 
 
 def _version() -> str:
