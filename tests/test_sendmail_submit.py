@@ -99,3 +99,17 @@ def test_alias_resolution_errors(tmp_path: Path) -> None:
     with pytest.raises(UnresolvableRecipientError):
         Submitter(Settings(), use_aliases=False).resolve(['root'])
     assert Submitter(Settings(default_domain='h.example'), use_aliases=False).resolve(['root']) == ['root@h.example']
+
+
+def test_one_line_per_reason_not_per_recipient() -> None:
+    from schwarz.mailqueue.result import SendResult
+    from schwarz.mailqueue.submit import STATUS_TEMPFAIL, summarize
+    reason = (451, 'cannot connect to 127.0.0.1:25: Connection refused')
+    result = SendResult(deferred={'a@x': reason, 'b@x': reason}, refused={'c@x': (550, 'no such user')})
+    outcome = summarize(result, queue_configured=False)
+    assert outcome.status == STATUS_TEMPFAIL
+    assert outcome.problems == [
+        'c@x: refused permanently: 550 no such user',
+        'a@x, b@x: temporary failure, message NOT queued (no queue_dir configured): 451 cannot connect to '
+        '127.0.0.1:25: Connection refused',
+    ]

@@ -96,15 +96,17 @@ def summarize(result: SendResult, *, queue_configured: bool) -> Outcome:
     A recipient deferred by the whole chain was not queued: either there is no
     queue, or writing to it failed (then the reason is the queue's error).
     """
-    problems: List[str] = []
+    # Recipients that failed for the same reason share one line (a dead server is one problem).
+    grouped: Dict[str, List[str]] = {}
     for addr, (code, text) in result.refused.items():
-        problems.append(f'{addr}: refused permanently: {code} {text}'.rstrip())
+        grouped.setdefault(f'refused permanently: {code} {text}'.rstrip(), []).append(addr)
     for addr, (code, text) in result.deferred.items():
         if queue_configured:
-            problems.append(f'{addr}: temporary failure and the message could not be queued: {text}')
+            reason = f'temporary failure and the message could not be queued: {text}'
         else:
-            problems.append(f'{addr}: temporary failure, message NOT queued (no queue_dir configured): '
-                            f'{code} {text}'.rstrip())
+            reason = f'temporary failure, message NOT queued (no queue_dir configured): {code} {text}'.rstrip()
+        grouped.setdefault(reason, []).append(addr)
+    problems = [f'{", ".join(addrs)}: {reason}' for reason, addrs in grouped.items()]
     if result.deferred:
         status = STATUS_TEMPFAIL
     elif result.refused:
