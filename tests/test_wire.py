@@ -96,4 +96,4 @@ def test_server_dropping_the_connection_after_data_means_retry(scripted) -> None
     server = scripted(b'220 hi\r\n', [b'250 hi\r\n', b'250 ok\r\n', b'250 ok\r\n', b'354 go\r\n'])
     mailer = SMTPMailer('127.0.0.1', server.port, tls='none', timeout=5)
     result = mailer.send('a@x', ['b@x'], b'Subject: x\r\n\r\n')
-    assert result.deferred == {'b@x': (451, 'connection lost after sending the message')}
+    assert result.deferred == {'b@x': (451, 'connection lost while sending the message or waiting for the reply')}

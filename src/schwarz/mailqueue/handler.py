@@ -130,9 +130,14 @@ class MessageHandler:
         if isinstance(queued, bool):  # a queued message that someone else holds, or that vanished
             return None
         if queued is not None:
-            from_addr = sender if sender is not None else queued.from_addr
-            to_addrs = self._recipients(recipient, recipients) or queued.to_addrs
-            return self._deliver_queued(queued, from_addr, to_addrs)
+            # The queue file's envelope is the truth: delivering to a subset and then completing the
+            # file would silently drop the other recipients.
+            given = self._recipients(recipient, recipients)
+            if given and sorted(given) != sorted(queued.to_addrs):
+                logging.getLogger('mailqueue').warning(
+                    'queued message %s: ignoring recipients %s, delivering to its queued recipients %s',
+                    queued.msg_id, ','.join(given), ','.join(queued.to_addrs))
+            return self._deliver_queued(queued, queued.from_addr, queued.to_addrs)
         to_addrs = self._recipients(recipient, recipients)
         if not to_addrs:
             raise ValueError('no recipients given')
@@ -290,9 +295,34 @@ class MessageHandler:
         return False
 
     def _deliver_queued(self, msg: QueuedMessage, from_addr: str, to_addrs: List[str]) -> SendResult:
+        result = SendResult(queued=False)
+        try:
+            return self._deliver_and_record(msg, from_addr, to_addrs, result)
+        except Exception as exc:
+            if not msg.is_claimed:
+                raise
+            # The queue file could not be updated (full disk, I/O error) or something else broke.
+            # Putting the unchanged file back would send it again to recipients who already have it.
+            log = logging.getLogger('mailqueue')
+            if result.accepted:
+                log.error('queued message %s was delivered to %s but the queue file could not be updated '
+                          '(%s); moving it to hold/ so that nobody gets it twice: check it with '
+                          '"mq-queue show %s"', msg.msg_id, ','.join(result.accepted), exc, msg.msg_id)
+                try:
+                    msg.backend.move(msg, 'hold')
+                except OSError:
+                    log.exception('cannot move %s to hold/ either; it stays claimed until this process '
+                                  'ends', msg.msg_id)
+            else:
+                msg.backend.release(msg)
+            result.error = f'queue file not updated: {type(exc).__name__}: {exc}'
+            result.deferred = {addr: (451, result.error) for addr in to_addrs if addr not in result.accepted}
+            return result
+
+    def _deliver_and_record(self, msg: QueuedMessage, from_addr: str, to_addrs: List[str],
+                            result: SendResult) -> SendResult:
         backend = msg.backend
         attempts = msg.retries + 1
-        result = SendResult(queued=False)
         deferred = self._try_transports(msg.msg_bytes, from_addr, to_addrs, skip_queues=True,
                                         attempts=attempts, queue_date=msg.queue_date, result=result)
         result.deferred = deferred
@@ -310,28 +340,31 @@ class MessageHandler:
             if self.retry_policy is not None:
                 give_up = self.retry_policy.give_up_reason(msg.queue_date, msg.retries + 1, now)
             error = _reason(deferred)
-            if result.refused:
-                backend.store_failed(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
             if give_up:
                 backend.fail(msg, f'{give_up}; last error: {error}', list(deferred))
                 self._log('failed', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
                           queue_date=msg.queue_date, queue_id=msg.msg_id, error=give_up)
                 result.refused.update(deferred)
                 result.deferred = {}
-                return result
-            backend.defer(msg, list(deferred), error, now)
-            result.queued = True
-            result.queued_to = list(deferred)
-            result.transport = via
-            result.queue_id = msg.msg_id
-            self._log('queued', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
-                      queue_date=msg.queue_date, queue_id=msg.msg_id)
-            # Deferred recipients are safely queued: for the caller that counts as success.
-            result.deferred = {}
-            result.queued_to = list(deferred)
-            return result
-        if result.refused:
+            else:
+                backend.defer(msg, list(deferred), error, now)
+                result.queued = True
+                result.transport = via
+                result.queue_id = msg.msg_id
+                self._log('queued', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
+                          queue_date=msg.queue_date, queue_id=msg.msg_id)
+                # Deferred recipients are safely queued: for the caller that counts as success.
+                result.deferred = {}
+                result.queued_to = list(deferred)
+        elif result.refused:
             backend.fail(msg, _reason(result.refused), list(result.refused))
         else:
             backend.complete(msg)
+        if deferred and result.refused:
+            # the queue file now holds the deferred recipients; keep a dead letter for the refused ones
+            try:
+                backend.store_failed(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
+            except OSError as exc:
+                logging.getLogger('mailqueue').error('could not keep a copy for the refused recipients of %s: '
+                                                     '%s', msg.msg_id, exc)
         return result

@@ -49,7 +49,8 @@ def validate_address(address: str, *, allow_empty: bool = False) -> str:
         raise InvalidAddressError(f'address contains a line break or NUL: {address!r}')
     if address.startswith('-'):
         raise InvalidAddressError(f'address starts with "-": {address!r}')
-    if any(ch in address for ch in '<>') or address != address.strip() or ' ' in address:
+    # (a comma could not be stored in a queue file's Envelope-to)
+    if any(ch in address for ch in '<>,') or address != address.strip() or ' ' in address:
         raise InvalidAddressError(f'malformed address: {address!r}')
     return address
 

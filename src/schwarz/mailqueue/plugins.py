@@ -73,15 +73,22 @@ def _receivers_exist(plugins: Any, signal: str) -> bool:
 def fire_delivery_successful(plugins: Any, msg: Any, send_result: Any) -> None:
     if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_successful):
         return
-    plugins.call_plugins(MQSignal.delivery_successful, signal_kwargs={'msg': msg, 'send_result': send_result})
+    try:
+        plugins.call_plugins(MQSignal.delivery_successful, signal_kwargs={'msg': msg, 'send_result': send_result})
+    except Exception:
+        log.exception('plugin failed in delivery_successful (ignored)')
 
 
 def fire_delivery_failed(plugins: Any, msg: Any, send_result: Any) -> bool:
     """True when a plugin asked to discard the message."""
     if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_failed):
         return False
-    results = plugins.call_plugins(MQSignal.delivery_failed,
-                                   signal_kwargs={'msg': msg, 'send_result': send_result}) or ()
+    try:
+        results = plugins.call_plugins(MQSignal.delivery_failed,
+                                       signal_kwargs={'msg': msg, 'send_result': send_result}) or ()
+    except Exception:
+        log.exception('plugin failed in delivery_failed (ignored)')
+        return False
     return any(value is MQAction.DISCARD for _, value in results)
 
 

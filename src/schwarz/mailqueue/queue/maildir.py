@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import stat
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
@@ -78,6 +80,7 @@ class MaildirQueue:
         self._dir_fds: Dict[str, int] = {}
         self._dir_lock = threading.Lock()
         self._closer: Optional[_BackgroundCloser] = None
+        _all_queues.add(self)
         if create:
             self.ensure_dirs()
 
@@ -306,6 +309,7 @@ class MaildirQueue:
                     return None
             cur_path = self._file('cur', msg_id)
             if state != 'cur':
+                os.utime(fd)  # mtime = claim time, for the stale_after fallback
                 os.rename(self._file(state, msg_id), cur_path)
         except BaseException:
             os.close(fd)
@@ -358,7 +362,10 @@ class MaildirQueue:
         try:
             os.unlink(self._file('cur', msg.msg_id))
         except FileNotFoundError:
-            pass
+            # only a misconfigured stale_claim_timeout (or an admin) takes a live claim away
+            logging.getLogger('mailqueue').error(
+                'queue file %s vanished from cur/ while claimed: if it was put back into new/, it will be '
+                'delivered again', msg.msg_id)
         except BaseException:
             os.close(fd)
             raise
@@ -638,6 +645,20 @@ def _unlink_quietly(path: str) -> None:
 
 _queues: Dict[str, MaildirQueue] = {}
 _queues_lock = threading.Lock()
+_all_queues: weakref.WeakSet[MaildirQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (pre-fork web servers) has no closer thread and fresh locks.
+    global _queues_lock
+    _queues_lock = threading.Lock()
+    for queue in list(_all_queues):
+        queue._closer = None
+        queue._dir_lock = threading.Lock()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_queue(path: str) -> MaildirQueue:

@@ -330,6 +330,9 @@ class SMTPConnection:
                 code, msg = 503, 'no valid recipients'
         except _DISCONNECTED:
             self._abort()
+            if not 200 <= mail_reply.code < 300:
+                # a server that refused MAIL FROM and hung up: the refusal stands
+                return self._whole_message_refused(result, to_addrs, mail_reply, 'MAIL FROM')
             if accepted or not pipelined:
                 return self._defer_all(result, to_addrs, Reply(451, 'connection lost before DATA'))
             return self._defer_all(result, to_addrs, Reply(451, 'connection lost during RCPT TO'))
@@ -355,7 +358,8 @@ class SMTPConnection:
         except _DISCONNECTED:
             # The server may or may not have the message; at-least-once means we retry.
             self._abort()
-            return self._defer(result, accepted, Reply(451, 'connection lost after sending the message'))
+            return self._defer(result, accepted, Reply(451, 'connection lost while sending the message or '
+                                                             'waiting for the reply'))
         reply = Reply(code, _decode(msg))
         if code == 421:
             self._abort()

@@ -65,7 +65,9 @@ class SMTPWire:
             else:
                 for line in data.decode('utf-8', 'replace').rstrip('\r\n').split('\r\n'):
                     self.log.debug('%s > %s', self.peer, line)
-        self.sock.sendall(data)
+        view = memoryview(data)
+        for start in range(0, len(view), 1 << 16):
+            self.sock.sendall(view[start:start + (1 << 16)])  # timeout per chunk = inactivity timeout
 
     # --- reading ----------------------------------------------------------------------------
 
