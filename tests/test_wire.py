@@ -97,3 +97,9 @@ def test_server_dropping_the_connection_after_data_means_retry(scripted) -> None
     mailer = SMTPMailer('127.0.0.1', server.port, tls='none', timeout=5)
     result = mailer.send('a@x', ['b@x'], b'Subject: x\r\n\r\n')
     assert result.deferred == {'b@x': (451, 'connection lost while sending the message or waiting for the reply')}
+
+
+def test_an_invalid_host_name_is_a_temporary_connection_failure() -> None:
+    # a DNS label longer than 63 characters: the IDNA codec refuses it before any network traffic
+    result = SMTPMailer('a' * 70 + '.example', 25, tls='none', timeout=2).send('a@x', ['b@x'], b'x')
+    assert result.connection_failed and 'invalid host name' in (result.error or '')

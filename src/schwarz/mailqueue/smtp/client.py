@@ -158,6 +158,9 @@ class SMTPConnection:
         except SMTPError:
             self._abort()
             raise
+        except UnicodeError:  # a host name the IDNA codec rejects
+            self._abort()
+            raise ConnectError(f'cannot connect to {self.peer}: invalid host name') from None
         except OSError as exc:
             self._abort()
             ssl_module = sys.modules.get('ssl')
