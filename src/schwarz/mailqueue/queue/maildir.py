@@ -102,10 +102,7 @@ class MaildirQueue:
                     os.mkdir(sub, 0o700)
                 except FileExistsError:
                     pass
-                if os.path.islink(sub):
-                    raise QueueWriteError(errno.ELOOP, f'queue directory {sub} is a symlink; refusing to use it')
-                if not os.path.isdir(sub):
-                    raise QueueWriteError(errno.ENOTDIR, f'{sub} is not a directory')
+                self._check_dir(name)
         except QueueWriteError:
             raise
         except OSError as exc:
