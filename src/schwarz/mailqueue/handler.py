@@ -243,21 +243,16 @@ class MessageHandler:
                           attempts=attempts, queue_date=queue_date)
             for addr, reply in outcome.refused.items():
                 result.refused[addr] = reply
-            if outcome.refused:
+            for status, failures in (('failed', outcome.refused), ('deferred', outcome.deferred)):
+                # one log line per distinct reply, naming all recipients that got it
                 by_reply: Dict[Tuple[int, str], List[str]] = {}
-                for addr, reply in outcome.refused.items():
+                for addr, reply in failures.items():
                     by_reply.setdefault(reply, []).append(addr)
                 for (code, text), addrs in by_reply.items():
-                    self._log('failed', addrs, msg_bytes, from_addr, via, Reply(code, text),
+                    self._log(status, addrs, msg_bytes, from_addr, via, Reply(code, text),
                               attempts=attempts, queue_date=queue_date)
             if outcome.deferred:
                 deferred = dict(outcome.deferred)
-                by_reply = {}
-                for addr, reply in outcome.deferred.items():
-                    by_reply.setdefault(reply, []).append(addr)
-                for (code, text), addrs in by_reply.items():
-                    self._log('deferred', addrs, msg_bytes, from_addr, via, Reply(code, text),
-                              attempts=attempts, queue_date=queue_date)
             result.connection_failed = outcome.connection_failed
             if outcome.error and not result.error:
                 result.error = outcome.error
