@@ -273,15 +273,20 @@ def test_queue_files_0600_and_directories_0700_under_umask_0(tmp_path: Path, smt
 
 @pytest.mark.parametrize('port,tls', [(587, None), (587, 'starttls'), (465, None), (25, 'opportunistic')])
 def test_tls_verification_is_on_by_default_for_remote_hosts(port: int, tls: str) -> None:
-    mailer = SMTPMailer('smtp.example.com', port, tls=tls)
-    assert mailer.tls_verify is True
-    context = mailer.ssl_context
-    assert context is not None
-    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    from_config = init_smtp_mailer({'smtp_hostname': 'smtp.example.com', 'smtp_port': str(port)})
-    assert from_config.tls_verify is True
-    connection = SMTPConnection('smtp.example.com', port)
-    assert connection._context().verify_mode == ssl.CERT_REQUIRED
+    # Verification is decided by the address really connected to, never by how the name looks.
+    for name in ('smtp.example.com', '127.mail.example.com', 'localhost.evil.example'):
+        mailer = SMTPMailer(name, port, tls=tls)
+        context = mailer.context_for(peer_is_loopback=False)
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        from_config = init_smtp_mailer({'smtp_hostname': name, 'smtp_port': str(port)})
+        assert from_config.context_for(peer_is_loopback=False).verify_mode == ssl.CERT_REQUIRED
+        connection = SMTPConnection(name, port)
+        assert connection._context(False).verify_mode == ssl.CERT_REQUIRED
+    # a peer that IS loopback (127.0.0.1, ::1, whatever name led there) is not verified by default
+    assert SMTPMailer('smtp.example.com', port, tls=tls).context_for(peer_is_loopback=True).verify_mode == \
+        ssl.CERT_NONE
+    assert SMTPMailer('smtp.example.com', port, tls=tls, tls_verify=True).context_for(True).verify_mode == \
+        ssl.CERT_REQUIRED
 
 
 @pytest.mark.parametrize('mode', ['starttls', 'implicit'])

@@ -199,8 +199,12 @@ def test_starttls_required_but_not_offered(smtp_server: SMTPTestServer) -> None:
 
 
 def test_tls_verification_default_on_for_remote_hosts() -> None:
-    assert SMTPMailer('smtp.example.com', 587).tls_verify is True
-    assert SMTPMailer('127.0.0.1', 25).tls_verify is False
+    import ssl
+
+    # None = automatic: decided per connection by the address really reached
+    assert SMTPMailer('smtp.example.com', 587).tls_verify is None
+    assert SMTPMailer('smtp.example.com', 587).context_for(False).verify_mode == ssl.CERT_REQUIRED
+    assert SMTPMailer('127.0.0.1', 25).context_for(True).verify_mode == ssl.CERT_NONE
 
 
 def test_auth_success_and_failure_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -227,19 +231,22 @@ def test_auth_success_and_failure_password_never_logged(caplog: pytest.LogCaptur
 def test_no_auth_in_clear_text_to_remote_host() -> None:
     """A session without TLS to a host that is not loopback never sends AUTH.
 
-    The host name decides "remote"; the socket is a real one to the test server (which offers AUTH),
-    attached to a connection that believes it talks to smtp.example.com.
+    The connected address decides "remote"; the socket is a real one to the test server (which offers AUTH),
+    marked as reaching a non-loopback peer.
     """
     import logging as logging_module
 
     from schwarz.mailqueue.smtp.client import SMTPConnection, is_local_host
     from schwarz.mailqueue.smtp.errors import AuthenticationError
     from schwarz.mailqueue.smtp.wire import SMTPWire
-    assert not is_local_host('smtp.example.com')
+    assert not is_local_host('smtp.example.com') and not is_local_host('127.mail.example.com')
+    assert is_local_host('127.0.0.2') and is_local_host('::1') and is_local_host('[::1]')
     with SMTPTestServer(auth={'u': 'p'}) as server:
         conn = SMTPConnection('smtp.example.com', 25, username='u', password='p', tls='none')
         wire = SMTPWire.connect('127.0.0.1', server.port, 5, logging_module.getLogger('mailqueue.smtp'))
         assert wire.read_reply()[0] == 220
+        # Tests may talk only to 127.0.0.1: the one thing simulated is a peer address that is not loopback.
+        wire.peer_is_loopback = False
         conn._wire = wire
         conn._ehlo()
         assert wire.has('auth')

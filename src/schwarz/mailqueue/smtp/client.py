@@ -2,11 +2,19 @@
 
 The wire protocol is our own small ``wire`` module rather than ``smtplib``
 (which would cost a third of ``mq-sendmail``'s start-up); ``ssl`` is imported
-only when TLS is used. The transaction (MAIL, RCPT per recipient, DATA) is
-driven here so that every recipient gets its own verdict and a dropped
-connection is never mistaken for success. The dialog is logged on
-``mailqueue.smtp`` with AUTH secrets replaced by ``***`` and the message body
-summarised, never logged.
+only when TLS is used.
+
+The transaction is a strict state machine: every reply is matched to the
+command it answers, in order (with PIPELINING, counted against the commands
+sent). A reply that cannot answer its command (a 2xx to ``DATA``, a 3xx to
+``RCPT``, a surplus line, a reply before the data was sent) is a protocol
+error: the connection is dropped, never reused, and every recipient not yet
+confirmed by a 250 to the final ``.`` is temporary. A message counts as
+delivered only after the reply to its own final ``.``. Each exchange runs under
+an overall deadline, so a server that trickles bytes cannot hold us forever.
+
+The dialog is logged on ``mailqueue.smtp`` with AUTH secrets replaced by
+``***`` (also where the server echoes them) and the body summarised.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import enum
 import logging
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..message import dot_stuff, normalize_line_endings
 from ..result import Reply, SendResult
@@ -26,17 +34,22 @@ from .errors import (
     TemporaryError,
     TLSError,
 )
-from .wire import SMTPWire
+from .wire import ProtocolError, SMTPWire, is_loopback_address
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
-__all__ = ['SMTPConnection', 'TLSMode', 'build_ssl_context', 'is_local_host']
+__all__ = ['SMTPConnection', 'TLSMode', 'build_ssl_context', 'is_local_host', 'transaction_budget']
 
-LOCAL_HOSTS = frozenset({'localhost', '127.0.0.1', '::1', 'localhost.localdomain', 'ip6-localhost'})
-# A lost connection shows up as EOF (wire.ConnectionClosed), a reset, a timeout or garbage
-# (wire.ProtocolError): all of them OSErrors.
+# A lost connection shows up as EOF (wire.ConnectionClosed), a reset, a timeout, garbage or a reply
+# out of step (wire.ProtocolError): all of them OSErrors.
 _DISCONNECTED = (OSError, EOFError)
+
+# Overall time for one transaction: a few round trips at the inactivity timeout, a little per
+# recipient (without PIPELINING each costs a round trip), and the upload at a slow link's pace.
+_ROUND_TRIPS = 5
+_PER_RECIPIENT = 1.0
+_MIN_UPLOAD_RATE = 32 * 1024  # bytes per second
 
 
 class TLSMode(str, enum.Enum):
@@ -46,7 +59,7 @@ class TLSMode(str, enum.Enum):
     NONE = 'none'
 
     @classmethod
-    def parse(cls, value: Any, port: Optional[int] = None) -> TLSMode:
+    def parse(cls, value: object, port: Optional[int] = None) -> TLSMode:
         """Map config spellings (and ``None`` = choose by port) onto a mode."""
         if isinstance(value, TLSMode):
             return value
@@ -70,7 +83,14 @@ class TLSMode(str, enum.Enum):
 
 
 def is_local_host(hostname: str) -> bool:
-    return hostname.lower() in LOCAL_HOSTS or hostname.startswith('127.')
+    """A literal loopback address. Names are never trusted by their look (``127.mail.example.com``):
+    a connection decides by the address it really reached (``SMTPWire.peer_is_loopback``)."""
+    return is_loopback_address(hostname.strip('[]'))
+
+
+def transaction_budget(timeout: float, size: int, recipients: int) -> float:
+    """Seconds one MAIL..final-dot exchange may take in total, whatever the server trickles."""
+    return timeout * _ROUND_TRIPS + recipients * min(timeout, _PER_RECIPIENT) + size / _MIN_UPLOAD_RATE
 
 
 def build_ssl_context(verify: bool, cafile: Optional[str] = None) -> ssl.SSLContext:
@@ -89,8 +109,23 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode('ascii')
 
 
+def secret_forms(username: Optional[str], password: Optional[str]) -> List[str]:
+    """The password as text and in every encoding we put on the wire (a server may echo any of them)."""
+    if not password:
+        return []
+    user = (username or '').encode('utf-8')
+    raw = password.encode('utf-8')
+    forms = {password, _b64(raw), _b64(b'\0' + user + b'\0' + raw)}
+    forms |= {form.rstrip('=') for form in list(forms)}
+    return sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)
+
+
+# SSL context per "is the peer loopback?": certificate checks are decided after resolution.
+ContextSource = Union['ssl.SSLContext', Callable[[bool], 'ssl.SSLContext'], None]
+
+
 class SMTPConnection:
-    """A single session with one server. Not thread-safe; ``SMTPMailer`` serialises access."""
+    """A single session with one server. Not thread-safe (but ``abort()`` may come from anywhere)."""
 
     def __init__(
         self,
@@ -98,7 +133,7 @@ class SMTPConnection:
         port: int = 25,
         *,
         tls: TLSMode = TLSMode.OPPORTUNISTIC,
-        ssl_context: Union[ssl.SSLContext, Callable[[], ssl.SSLContext], None] = None,
+        ssl_context: ContextSource = None,
         username: Optional[str] = None,
         password: Optional[str] = None,
         timeout: float = 10,
@@ -107,7 +142,7 @@ class SMTPConnection:
     ) -> None:
         self.hostname = hostname
         self.port = port
-        self.tls = tls
+        self.tls = TLSMode.parse(tls, port)
         self.ssl_context = ssl_context
         self.username = username
         self._password = password
@@ -127,26 +162,30 @@ class SMTPConnection:
     def is_open(self) -> bool:
         return self._wire is not None
 
-    def _context(self) -> ssl.SSLContext:
-        # Built (or fetched from the mailer's cache) only when TLS is really negotiated: loading the
-        # CA store costs ~17 ms, a lot for one mq-sendmail call to a plain local relay.
-        if self.ssl_context is None:
-            self.ssl_context = build_ssl_context(verify=not is_local_host(self.hostname))
-        elif callable(self.ssl_context):
-            self.ssl_context = self.ssl_context()
-        return self.ssl_context
+    def _context(self, peer_is_loopback: bool) -> ssl.SSLContext:
+        # Built only when TLS is really negotiated: loading the CA store costs ~17 ms, a lot for one
+        # mq-sendmail call to a plain local relay. Unverified only for a peer that IS loopback.
+        source = self.ssl_context
+        if source is None:
+            return build_ssl_context(verify=not peer_is_loopback)
+        if callable(source):
+            return source(peer_is_loopback)
+        return source
 
     def open(self) -> None:
         if self._wire is not None:
             return
         try:
-            context = self._context() if self.tls == TLSMode.IMPLICIT else None
-            wire = self._wire = SMTPWire.connect(self.hostname, self.port, self.timeout, self.log, context)
-            code, text = wire.read_reply()
-            if code != 220:
-                reply = Reply(code, text)
+            chooser = self._context if self.tls == TLSMode.IMPLICIT else None
+            wire = self._wire = SMTPWire.connect(self.hostname, self.port, self.timeout, self.log, chooser)
+            for secret in secret_forms(self.username, self._password):
+                wire.add_secret(secret)
+            # greeting, EHLO, STARTTLS, EHLO again, AUTH: a handful of round trips in all
+            wire.set_deadline(self.timeout * _ROUND_TRIPS)
+            reply = wire.read_reply()
+            if reply.code != 220:
                 raise ConnectError(f'{self.peer} greeted with {reply}', reply)
-            self.tls_active = context is not None
+            self.tls_active = chooser is not None
             self._ehlo()
             if self.tls in (TLSMode.STARTTLS, TLSMode.OPPORTUNISTIC) and not self.tls_active:
                 if wire.has('starttls'):
@@ -155,6 +194,9 @@ class SMTPConnection:
                     raise TLSError(f'{self.peer} does not offer STARTTLS but TLS is required')
             if self.username:
                 self._authenticate()
+            if wire.pending():
+                raise ProtocolError(f'{self.peer} sent more replies than commands')
+            wire.set_deadline(None)
         except SMTPError:
             self._abort()
             raise
@@ -170,28 +212,32 @@ class SMTPConnection:
 
     def _ehlo(self) -> None:
         assert self._wire is not None
-        code, text = self._wire.ehlo(self.local_hostname)
-        if not 200 <= code < 300:
-            code, text = self._wire.command(f'HELO {self.local_hostname}')
-            if not 200 <= code < 300:
-                reply = Reply(code, text)
+        reply = self._wire.ehlo(self.local_hostname)
+        _expect_classes(reply, 'EHLO', (2, 4, 5))
+        if 400 <= reply.code < 500:
+            raise ConnectError(f'{self.peer} refused EHLO: {reply}', reply)
+        if reply.code >= 500:
+            reply = self._wire.command(f'HELO {self.local_hostname}')
+            _expect_classes(reply, 'HELO', (2, 4, 5))
+            if not 200 <= reply.code < 300:
                 raise ConnectError(f'{self.peer} refused HELO: {reply}', reply)
 
     def _starttls(self) -> None:
-        assert self._wire is not None
-        code, text = self._wire.command('STARTTLS')
-        if code != 220:
-            raise TLSError(f'{self.peer} refused STARTTLS: {code} {text}')
-        # Anything the server sent after its 220 and before the handshake is dropped with the
-        # old reader (no command injection across the TLS boundary); RFC 3207: EHLO again.
-        self._wire.start_tls(self._context(), self.hostname)
+        wire = self._wire
+        assert wire is not None
+        reply = wire.command('STARTTLS')
+        if reply.code != 220:
+            _expect_classes(reply, 'STARTTLS', (2, 4, 5))
+            raise TLSError(f'{self.peer} refused STARTTLS: {reply}', reply)
+        # RFC 3207: whatever came before the handshake is forgotten; EHLO again.
+        wire.start_tls(self._context(wire.peer_is_loopback), self.hostname)
         self.tls_active = True
         self._ehlo()
 
     def _authenticate(self) -> None:
         wire = self._wire
         assert wire is not None
-        if not self.tls_active and not is_local_host(self.hostname):
+        if not self.tls_active and not wire.peer_is_loopback:
             raise AuthenticationError(
                 f'refusing to send credentials to {self.peer} without TLS (set smtp_tls)')
         if not wire.has('auth'):
@@ -202,20 +248,20 @@ class SMTPConnection:
         password = (self._password or '').encode('utf-8')
         if 'PLAIN' in offered:
             credentials = _b64(b'\0' + user + b'\0' + password)
-            code, text = wire.command(f'AUTH PLAIN {credentials}', summary='AUTH PLAIN ***')
-            if code == 334:  # a server that wants the credentials after an empty challenge
-                code, text = wire.command(credentials, secret=True)
+            reply = wire.command(f'AUTH PLAIN {credentials}', summary='AUTH PLAIN ***')
+            if reply.code == 334:  # a server that wants the credentials after an empty challenge
+                reply = wire.command(credentials, secret=True)
         elif 'LOGIN' in offered:
-            code, text = wire.command('AUTH LOGIN')
-            if code == 334:
-                code, text = wire.command(_b64(user), secret=True)
-            if code == 334:
-                code, text = wire.command(_b64(password), secret=True)
+            reply = wire.command('AUTH LOGIN')
+            if reply.code == 334:
+                reply = wire.command(_b64(user), secret=True)
+            if reply.code == 334:
+                reply = wire.command(_b64(password), secret=True)
         else:
             raise AuthenticationError(f'{self.peer} offers no AUTH mechanism we support '
                                       f'(offered: {" ".join(offered) or "none"}; we speak PLAIN and LOGIN)')
-        if not 200 <= code < 300:
-            reply = Reply(code, text)
+        _expect_classes(reply, 'AUTH', (2, 4, 5))
+        if not 200 <= reply.code < 300:
             raise AuthenticationError(f'authentication as {self.username!r} failed: {reply}', reply)
 
     def _abort(self) -> None:
@@ -227,26 +273,37 @@ class SMTPConnection:
             except OSError:
                 pass
 
+    def abort(self) -> None:
+        """Break off from another thread (shutdown): a blocked exchange fails at once; nothing else."""
+        wire = self._wire
+        if wire is not None:
+            wire.abort()
+
     def close(self) -> None:
         wire = self._wire
         if wire is None:
             return
         try:
+            wire.set_deadline(self.timeout)
             wire.command('QUIT')
         except OSError:
             pass
         self._abort()
 
     def reset(self) -> bool:
-        """RSET after a failed transaction; False (and closed) when the connection is gone."""
-        if self._wire is None:
+        """RSET after a failed transaction; False (and closed) when the connection is unusable."""
+        wire = self._wire
+        if wire is None:
             return False
         try:
-            code, _ = self._wire.command('RSET')
+            wire.set_deadline(self.timeout * 2)
+            if wire.pending():
+                raise ProtocolError(f'{self.peer} sent more replies than commands')
+            reply = wire.command('RSET')
+            if reply.code != 250 or wire.pending():
+                raise ProtocolError(f'{self.peer} answered RSET with {reply}')
+            wire.set_deadline(None)
         except _DISCONNECTED:
-            self._abort()
-            return False
-        if code != 250:
             self._abort()
             return False
         return True
@@ -254,94 +311,105 @@ class SMTPConnection:
     # --- the transaction -------------------------------------------------------------------
 
     def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes) -> SendResult:
-        """Run one MAIL/RCPT/DATA transaction. Raises ``ConnectError`` only before MAIL was answered.
+        """Run one MAIL/RCPT/DATA transaction.
 
-        Everything after that is reported per recipient in the result: the caller
-        must be able to tell "nothing happened, reconnect and retry" apart from
-        "some recipients may already have the message". With PIPELINING (RFC 2920)
-        MAIL, every RCPT and DATA go out in one write: two round trips per message.
+        Raises ``SMTPError`` only when nothing of this message reached the server
+        (before MAIL FROM was answered): the caller may safely retry on a fresh
+        connection. Everything after that is reported per recipient in the
+        result. With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in
+        one write: two round trips per message.
         """
         if self._wire is None:
             self.open()
-        smtp = self._wire
-        assert smtp is not None
+        wire = self._wire
+        assert wire is not None
+        try:
+            out_of_step = wire.pending()
+        except _DISCONNECTED:
+            out_of_step = True
+        if out_of_step:
+            # A reused connection with unread input: the server closed it while idle, or it is out
+            # of step. Nothing of this message was sent; the caller retries on a fresh connection.
+            self._abort()
+            raise ConnectError(f'{self.peer} sent data or closed the connection between messages')
         result = SendResult(transport='smtp', queued=False, host=self.peer)
+        smtputf8 = wire.has('smtputf8')
+        if not smtputf8:
+            # RFC 6531: without SMTPUTF8 a non-ASCII address cannot be transmitted. Only the
+            # recipients that need it are refused; the others still get the message.
+            unusable = Reply(553, '5.6.7 non-ASCII address but the server does not offer SMTPUTF8')
+            if not from_addr.isascii():
+                result.refused = {a: unusable.as_tuple() for a in to_addrs}
+                result.smtp_response = unusable
+                result.error = f'sender {from_addr}: {unusable}'
+                return result
+            for addr in to_addrs:
+                if not addr.isascii():
+                    result.refused[addr] = unusable.as_tuple()
+            to_addrs = [a for a in to_addrs if a.isascii()]
+            if not to_addrs:
+                result.smtp_response = unusable
+                result.error = _summarise(result)
+                return result
         data = dot_stuff(normalize_line_endings(msg_bytes))
+        wire.set_deadline(transaction_budget(self.timeout, len(data), len(to_addrs)))
+        try:
+            return self._transaction(wire, result, from_addr, list(to_addrs), msg_bytes, data, smtputf8)
+        finally:
+            if self._wire is not None:
+                self._wire.set_deadline(None)
+
+    def _transaction(self, wire: SMTPWire, result: SendResult, from_addr: str, to_addrs: List[str],
+                     msg_bytes: bytes, data: bytes, smtputf8: bool) -> SendResult:
         mail_options: List[str] = []
         encoding = 'ascii'
-        needs_utf8 = not from_addr.isascii() or any(not a.isascii() for a in to_addrs)
-        if needs_utf8:
-            if not smtp.has('smtputf8'):
-                reply = Reply(553, 'non-ASCII address but server does not offer SMTPUTF8')
-                result.refused = {a: reply.as_tuple() for a in to_addrs}
-                result.smtp_response = reply
-                result.error = str(reply)
-                return result
+        if smtputf8 and (not from_addr.isascii() or not all(a.isascii() for a in to_addrs)):
             mail_options.append('SMTPUTF8')
             encoding = 'utf-8'
-        if smtp.has('8bitmime') and not msg_bytes.isascii():
+        if wire.has('8bitmime') and not msg_bytes.isascii():
             mail_options.append('BODY=8BITMIME')
-        if smtp.has('size'):
+        if wire.has('size'):
             mail_options.append(f'SIZE={len(data)}')
         # Addresses were validated by the caller (no CR/LF, no angle brackets).
         mail_cmd = f'MAIL FROM:<{from_addr}>' + ''.join(' ' + o for o in mail_options) + '\r\n'
         rcpt_cmds = [f'RCPT TO:<{addr}>\r\n' for addr in to_addrs]
-        pipelined = smtp.has('pipelining')
+        pipelined = wire.has('pipelining')
         try:
             if pipelined:
-                smtp.send((mail_cmd + ''.join(rcpt_cmds) + 'DATA\r\n').encode(encoding))
+                wire.send((mail_cmd + ''.join(rcpt_cmds) + 'DATA\r\n').encode(encoding))
             else:
-                smtp.send(mail_cmd.encode(encoding))
-            code, msg = smtp.read_reply()
+                wire.send(mail_cmd.encode(encoding))
+            mail_reply = wire.read_reply()
         except _DISCONNECTED as exc:
             self._abort()
             raise ConnectError(f'{self.peer} went away before MAIL FROM: {_describe_os_error(exc)}') from None
         self.transactions += 1
-        mail_reply = Reply(code, _decode(msg))
-        if code == 421:
+        if mail_reply.code == 421:
             self._abort()
             raise TemporaryError(f'{self.peer}: {mail_reply}', mail_reply)
-
         accepted: List[str] = []
         try:
-            for addr, rcpt_cmd in zip(to_addrs, rcpt_cmds):
-                if not pipelined:
-                    if not 200 <= mail_reply.code < 300:
-                        break
-                    smtp.send(rcpt_cmd.encode(encoding))
-                code, msg = smtp.read_reply()
-                reply = Reply(code, _decode(msg))
-                if code == 421:
-                    self._abort()
-                    return self._defer_all(result, to_addrs, reply)
-                if not 200 <= mail_reply.code < 300:
-                    continue  # answers to RCPT after a failed MAIL are meaningless
-                if 200 <= code < 300:
-                    accepted.append(addr)
-                elif code == 552 or reply.is_temporary:
-                    # RFC 5321 4.5.3.1.10: 552 on RCPT means "too many recipients", retry later.
-                    result.deferred[addr] = reply.as_tuple()
-                else:
-                    result.refused[addr] = reply.as_tuple()
-                result.smtp_response = reply
+            _expect_classes(mail_reply, 'MAIL FROM', (2, 4, 5))
+            if not self._recipients(wire, result, accepted, to_addrs, rcpt_cmds, mail_reply, pipelined, encoding):
+                return result  # 421 to a RCPT: the server is closing
             if pipelined:
-                code, msg = smtp.read_reply()
-            elif accepted:
-                smtp.send(b'DATA\r\n')
-                code, msg = smtp.read_reply()
+                data_reply = wire.read_reply()
+            elif accepted and mail_reply.code < 300:
+                wire.send(b'DATA\r\n')
+                data_reply = wire.read_reply()
             else:
-                code, msg = 503, 'no valid recipients'
+                data_reply = None
+        except ProtocolError as exc:
+            return self._protocol_error(result, to_addrs, exc)
         except _DISCONNECTED:
             self._abort()
-            if not 200 <= mail_reply.code < 300:
+            if mail_reply.code >= 300:
                 # a server that refused MAIL FROM and hung up: the refusal stands
                 return self._whole_message_refused(result, to_addrs, mail_reply, 'MAIL FROM')
-            if accepted or not pipelined:
-                return self._defer_all(result, to_addrs, Reply(451, 'connection lost before DATA'))
-            return self._defer_all(result, to_addrs, Reply(451, 'connection lost during RCPT TO'))
-        data_reply = Reply(code, _decode(msg))
+            lost = 'connection lost before DATA' if accepted else 'connection lost during RCPT TO'
+            return self._defer_all(result, to_addrs, Reply(451, lost))
 
-        if not 200 <= mail_reply.code < 300:
+        if mail_reply.code >= 300:
             self._finish_unwanted_data(data_reply)
             return self._whole_message_refused(result, to_addrs, mail_reply, 'MAIL FROM')
         if not accepted:
@@ -349,28 +417,92 @@ class SMTPConnection:
             self.reset()
             result.error = _summarise(result)
             return result
-        if code != 354:
-            if code == 421:
+        assert data_reply is not None
+        if data_reply.code != 354:
+            if data_reply.code == 421:
                 self._abort()
-            else:
-                self.reset()
+                return self._defer(result, accepted, data_reply)
+            if not 400 <= data_reply.code < 600:
+                # A 2xx to DATA before any data was sent is not a delivery (the antivirus proxy case).
+                return self._protocol_error(result, accepted, ProtocolError(
+                    f'{self.peer} answered DATA with {data_reply}'))
+            self.reset()
             return self._settle(result, accepted, data_reply)
+        return self._upload(wire, result, accepted, data)
+
+    def _recipients(self, wire: SMTPWire, result: SendResult, accepted: List[str], to_addrs: Sequence[str],
+                    rcpt_cmds: Sequence[str], mail_reply: Reply, pipelined: bool, encoding: str) -> bool:
+        """Read one reply per RCPT sent, collecting ``accepted``; False after a 421 (connection gone)."""
+        for addr, rcpt_cmd in zip(to_addrs, rcpt_cmds):
+            if not pipelined:
+                if mail_reply.code >= 300:
+                    break
+                wire.send(rcpt_cmd.encode(encoding))
+            reply = wire.read_reply()
+            if reply.code == 421:
+                self._abort()
+                self._defer_all(result, to_addrs, reply)
+                return False
+            if mail_reply.code >= 300:
+                continue  # answers to RCPT after a failed MAIL are meaningless, but must be counted
+            _expect_classes(reply, 'RCPT TO', (2, 4, 5))
+            if 200 <= reply.code < 300:
+                accepted.append(addr)
+            elif reply.code == 552 or reply.is_temporary:
+                # RFC 5321 4.5.3.1.10: 552 on RCPT means "too many recipients", retry later.
+                result.deferred[addr] = reply.as_tuple()
+            else:
+                result.refused[addr] = reply.as_tuple()
+            result.smtp_response = reply
+        return True
+
+    def _upload(self, wire: SMTPWire, result: SendResult, accepted: List[str], data: bytes) -> SendResult:
+        """After a 354: the data, then the one reply to the final dot decides."""
         try:
-            smtp.send(data + b'.\r\n', summary=f'<message, {len(data)} bytes>')
-            code, msg = smtp.read_reply()
+            if wire.pending():
+                raise ProtocolError(f'{self.peer} sent more replies than commands (after 354)')
+            wire.send(data, summary=f'<message, {len(data)} bytes>')
+            if wire.pending():
+                # Anything that arrives before the final dot was sent cannot be the reply to it.
+                raise ProtocolError(f'{self.peer} replied before the end of the data')
+            wire.send(b'.\r\n', summary='.')
+            reply = wire.read_reply()
+        except ProtocolError as exc:
+            return self._protocol_error(result, accepted, exc)
         except _DISCONNECTED:
             # The server may or may not have the message; at-least-once means we retry.
             self._abort()
             return self._defer(result, accepted, Reply(451, 'connection lost while sending the message or '
                                                              'waiting for the reply'))
-        reply = Reply(code, _decode(msg))
-        if code == 421:
+        if reply.code == 421:
+            self._abort()
+            return self._settle(result, accepted, reply)
+        if reply.code != 250 and not 400 <= reply.code < 600:
+            return self._protocol_error(result, accepted, ProtocolError(
+                f'{self.peer} answered the end of data with {reply}'))
+        if wire.pending():
+            # A surplus line after the final reply: this message has its verdict, but the stream is
+            # out of step, so the connection is never used for another message.
+            self.log.warning('%s sent more replies than commands; dropping the connection', self.peer)
             self._abort()
         return self._settle(result, accepted, reply)
 
-    def _finish_unwanted_data(self, data_reply: Reply) -> None:
+    def _protocol_error(self, result: SendResult, recipients: Sequence[str], exc: OSError) -> SendResult:
+        """Out of step with the server: drop the connection; nobody unconfirmed counts as delivered."""
+        self.log.warning('protocol error: %s; dropping the connection', exc)
+        self._abort()
+        reply = Reply(451, f'4.5.0 protocol error: {exc}')
+        for addr in recipients:
+            if addr not in result.refused:
+                result.deferred[addr] = reply.as_tuple()
+        result.accepted = []
+        result.smtp_response = reply
+        result.error = _summarise(result)
+        return result
+
+    def _finish_unwanted_data(self, data_reply: Optional[Reply]) -> None:
         """A server that said 354 although nothing was accepted gets an empty message (RFC 2920 3.1)."""
-        if data_reply.code != 354 or self._wire is None:
+        if data_reply is None or data_reply.code != 354 or self._wire is None:
             return
         try:
             self._wire.send(b'.\r\n')
@@ -380,7 +512,7 @@ class SMTPConnection:
 
     def _settle(self, result: SendResult, accepted: List[str], reply: Reply) -> SendResult:
         result.smtp_response = reply
-        if 200 <= reply.code < 300:
+        if reply.code == 250:
             result.accepted = list(accepted)
         elif reply.is_permanent:
             result.refused.update({a: reply.as_tuple() for a in accepted})
@@ -396,10 +528,12 @@ class SMTPConnection:
         return result
 
     def _defer_all(self, result: SendResult, to_addrs: Sequence[str], reply: Reply) -> SendResult:
-        result.refused.clear()
-        result.deferred = {a: reply.as_tuple() for a in to_addrs}
+        # keep refusals we made ourselves (SMTPUTF8); the server's own RCPT verdicts are void
+        for addr in to_addrs:
+            result.refused.pop(addr, None)
+        result.deferred.update({a: reply.as_tuple() for a in to_addrs})
         result.smtp_response = reply
-        result.error = str(reply)
+        result.error = _summarise(result) or str(reply)
         return result
 
     def _whole_message_refused(self, result: SendResult, to_addrs: Sequence[str], reply: Reply,
@@ -412,6 +546,12 @@ class SMTPConnection:
         return result
 
 
+def _expect_classes(reply: Reply, command: str, classes: Tuple[int, ...]) -> None:
+    """A reply whose class cannot answer ``command`` (1xx anywhere, 3xx to RCPT...) means we are out of step."""
+    if reply.code // 100 not in classes:
+        raise ProtocolError(f'reply {reply} cannot answer {command}')
+
+
 def _summarise(result: SendResult) -> Optional[str]:
     failures: Dict[str, Tuple[int, str]] = {**result.deferred, **result.refused}
     if not failures:
@@ -419,23 +559,17 @@ def _summarise(result: SendResult) -> Optional[str]:
     return '; '.join(f'{addr}: {code} {text}'.strip() for addr, (code, text) in failures.items())
 
 
-def _decode(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode('utf-8', 'replace')
-    return str(value)
-
-
-def _describe_ssl_error(exc: Any) -> str:
+def _describe_ssl_error(exc: OSError) -> str:
     import ssl
 
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f'certificate verification failed ({exc.verify_message})'
-    return exc.reason or str(exc)
+    return str(getattr(exc, 'reason', None) or exc)
 
 
 def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
-        return 'timed out'
+        return 'timed out' if str(exc) in ('', 'timed out') else str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

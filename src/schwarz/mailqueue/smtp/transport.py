@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from ..result import Reply, SendResult
-from .client import SMTPConnection, TLSMode, build_ssl_context, is_local_host
-from .errors import SMTPError
+from .client import SMTPConnection, TLSMode, build_ssl_context
+from .errors import ConnectError, SMTPError
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
@@ -26,7 +26,8 @@ __all__ = ['SMTPMailer']
 class SMTPMailer:
     """SMTP transport; ``send()`` returns a per-recipient ``SendResult`` and never raises for SMTP trouble.
 
-    ``tls_verify=None`` verifies certificates for every host except loopback.
+    ``tls_verify=None`` verifies certificates for every peer except one whose address
+    (after resolution, as connected) is loopback.
     Thread-safe: concurrent ``send()`` calls are serialised on the one connection
     (use ``clone()`` for one mailer per worker thread to deliver in parallel).
     """
@@ -53,8 +54,6 @@ class SMTPMailer:
         self.hostname = hostname
         self.port = int(port)
         self.tls = TLSMode.parse(tls, self.port)
-        if tls_verify is None:
-            tls_verify = not is_local_host(hostname)
         self.tls_verify = tls_verify
         self.username = username or None
         self._password = password
@@ -65,9 +64,11 @@ class SMTPMailer:
         self.max_idle = max_idle
         self.max_messages_per_connection = max_messages_per_connection
         self._ssl_context = ssl_context
+        self._contexts: Dict[bool, ssl.SSLContext] = {}
         self._lock = threading.Lock()
         self._conn: Optional[SMTPConnection] = None
         self._last_used = 0.0
+        self._aborted = False
         self.connections_opened = 0
 
     def __repr__(self) -> str:
@@ -78,17 +79,14 @@ class SMTPMailer:
     def host(self) -> str:
         return f'{self.hostname}:{self.port}'
 
-    @property
-    def ssl_context(self) -> Optional[ssl.SSLContext]:
-        if self.tls == TLSMode.NONE:
-            return None
-        if self._ssl_context is None:
-            self._ssl_context = build_ssl_context(self.tls_verify, self.cafile)
-        return self._ssl_context
-
-    def _context_or_none(self) -> ssl.SSLContext:
-        context = self.ssl_context
-        assert context is not None, 'TLS negotiated although tls=none'
+    def context_for(self, peer_is_loopback: bool) -> ssl.SSLContext:
+        """The SSL context for a connected peer; built once per verification setting and shared by clones."""
+        if self._ssl_context is not None:
+            return self._ssl_context
+        verify = self.tls_verify if self.tls_verify is not None else not peer_is_loopback
+        context = self._contexts.get(verify)
+        if context is None:
+            context = self._contexts[verify] = build_ssl_context(verify, self.cafile)
         return context
 
     def clone(self) -> SMTPMailer:
@@ -96,14 +94,15 @@ class SMTPMailer:
         twin = SMTPMailer(
             self.hostname, self.port, tls=self.tls, tls_verify=self.tls_verify, username=self.username,
             password=self._password, timeout=self.timeout, smtp_log=self.smtp_log, cafile=self.cafile,
-            ssl_context=self.ssl_context, local_hostname=self.local_hostname, max_idle=self.max_idle,
+            ssl_context=self._ssl_context, local_hostname=self.local_hostname, max_idle=self.max_idle,
             max_messages_per_connection=self.max_messages_per_connection,
         )
+        twin._contexts = self._contexts  # loading the CA store once is enough
         return twin
 
     def _new_connection(self) -> SMTPConnection:
         conn = SMTPConnection(
-            self.hostname, self.port, tls=self.tls, ssl_context=self._context_or_none, username=self.username,
+            self.hostname, self.port, tls=self.tls, ssl_context=self.context_for, username=self.username,
             password=self._password, timeout=self.timeout, local_hostname=self.local_hostname,
             dialog_log=self.smtp_log,
         )
@@ -117,6 +116,8 @@ class SMTPMailer:
             return self._send_locked(from_addr, to_addrs, msg_bytes)
 
     def _send_locked(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes) -> SendResult:
+        if self._aborted:
+            return _failed_result(self.host, to_addrs, ConnectError('shutting down; not connecting again'))
         conn = self._conn
         if conn is not None and (
             time.monotonic() - self._last_used > self.max_idle
@@ -132,7 +133,7 @@ class SMTPMailer:
                 result = conn.send(from_addr, to_addrs, msg_bytes)
             except SMTPError as exc:
                 self._conn = conn = None
-                if reused and attempt == 1:
+                if reused and attempt == 1 and not self._aborted:
                     continue
                 return _failed_result(self.host, to_addrs, exc)
             self._last_used = time.monotonic()
@@ -140,6 +141,17 @@ class SMTPMailer:
                 self._conn = None
             return result
         raise AssertionError('unreachable')  # pragma: no cover
+
+    def abort(self) -> None:
+        """From another thread, at shutdown: break off the exchange in progress and open no new one.
+
+        The interrupted message is reported as temporarily failed (so it stays queued); whether the
+        server already had it is the same question as for any connection lost after the data.
+        """
+        self._aborted = True
+        conn = self._conn
+        if conn is not None:
+            conn.abort()
 
     def close(self) -> None:
         with self._lock:

@@ -2,23 +2,42 @@
 
 Deliberately small and free of ``smtplib``: that module drags in ``email``,
 ``hmac`` and ``ssl`` at import time, a third of ``mq-sendmail``'s start-up.
-``ssl`` is imported here only when TLS is actually used. Every line written or
-read can be logged; a caller marks secrets so they are logged as ``***``.
+``ssl`` is imported here only when TLS is actually used.
+
+Three things this layer guarantees to the client above it:
+
+- *Bounded time.* Every read and write is limited by the inactivity timeout
+  and by an optional overall deadline (``set_deadline``), so a server that
+  trickles one byte per second cannot hold us beyond the deadline.
+- *No hidden input.* Replies are read from our own buffer, so ``pending()``
+  can tell whether the server sent something nobody asked for (a surplus
+  reply line would otherwise be taken as the answer to the next command).
+- *No secrets out.* Secrets registered with ``add_secret`` are replaced by
+  ``***`` in every reply before it is logged or returned, whatever the server
+  echoes; commands carrying them are logged as summaries.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import select
 import socket
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+
+from ..result import Reply
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
-__all__ = ['ConnectionClosed', 'ProtocolError', 'SMTPWire']
+__all__ = ['ConnectionClosed', 'DeadlineExceeded', 'ProtocolError', 'SMTPWire', 'is_loopback_address']
 
 _MAX_LINE = 8192
 _MAX_REPLY_LINES = 1000
+_CHUNK = 1 << 16
+
+ContextChooser = Callable[[bool], 'ssl.SSLContext']
 
 
 class ConnectionClosed(OSError):
@@ -26,32 +45,87 @@ class ConnectionClosed(OSError):
 
 
 class ProtocolError(OSError):
-    """The server sent something that is not an SMTP reply; the connection is unusable."""
+    """The server sent something that is not the reply we wait for; the connection is unusable."""
+
+
+class DeadlineExceeded(socket.timeout):
+    """The overall deadline of the current exchange passed (the server was too slow in total)."""
+
+
+def is_loopback_address(address: str) -> bool:
+    """True for a literal loopback IP (``127.0.0.0/8``, ``::1``, IPv4-mapped loopback); never for a name."""
+    try:
+        ip = ipaddress.ip_address(address.split('%', 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, 'ipv4_mapped', None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class SMTPWire:
-    """One connected socket speaking SMTP. Not thread-safe."""
+    """One connected socket speaking SMTP. Not thread-safe, except ``abort()``."""
 
-    def __init__(self, sock: socket.socket, peer: str, log: logging.Logger) -> None:
+    def __init__(self, sock: socket.socket, peer: str, log: logging.Logger, timeout: Optional[float] = None) -> None:
         self.sock = sock
         self.peer = peer
         self.log = log
-        self._reader = sock.makefile('rb')
+        self.timeout = timeout if timeout is not None else (sock.gettimeout() or 60.0)
         self.features: Dict[str, str] = {}
+        self.deadline: Optional[float] = None
+        self._buffer = bytearray()
+        self._secrets: List[str] = []
+        try:
+            self.peer_is_loopback = is_loopback_address(sock.getpeername()[0])
+        except (OSError, IndexError, TypeError):
+            self.peer_is_loopback = False
 
     @classmethod
     def connect(cls, hostname: str, port: int, timeout: float, log: logging.Logger,
-                ssl_context: Optional[ssl.SSLContext] = None) -> SMTPWire:
+                ssl_context: Union[ssl.SSLContext, ContextChooser, None] = None) -> SMTPWire:
+        """Connect (every address of ``hostname`` in turn) and optionally start implicit TLS.
+
+        ``ssl_context`` may be a callable that gets "is the connected peer a loopback
+        address?" and returns the context: certificate checks are decided by the
+        address we really reached, never by how the host name looks.
+        """
         sock = socket.create_connection((hostname, port), timeout=timeout)
         try:
             # Each logical unit (a command batch, a whole message) goes out in one sendall.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wire = cls(sock, f'{hostname}:{port}', log, timeout)
             if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=hostname)
+                context = ssl_context(wire.peer_is_loopback) if callable(ssl_context) else ssl_context
+                wire.sock = context.wrap_socket(sock, server_hostname=hostname)
         except BaseException:
             sock.close()
             raise
-        return cls(sock, f'{hostname}:{port}', log)
+        return wire
+
+    # --- secrets and deadlines --------------------------------------------------------------
+
+    def add_secret(self, secret: str) -> None:
+        """Never log or return ``secret`` as part of a reply (longest first, so no fragments remain)."""
+        if secret and secret not in self._secrets:
+            self._secrets.append(secret)
+            self._secrets.sort(key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, '***')
+        return text
+
+    def set_deadline(self, seconds: Optional[float]) -> None:
+        """Bound the total time of the exchanges from now on (``None``: only the inactivity timeout)."""
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def _io_timeout(self) -> float:
+        if self.deadline is None:
+            return self.timeout
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f'{self.peer} did not finish in time')
+        return min(self.timeout, remaining)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -64,69 +138,128 @@ class SMTPWire:
                 self.log.debug('%s > ***', self.peer)
             else:
                 for line in data.decode('utf-8', 'replace').rstrip('\r\n').split('\r\n'):
-                    self.log.debug('%s > %s', self.peer, line)
+                    self.log.debug('%s > %s', self.peer, self.scrub(line))
         view = memoryview(data)
-        for start in range(0, len(view), 1 << 16):
-            self.sock.sendall(view[start:start + (1 << 16)])  # timeout per chunk = inactivity timeout
+        for start in range(0, len(view), _CHUNK):
+            # sendall's timeout covers the whole chunk; both limits apply per chunk
+            self.sock.settimeout(self._io_timeout())
+            self.sock.sendall(view[start:start + _CHUNK])
 
     # --- reading ----------------------------------------------------------------------------
 
-    def read_reply(self) -> Tuple[int, str]:
+    def _fill(self) -> None:
+        self.sock.settimeout(self._io_timeout())
+        chunk = self.sock.recv(_CHUNK)
+        if not chunk:
+            raise ConnectionClosed(f'{self.peer} closed the connection')
+        self._buffer += chunk
+
+    def _read_line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b'\n')
+            if end >= 0:
+                if end > _MAX_LINE:
+                    raise ProtocolError(f'{self.peer} sent an overlong reply')
+                line = bytes(self._buffer[:end + 1])
+                del self._buffer[:end + 1]
+                return line
+            if len(self._buffer) > _MAX_LINE:
+                raise ProtocolError(f'{self.peer} sent an overlong reply')
+            self._fill()
+
+    def pending(self) -> bool:
+        """Did the server send anything we have not read yet? Never blocks.
+
+        Raises ``ConnectionClosed`` when the server has closed the connection, so a
+        caller can tell "it went away" from "it is out of step".
+        """
+        if self._buffer:
+            return True
+        pending_tls = getattr(self.sock, 'pending', None)
+        if not (pending_tls is not None and pending_tls()):
+            try:
+                # poll, not select: select() fails for descriptors above 1023 (busy runners)
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN | select.POLLPRI)
+                if not poller.poll(0):
+                    return False
+            except (OSError, ValueError):
+                return True  # a socket we cannot look at is not one to trust with more commands
+        try:
+            self.sock.settimeout(0)
+            chunk = self.sock.recv(_CHUNK)
+        except OSError as exc:
+            if isinstance(exc, BlockingIOError) or type(exc).__name__ == 'SSLWantReadError':
+                return False  # readable, but not a whole TLS record yet: nothing to read
+            raise
+        if not chunk:
+            raise ConnectionClosed(f'{self.peer} closed the connection')
+        self._buffer += chunk
+        return True
+
+    def read_reply(self) -> Reply:
         """One reply; multi-line replies are joined with newlines (without their codes)."""
         lines: List[str] = []
         code = 0
         while True:
-            raw = self._reader.readline(_MAX_LINE + 1)
-            if not raw:
-                raise ConnectionClosed(f'{self.peer} closed the connection')
-            if len(raw) > _MAX_LINE or len(lines) >= _MAX_REPLY_LINES:
+            raw = self._read_line()
+            if len(lines) >= _MAX_REPLY_LINES:
                 raise ProtocolError(f'{self.peer} sent an overlong reply')
             line = raw.rstrip(b'\r\n')
             head = line[:3]
             if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3:4] not in (b' ', b'-')):
-                raise ProtocolError(f'{self.peer} sent a malformed reply: {line[:60]!r}')
+                shown = self.scrub(line.decode('utf-8', 'replace'))[:60]
+                raise ProtocolError(f'{self.peer} sent a malformed reply: {shown!r}')
             this_code = int(head)
+            if this_code < 100:
+                raise ProtocolError(f'{self.peer} sent reply code {head.decode()}')
             if lines and this_code != code:
                 raise ProtocolError(f'{self.peer} changed the reply code inside a multi-line reply')
             code = this_code
             lines.append(line[4:].decode('utf-8', 'replace'))
             if line[3:4] != b'-':
                 break
-        text = '\n'.join(lines)
+        text = self.scrub('\n'.join(lines))
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug('%s < %s %s', self.peer, code, text.replace('\n', ' | '))
-        return code, text
+        return Reply(code, text)
 
     def command(self, line: str, *, encoding: str = 'ascii', secret: bool = False,
-                summary: Optional[str] = None) -> Tuple[int, str]:
+                summary: Optional[str] = None) -> Reply:
         self.send(line.encode(encoding) + b'\r\n', secret=secret, summary=summary)
         return self.read_reply()
 
     # --- session helpers --------------------------------------------------------------------
 
-    def ehlo(self, local_hostname: str) -> Tuple[int, str]:
+    def ehlo(self, local_hostname: str) -> Reply:
         """EHLO, remembering the offered extensions (lower-case keyword -> parameters)."""
-        code, text = self.command(f'EHLO {local_hostname}')
+        reply = self.command(f'EHLO {local_hostname}')
         self.features = {}
-        if 200 <= code < 300:
-            for entry in text.split('\n')[1:]:
+        if 200 <= reply.code < 300:
+            for entry in reply.message.split('\n')[1:]:
                 keyword, _, params = entry.strip().partition(' ')
                 if keyword:
                     self.features[keyword.lower()] = params
-        return code, text
+        return reply
 
     def has(self, extension: str) -> bool:
         return extension.lower() in self.features
 
     def start_tls(self, context: ssl.SSLContext, hostname: str) -> None:
         """Wrap the socket after a 220 to STARTTLS; everything learned before is forgotten."""
-        self._reader.close()
+        if self.pending():
+            # Bytes sent before the handshake would be read as if they came over TLS (CVE-2011-0411).
+            raise ProtocolError(f'{self.peer} sent data after its reply to STARTTLS')
+        self.sock.settimeout(self._io_timeout())
         self.sock = context.wrap_socket(self.sock, server_hostname=hostname)
-        self._reader = self.sock.makefile('rb')
         self.features = {}
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """Break off from another thread: blocked reads and writes return at once with an error."""
         try:
-            self._reader.close()
-        finally:
-            self.sock.close()
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
