@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
@@ -139,6 +139,7 @@ class QueueRunner:
         self.queue_log = logging.getLogger(QUEUE_LOG)
         self._conn_failures = 0
         self._conn_lock = threading.Lock()
+        self._handlers: List[MessageHandler] = []
 
     # --- building blocks --------------------------------------------------------------------
 
@@ -148,9 +149,24 @@ class QueueRunner:
         mailer = self.mailer if index == 0 else self.mailer.clone()
         return MessageHandler([mailer], plugins=self.plugins, app=self.app, retry_policy=self.policy)
 
-    def stop(self) -> None:
-        """Finish the messages in flight, start no new ones."""
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Start no new messages; finish those in flight, or after ``grace`` seconds break them off.
+
+        A broken-off message is reported as temporarily failed and stays queued: a server
+        that stalls must not keep a daemon from stopping.
+        """
         self.stop_event.set()
+        if grace is not None:
+            timer = threading.Timer(grace, self._abort_in_flight)
+            timer.daemon = True
+            timer.start()
+
+    def _abort_in_flight(self) -> None:
+        for handler in list(self._handlers):
+            for transport in handler.transports:
+                abort = getattr(transport, 'abort', None)
+                if callable(abort):
+                    abort()
 
     def _wanted(self, meta: QueueMeta, now: datetime) -> bool:
         """Claim only what is due now, or what must be moved to failed/."""
@@ -241,7 +257,7 @@ class QueueRunner:
         total = sum(1 for _ in self.queue.iter_ids('new')) if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
         hand_off: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=self.workers * 4)
-        handlers = [self._make_handler(i) for i in range(self.workers)]
+        handlers = self._handlers = [self._make_handler(i) for i in range(self.workers)]
 
         def work(handler: MessageHandler) -> None:
             while True:
@@ -309,12 +325,16 @@ class QueueRunner:
             self.stop_event.wait(poll_interval)
 
 
-    def serve(self) -> None:
-        """``run_forever`` until SIGTERM or SIGINT; in-flight messages finish, nothing stays claimed."""
+    def serve(self, shutdown_grace: float = 2.0) -> None:
+        """``run_forever`` until SIGTERM or SIGINT; nothing stays claimed.
+
+        In-flight messages get ``shutdown_grace`` seconds to finish; then their
+        connections are broken off and they stay queued (temporary failure).
+        """
         import signal
 
         def request_stop(signum: int, frame: Any) -> None:
-            self.stop()
+            self.stop(grace=shutdown_grace)
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
