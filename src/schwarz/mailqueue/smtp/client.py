@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import socket
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -91,6 +92,27 @@ def is_local_host(hostname: str) -> bool:
 def transaction_budget(timeout: float, size: int, recipients: int) -> float:
     """Seconds one MAIL..final-dot exchange may take in total, whatever the server trickles."""
     return timeout * _ROUND_TRIPS + recipients * min(timeout, _PER_RECIPIENT) + size / _MIN_UPLOAD_RATE
+
+
+_LINE_LIMIT = 998  # octets without CRLF (RFC 5321 4.5.3.1.6)
+_LONG_LINE = re.compile(rb'[^\r\n]{%d}' % (_LINE_LIMIT + 1))
+
+
+def fold_long_lines(data: bytes) -> bytes:
+    """Break lines over 998 octets with CRLF SPACE, as Postfix does; other messages stay byte-identical.
+
+    Servers refuse (or truncate) longer lines; a folded header stays one field and
+    MIME parts survive. It changes the bytes, but only of a message no server had to accept.
+    """
+    if len(data) <= _LINE_LIMIT or _LONG_LINE.search(data) is None:
+        return data
+    out: List[bytes] = []
+    for line in data.split(b'\r\n'):
+        while len(line) > _LINE_LIMIT:
+            out.append(line[:_LINE_LIMIT])
+            line = b' ' + line[_LINE_LIMIT:]
+        out.append(line)
+    return b'\r\n'.join(out)
 
 
 def build_ssl_context(verify: bool, cafile: Optional[str] = None) -> ssl.SSLContext:
@@ -351,7 +373,7 @@ class SMTPConnection:
                 result.smtp_response = unusable
                 result.error = _summarise(result)
                 return result
-        data = dot_stuff(normalize_line_endings(msg_bytes))
+        data = fold_long_lines(dot_stuff(normalize_line_endings(msg_bytes)))
         wire.set_deadline(transaction_budget(self.timeout, len(data), len(to_addrs)))
         try:
             return self._transaction(wire, result, from_addr, list(to_addrs), msg_bytes, data, smtputf8)
