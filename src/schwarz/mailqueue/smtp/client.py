@@ -48,7 +48,8 @@ _DISCONNECTED = (OSError, EOFError)
 
 # Overall time for one transaction: a few round trips at the inactivity timeout, a little per
 # recipient (without PIPELINING each costs a round trip), and the upload at a slow link's pace.
-_ROUND_TRIPS = 5
+_ROUND_TRIPS = 3
+_SETUP_ROUND_TRIPS = 4  # greeting, EHLO, STARTTLS + handshake + EHLO, AUTH
 _PER_RECIPIENT = 1.0
 _MIN_UPLOAD_RATE = 32 * 1024  # bytes per second
 
@@ -202,8 +203,7 @@ class SMTPConnection:
             wire = self._wire = SMTPWire.connect(self.hostname, self.port, self.timeout, self.log, chooser)
             for secret in secret_forms(self.username, self._password):
                 wire.add_secret(secret)
-            # greeting, EHLO, STARTTLS, EHLO again, AUTH: a handful of round trips in all
-            wire.set_deadline(self.timeout * _ROUND_TRIPS)
+            wire.set_deadline(self.timeout * _SETUP_ROUND_TRIPS)
             reply = wire.read_reply()
             if reply.code != 220:
                 raise ConnectError(f'{self.peer} greeted with {reply}', reply)
