@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -103,3 +104,83 @@ def test_unwritable_log_file_never_stops_mail(tmp_path, smtp_server) -> None:
     assert result.returncode == 0, result.stderr
     assert len(smtp_server.received) == 1
     assert b'cannot open' in result.stderr and result.stderr.count(b'\n') == 1
+
+
+# --- smtp_ca_file: a missing or unusable file is a configuration error at start ------------------------
+
+# The permission bits only mean something to a user other than root. setpriv rather than a
+# preexec_fn with os.setuid(): here the latter cannot exec the venv's interpreter afterwards.
+AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+
+
+def _ca_problem(base, kind: str) -> str:
+    if kind == 'missing':
+        return str(base / 'no-such-ca.pem')
+    if kind == 'directory':
+        (base / 'ca-dir').mkdir()
+        return str(base / 'ca-dir')
+    if kind == 'garbage':
+        (base / 'garbage.pem').write_text('this is not a certificate\n')
+        return str(base / 'garbage.pem')
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize('kind,reason', [('missing', 'file not found'), ('directory', 'is a directory'),
+                                         ('garbage', 'no usable certificates')])
+def test_unusable_ca_file_is_a_config_error_at_start(tmp_path, smtp_server, kind: str, reason: str) -> None:
+    from schwarz.mailqueue.queue.maildir import MaildirQueue
+
+    from helpers import run, script, write_config
+    queue_dir = tmp_path / 'q'
+    queued = MaildirQueue(str(queue_dir)).enqueue(b'Subject: x\r\n\r\nbody\r\n', 'a@example.org', ['b@example.org'])
+    ca_file = _ca_problem(tmp_path, kind)
+    config = write_config(tmp_path / 'mq.conf', smtp_server, queue_dir=queue_dir, smtp_ca_file=ca_file)
+    for args in (['mq-run'], ['mq-sendmail', '-i', 'c@example.org'], ['mq-send-test', '--to', 'c@example.org'],
+                 ['mq-queue', 'retry', '--now', str(queued)]):
+        result = run([script(args[0]), '-C', config, *args[1:]], input=b'Subject: y\n\nbody\n', timeout=30)
+        stderr = result.stderr.decode()
+        assert result.returncode == 78, (args, stderr)
+        assert stderr.startswith(f'{args[0]}: {config}: smtp_ca_file: {ca_file}: {reason}'), stderr
+        assert stderr.count('\n') == 1 and 'cannot connect' not in stderr
+    assert smtp_server.received == [] and smtp_server.connection_count == 0
+    # Nothing was queued by mq-sendmail, nothing was counted as an attempt by mq-run.
+    assert os.listdir(queue_dir / 'new') == [str(queued)] and os.listdir(queue_dir / 'cur') == []
+    assert b'X-Retries' not in (queue_dir / 'new' / str(queued)).read_bytes()
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which('setpriv'), reason='needs root and setpriv')
+def test_ca_file_unreadable_for_the_user_is_a_config_error(smtp_server) -> None:
+    import subprocess
+    import tempfile
+
+    from helpers import script, write_config
+    base = tempfile.mkdtemp(prefix='mq-ca-')  # not under pytest's 0700 tmp dir: nobody must reach it
+    try:
+        os.chmod(base, 0o755)
+        ca_file = os.path.join(base, 'ca.pem')
+        with open(ca_file, 'w') as fp:
+            fp.write('-----BEGIN CERTIFICATE-----\n')
+        os.chmod(ca_file, 0o600)  # root's
+        from pathlib import Path
+        config = write_config(Path(base) / 'mq.conf', smtp_server, smtp_ca_file=ca_file)
+        os.chmod(config, 0o644)
+        result = subprocess.run([*AS_NOBODY, script('mq-send-test'), '-C', config, '--to', 'c@example.org'],
+                                capture_output=True, timeout=30, cwd=base, env={**os.environ, 'HOME': base})
+        assert result.returncode == 78, result.stderr
+        assert result.stderr.decode() == f'mq-send-test: {config}: smtp_ca_file: {ca_file}: permission denied\n'
+        assert smtp_server.connection_count == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_usable_ca_file_verifies_the_server(tmp_path) -> None:
+    from schwarz.mailqueue.testutils import SMTPTestServer
+
+    from helpers import run, script
+    with SMTPTestServer(tls='starttls') as server:
+        config = tmp_path / 'mq.conf'
+        config.write_text(f'[mqrunner]\nsmtp_hostname = {server.hostname}\nsmtp_port = {server.port}\n'
+                          f'smtp_tls = starttls\nsmtp_tls_verify = yes\nsmtp_ca_file = {server.cert_path}\n')
+        result = run([script('mq-send-test'), '-C', str(config), '--to', 'c@example.org'], timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert len(server.received) == 1

@@ -7,18 +7,19 @@ names the file and the key.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .queue.schedule import RetryPolicy, parse_duration
+from . import limits
+from .queue.schedule import RetryPolicy
 
 __all__ = [
     'ConfigError',
     'KNOWN_KEYS',
     'Settings',
+    'check_ca_file',
     'guess_config_path',
     'init_smtp_mailer',
     'load_config',
@@ -53,28 +54,6 @@ def _bool(value: str) -> bool:
     raise ValueError(f'expected yes/no/true/false, got {value!r}')
 
 
-def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ValueError(f'expected a port number from 1 to 65535, got {value!r}')
-    return int(value)
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f'expected a positive number, got {value!r}')
-    return number
-
-
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f'expected a whole number of at least 1, got {value!r}')
-    return int(value)
-
-
 def _tls(value: str) -> str:
     from .smtp.client import TLSMode  # lazy: keeps the SMTP client out of config-only start-ups
 
@@ -83,22 +62,6 @@ def _tls(value: str) -> str:
 
 def _str(value: str) -> str:
     return value
-
-
-def _duration(value: str) -> timedelta:
-    return parse_duration(value)
-
-
-_MAX_RETRY_DELAY = timedelta(days=365)
-
-
-def _retry_delay(value: str) -> timedelta:
-    # Larger values are typos, and the backoff arithmetic (last attempt + delay) would
-    # overflow on them and stop mq-run.
-    delay = parse_duration(value)
-    if delay > _MAX_RETRY_DELAY:
-        raise ValueError(f'at most {_MAX_RETRY_DELAY.days}d, got {value!r}')
-    return delay
 
 
 def _address(value: str) -> str:
@@ -137,15 +100,15 @@ def _log_format(value: str) -> str:
 # key -> (attribute, parser)
 KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'smtp_hostname': ('smtp_hostname', _str),
-    'smtp_port': ('smtp_port', _port),
+    'smtp_port': ('smtp_port', limits.PORT),
     'smtp_username': ('smtp_username', _str),
     'smtp_password': ('smtp_password', _str),
     'smtp_password_command': ('smtp_password_command', _str),
     'smtp_tls': ('smtp_tls', _tls),
     'smtp_tls_verify': ('smtp_tls_verify', _bool),
     'smtp_ca_file': ('smtp_ca_file', _str),
-    'smtp_timeout': ('smtp_timeout', _positive_float),
-    'smtp_rate_limit': ('smtp_rate_limit', _positive_float),
+    'smtp_timeout': ('smtp_timeout', limits.TIMEOUT),
+    'smtp_rate_limit': ('smtp_rate_limit', limits.RATE_LIMIT),
     'queue_dir': ('queue_dir', _absolute_path),
     'from': ('from_addr', _address),
     'logging_config': ('logging_config', _str),
@@ -154,12 +117,12 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'delivery_log': ('delivery_log', _str),
     'queue_log': ('queue_log', _str),
     'plugins': ('plugins', _str),
-    'retry_min_delay': ('retry_min_delay', _retry_delay),
-    'retry_max_delay': ('retry_max_delay', _retry_delay),
-    'max_queue_lifetime': ('max_queue_lifetime', _duration),
-    'max_attempts': ('max_attempts', _positive_int),
-    'workers': ('workers', _positive_int),
-    'stale_claim_timeout': ('stale_claim_timeout', _duration),
+    'retry_min_delay': ('retry_min_delay', limits.RETRY_DELAY),
+    'retry_max_delay': ('retry_max_delay', limits.RETRY_DELAY),
+    'max_queue_lifetime': ('max_queue_lifetime', limits.LIFETIME),
+    'max_attempts': ('max_attempts', limits.ATTEMPTS),
+    'workers': ('workers', limits.WORKERS),
+    'stale_claim_timeout': ('stale_claim_timeout', limits.STALE_CLAIM),
     'aliases': ('aliases', _str),
     'default_domain': ('default_domain', _domain),
 }
@@ -269,6 +232,13 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
         if raw_value is None:
             continue
         if not isinstance(raw_value, str):
+            # Values from Python (init_app(settings=...), one_shot_queue_run) are typed already,
+            # but a number must still be in range: workers=10**6 would start a million threads.
+            if isinstance(parser, limits.Range):
+                try:
+                    raw_value = parser(raw_value)
+                except ValueError as exc:
+                    raise ConfigError(f'invalid value ({exc})', path, raw_key) from None
             setattr(settings, attr, raw_value)
             continue
         if '\n' in raw_value or '\r' in raw_value:
@@ -282,9 +252,6 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
             continue
         try:
             setattr(settings, attr, parser(value))
-        except OverflowError:
-            # e.g. a duration beyond what timedelta can hold
-            raise ConfigError('invalid value (out of range)', path, raw_key) from None
         except ValueError as exc:
             raise ConfigError(f'invalid value ({exc})', path, raw_key) from None
     if settings.smtp_password is not None and settings.smtp_password_command:
@@ -342,6 +309,37 @@ def guess_config_path(path: Optional[str] = None) -> Optional[str]:
     return None
 
 
+def check_ca_file(settings: Settings) -> None:
+    """``ConfigError`` unless ``smtp_ca_file`` (when set) is a readable file of certificates.
+
+    Checked when the SMTP settings are put to use, before any message is handled: found only
+    at connect time, a missing file reads as "cannot connect" and every message is queued
+    and retried until it expires.
+    """
+    path = settings.smtp_ca_file
+    if not path:
+        return
+    import ssl
+
+    def problem(text: str) -> ConfigError:
+        return ConfigError(f'{path}: {text}', settings.path, 'smtp_ca_file')
+
+    try:
+        with open(path, 'rb'):
+            pass
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise problem('file not found') from None
+    except PermissionError:
+        raise problem('permission denied') from None
+    except IsADirectoryError:
+        raise problem('is a directory') from None
+    except ssl.SSLError as exc:
+        raise problem(f'no usable certificates in it ({exc.reason or exc})') from None
+    except OSError as exc:
+        raise problem(f'cannot read ({exc.strerror or exc})') from None
+
+
 def init_smtp_mailer(settings: Any, smtp_log: Any = None) -> Any:
     """Build an ``SMTPMailer`` from a settings dict (``smtp_*`` keys) or ``Settings``."""
     from .smtp.transport import SMTPMailer
@@ -352,6 +350,7 @@ def init_smtp_mailer(settings: Any, smtp_log: Any = None) -> Any:
             if key.startswith('smtp_') and key not in KNOWN_KEYS:
                 raise ConfigError('unknown key', None, key)
         settings = settings_from_mapping(values, strict=False)
+    check_ca_file(settings)
     return SMTPMailer(
         hostname=settings.smtp_hostname or 'localhost',
         port=settings.smtp_port or 25,

@@ -7,11 +7,14 @@ Every tool answers ``--version``.
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence, Union
 
 from .common import EX_USAGE, CLIError
 
-__all__ = ['ArgumentParser', 'package_version']
+if TYPE_CHECKING:
+    from ..limits import Range
+
+__all__ = ['ArgumentParser', 'bounded', 'package_version']
 
 
 def package_version() -> str:
@@ -21,6 +24,21 @@ def package_version() -> str:
         return version('mailqueue-runner')
     except PackageNotFoundError:
         return 'unknown'
+
+
+def bounded(allowed: Range) -> Callable[[str], Any]:
+    """An argparse ``type`` for a number flag, with the same range as the config key it overrides.
+
+    Out of range is a usage error naming the flag and the range: ``argument -w/--workers:
+    expected a whole number from 1 to 256, got '1000000'``.
+    """
+    def parse(text: str) -> Any:
+        try:
+            return allowed.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 class _VersionAction(argparse.Action):

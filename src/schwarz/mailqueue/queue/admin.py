@@ -301,7 +301,8 @@ def make_row(msg_id: str, state: str, path: str, size: int, mtime: float, meta: 
         row.hold_reason = meta.extra.get(HOLD_REASON)
         row.held_since = _extra_date(meta, HELD_SINCE)
         if state in ('new', 'cur'):
-            row.next_attempt = policy.next_attempt(meta.last_delivery_attempt, meta.retries)
+            # With now: a last attempt stamped in the future (clock skew) shows as due, as the runner sees it.
+            row.next_attempt = policy.next_attempt(meta.last_delivery_attempt, meta.retries, now)
             row.due = row.next_attempt is None or row.next_attempt <= now
     elif error is not None:
         lenient = _lenient_meta(path)
@@ -512,7 +513,11 @@ class QueueAdmin:
         self.queue = queue
         self.abbrev_limit = abbrev_limit
         self.policy = policy or RetryPolicy()
-        self.wait = max(float(wait), 0.0)
+        # Bounded like mq-queue --wait: nan would make every wait endless (deadline comparisons
+        # with nan are always False), inf or 1e300 as good as endless.
+        from ..limits import WAIT
+
+        self.wait = WAIT.parse(max(float(wait), 0.0))
         self.app = app
         self.clock = clock
         self.queue_log = queue_log or logging.getLogger(QUEUE_LOG)

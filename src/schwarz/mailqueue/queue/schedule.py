@@ -7,18 +7,28 @@ Exponential backoff like Postfix: after the n-th failed attempt wait
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import Optional, Tuple
 
-__all__ = ['RetryPolicy', 'parse_duration', 'format_duration']
+__all__ = ['CLOCK_SKEW_TOLERANCE', 'RetryPolicy', 'clock_skew', 'format_duration', 'parse_duration', 'skewed_times']
 
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+# What timedelta can hold, in seconds (a little less than 1e9 days).
+_MAX_SECONDS = timedelta.max.total_seconds()
 
 
 def parse_duration(value: object) -> timedelta:
-    """``90``, ``90s``, ``5m``, ``4h``, ``5d``, ``1w``, ``1h30m`` -> timedelta; bare numbers are seconds."""
+    """``90``, ``90s``, ``5m``, ``4h``, ``5d``, ``1w``, ``1h30m`` -> timedelta; bare numbers are seconds.
+
+    Only ASCII digits count (``int()`` and ``float()`` also take other scripts' digits, which
+    no one types on purpose). Anything ``timedelta`` cannot hold is a ``ValueError``, never
+    an ``OverflowError``; the caller decides the sensible upper bound (``limits.py``).
+    """
     if isinstance(value, timedelta):
         return value
+    if isinstance(value, bool):
+        raise ValueError(f'invalid duration {value!r}')
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
@@ -29,10 +39,10 @@ def parse_duration(value: object) -> timedelta:
         number = ''
         seen_unit = False
         for ch in text:
-            if ch.isdigit() or ch == '.':
+            if '0' <= ch <= '9' or ch == '.':
                 number += ch
             elif ch in _UNITS and number:
-                seconds += float(number) * _UNITS[ch]
+                seconds += _number(number, value) * _UNITS[ch]
                 number = ''
                 seen_unit = True
             else:
@@ -40,10 +50,27 @@ def parse_duration(value: object) -> timedelta:
         if number:
             if seen_unit:
                 raise ValueError(f'invalid duration {value!r}: number without unit at the end')
-            seconds += float(number)
-    if seconds < 0:
-        raise ValueError(f'negative duration {value!r}')
-    return timedelta(seconds=seconds)
+            seconds += _number(number, value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f'invalid duration {value!r}' if math.isnan(seconds) else f'negative duration {value!r}')
+    try:
+        if not seconds < _MAX_SECONDS:
+            raise OverflowError
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f'duration {_shown(value)} is too long') from None
+
+
+def _number(text: str, value: object) -> float:
+    try:
+        return float(text)
+    except ValueError:  # '.', '1.2.3'
+        raise ValueError(f'invalid duration {value!r} (examples: 300, 5m, 4h, 5d)') from None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
 
 
 def format_duration(delta: timedelta) -> str:
@@ -99,23 +126,66 @@ class RetryPolicy:
         exponent = min(retries - 1, 64)
         return timedelta(seconds=min(min_seconds * (2 ** exponent), max_seconds))
 
-    def next_attempt(self, last_attempt: Optional[datetime], retries: int) -> Optional[datetime]:
-        """When the message becomes due; None means due now (never tried)."""
+    def next_attempt(self, last_attempt: Optional[datetime], retries: int,
+                     now: Optional[datetime] = None) -> Optional[datetime]:
+        """When the message becomes due; None means due now (never tried).
+
+        With ``now``, a last attempt in the future (see ``clock_skew``) also means due now.
+        """
         if last_attempt is None or retries <= 0:
             return None
-        return last_attempt + self.delay_after(retries)
+        if now is not None and clock_skew(last_attempt, now) is not None:
+            return None
+        try:
+            return last_attempt + self.delay_after(retries)
+        except OverflowError:  # a date near year 9999: never due by backoff, but no crash
+            return datetime.max.replace(tzinfo=last_attempt.tzinfo)
 
     def is_due(self, last_attempt: Optional[datetime], retries: int, now: datetime) -> bool:
-        due = self.next_attempt(last_attempt, retries)
+        due = self.next_attempt(last_attempt, retries, now)
         return due is None or due <= now
 
     def give_up_reason(self, queue_date: Optional[datetime], retries: int, now: datetime) -> Optional[str]:
-        """Why the message should move to failed/ before (or instead of) another attempt."""
+        """Why the message should move to failed/ before (or instead of) another attempt.
+
+        A queue date in the future (``clock_skew``) counts as now: the message is young.
+        """
         if queue_date is not None and now - queue_date > self.max_queue_lifetime:
             return f'expired: in queue longer than {format_duration(self.max_queue_lifetime)}'
         if self.max_attempts is not None and retries >= self.max_attempts:
             return f'gave up after {retries} attempts'
         return None
+
+
+# A time this far ahead of our clock is a clock problem (a host whose clock was wrong when it
+# wrote the queue file, a clock set back), not the normal spread between hosts sharing a queue.
+# Within it the stored time is used as it is, so two hosts a few seconds apart do not retry early.
+CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
+
+
+def clock_skew(when: Optional[datetime], now: datetime) -> Optional[timedelta]:
+    """How far ``when`` (a queue date or last attempt read from a queue file) lies in the future.
+
+    None when it does not, or only within ``CLOCK_SKEW_TOLERANCE``. Trusting such a time
+    would keep a message waiting until the clock catches up, possibly for years; the
+    schedule treats it as now instead. Pure: the caller logs it (once per message: the next
+    attempt stores a time from the current clock).
+    """
+    if when is None:
+        return None
+    ahead = when - now
+    return ahead if ahead > CLOCK_SKEW_TOLERANCE else None
+
+
+def skewed_times(queue_date: Optional[datetime], last_attempt: Optional[datetime],
+                 now: datetime) -> Tuple[Tuple[str, timedelta], ...]:
+    """The times of one queue file that lie in the future: ``(('last attempt', 3d), ...)``; for log lines."""
+    found = []
+    for name, when in (('queue date', queue_date), ('last attempt', last_attempt)):
+        ahead = clock_skew(when, now)
+        if ahead is not None:
+            found.append((name, ahead))
+    return tuple(found)
 
 
 def utcnow() -> datetime:
