@@ -48,6 +48,20 @@ def merge_settings(base: Settings, overrides: Optional[Mapping[str, Any]]) -> Se
     return base
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Console lines with control characters made harmless (``humanize.printable``).
+
+    Log messages quote SMTP replies and queue file contents (at ``-v`` the whole dialog):
+    an escape sequence from a server must not reach the operator's terminal. Line breaks
+    stay (tracebacks at ``-v``); a bare CR, which could overwrite the line, does not.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .humanize import printable
+
+        return printable(super().format(record))
+
+
 def _formatter(settings: Settings) -> logging.Formatter:
     if settings.log_format == 'json':
         return JSONFormatter()
@@ -73,7 +87,7 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
         console._mq_console = True  # type: ignore[attr-defined]
         # every line names the tool, as the tools' own error lines do (cron mails mix several)
         prog = os.path.basename(sys.argv[0] or '') or 'mailqueue'
-        console.setFormatter(logging.Formatter(prog.replace('%', '%%') + ': %(message)s'))
+        console.setFormatter(_ConsoleFormatter(prog.replace('%', '%%') + ': %(message)s'))
         root.addHandler(console)
         root.propagate = False
     # The handler filters too: delivery/queue loggers are set to INFO for their log files and

@@ -12,13 +12,15 @@ from typing import Optional
 
 from .queue.schedule import format_duration
 
-__all__ = ['ellipsize', 'format_age', 'format_size', 'format_until', 'one_line', 'printable']
+__all__ = ['ellipsize', 'error_line', 'format_age', 'format_size', 'format_until', 'one_line', 'printable']
 
 _SIZE_UNITS = ('K', 'M', 'G', 'T', 'P')
 # C0 controls except TAB and LF, DEL, and the C1 controls: on a terminal these can
 # move the cursor or rewrite the screen, and mail headers or SMTP replies are
-# attacker-controlled text.
-_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')
+# attacker-controlled text. Also the bidirectional overrides and isolates and the
+# Unicode line/paragraph separators: they reorder or break what is shown, so a
+# reply could display as something other than what it says.
+_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
 _LINE_BREAKS = re.compile(r'[\r\n\t]+')
 
 
@@ -51,6 +53,17 @@ def format_until(when: Optional[datetime], now: datetime) -> str:
 def printable(text: str) -> str:
     """Replace control characters (but keep tabs and line breaks) so text is safe on a terminal."""
     return _CONTROL.sub('?', text)
+
+
+def error_line(text: str) -> str:
+    """Text for one line on stderr: CR and LF shown as ``\\r`` and ``\\n``, other controls as ``?``.
+
+    Error lines quote input (an option, an address) and server replies; an injected line
+    break stays visible as such instead of forging a second line.
+    """
+    if text.isprintable():
+        return text
+    return printable(text.replace('\r', '\\r').replace('\n', '\\n'))
 
 
 def one_line(text: Optional[str]) -> str:

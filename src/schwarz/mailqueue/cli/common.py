@@ -6,12 +6,16 @@ No delivery logic lives in ``cli/``.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import sys
 from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence
 
 __all__ = [
     'EX_CONFIG',
     'EX_DATAERR',
+    'EX_IOERR',
     'EX_NOHOST',
     'EX_NOUSER',
     'EX_OK',
@@ -20,8 +24,10 @@ __all__ = [
     'EX_UNAVAILABLE',
     'EX_USAGE',
     'CLIError',
+    'OutputClosedError',
     'fail',
     'load_app',
+    'print_error',
     'report_outcome',
     'run_main',
 ]
@@ -34,6 +40,7 @@ EX_NOUSER = 67  # unknown local recipient (no alias, no default_domain), as send
 EX_NOHOST = 68
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -44,6 +51,69 @@ class CLIError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class OutputClosedError(OSError):
+    """Writing to standard output, which the caller closed (``mq-queue list >&-``)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EBADF, 'cannot write the output: standard output is closed')
+
+
+class _ClosedOutput(io.TextIOBase):
+    """``sys.stdout`` when the caller closed it: tools that print nothing work, printing fails cleanly."""
+
+    encoding = 'utf-8'
+    errors = 'strict'
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OutputClosedError()
+
+    @property
+    def buffer(self) -> _ClosedOutput:  # for tools that write bytes through sys.stdout.buffer
+        return self
+
+
+def _sane_standard_streams() -> None:
+    """Make stdin/stdout/stderr safe to use, whatever state the caller left them in.
+
+    A closed descriptor 0, 1 or 2 (Python then sets ``sys.std*`` to None) is pointed at
+    /dev/null, so that no file opened later (a queue file) can become "standard output" and
+    receive stray writes, as sendmail and Postfix do. stdin then reads as empty, messages
+    for a closed stderr are dropped, and printing to a closed stdout is a one-line error
+    (exit 74) instead of an internal error.
+
+    On a non-UTF-8 locale (``LC_ALL=C``, ``PYTHONIOENCODING=ascii``) stdout would raise
+    UnicodeEncodeError on the first non-ASCII subject or address; such characters are
+    written as ``\\xf6`` escapes instead (stderr does that by default already).
+    """
+    for fd, name in ((0, 'stdin'), (1, 'stdout'), (2, 'stderr')):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if name == 'stdin':
+            sys.stdin = open(fd, encoding='utf-8', closefd=False)  # noqa: SIM115 - lives as long as the process
+        elif name == 'stdout':
+            sys.stdout = _ClosedOutput()
+        else:
+            sys.stderr = open(fd, 'w', encoding='utf-8', errors='backslashreplace', closefd=False)  # noqa: SIM115
+    stdout = sys.stdout
+    # Only the real stdout: an in-process caller (a test capturing output) keeps its own stream.
+    if stdout is sys.__stdout__ and isinstance(stdout, io.TextIOWrapper) and stdout.errors in ('strict',
+                                                                                             'surrogateescape'):
+        try:
+            stdout.reconfigure(errors='backslashreplace')
+        except (ValueError, OSError):  # pragma: no cover - a detached or closed stream
+            pass
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
@@ -71,7 +141,7 @@ def report_outcome(prog: str, outcome: Any) -> int:
     from ..submit import STATUS_REFUSED, STATUS_TEMPFAIL
 
     for line in outcome.problems:
-        print(f'{prog}: {_one_line(line)}', file=sys.stderr)
+        print_error(prog, line)  # the lines quote the server's replies
     if outcome.status == STATUS_TEMPFAIL:
         return EX_TEMPFAIL
     if outcome.status == STATUS_REFUSED:
@@ -81,27 +151,39 @@ def report_outcome(prog: str, outcome: Any) -> int:
 
 def run_main(prog: str, body: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Run a tool: CLIError -> one line + its code; anything unexpected -> 70 (traceback only with -v)."""
+    _sane_standard_streams()
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a == '-v' or a == '--verbose' or (a.startswith('-v') and set(a[1:]) == {'v'}) for a in args)
     try:
         return body(args)
     except CLIError as exc:
         # one line, whatever the message quotes from the input (an option, a header, an address)
-        print(f'{prog}: {_one_line(str(exc))}', file=sys.stderr)
+        print_error(prog, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr)
+        print_error(prog, 'interrupted')
         return 130
     except BrokenPipeError:
         return EX_OK
+    except OutputClosedError as exc:
+        print_error(prog, str(exc.strerror))
+        return EX_IOERR
     except Exception as exc:  # noqa: BLE001 - the last line of defence must catch everything
         if verbose:
             import traceback
 
             traceback.print_exc()
-        print(f'{prog}: internal error: {type(exc).__name__}: {_one_line(str(exc))}', file=sys.stderr)
+        print_error(prog, f'internal error: {type(exc).__name__}: {exc}')
         return EX_SOFTWARE
 
 
-def _one_line(text: str) -> str:
-    return text.replace('\r', '\\r').replace('\n', '\\n')
+def print_error(prog: str, message: str) -> None:
+    """``prog: message`` as one line on stderr, safe for a terminal.
+
+    The message may quote the input or a server's reply: line breaks show as ``\\r``/``\\n``
+    and other control characters (escape sequences) as ``?`` (``humanize.printable``, as in
+    ``mq-queue``'s listing), so a reply can neither forge lines nor drive the terminal.
+    """
+    from ..humanize import error_line  # only on the way out: keeps mq-sendmail's start-up small
+
+    print(f'{prog}: {error_line(message)}', file=sys.stderr)

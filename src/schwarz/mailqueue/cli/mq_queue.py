@@ -26,7 +26,8 @@ import tempfile
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from ..humanize import ellipsize, format_age, format_size, format_until, one_line, printable
+from ..humanize import ellipsize, error_line, format_age, format_size, format_until, one_line, printable
+from ..limits import AGE, WAIT
 from ..queue.admin import (
     BUSY,
     CORRUPT,
@@ -47,10 +48,10 @@ from ..queue.admin import (
     Selection,
     UnknownID,
 )
-from ..queue.backend import STATES
+from ..queue.contract import STATES
 from ..queue.format import FAILED_REASON, HOLD_REASON, LAST_ERROR, format_date
 from ..queue.maildir import MaildirQueue, QueueWriteError
-from ..queue.schedule import RetryPolicy, parse_duration
+from ..queue.schedule import RetryPolicy
 from .common import (
     EX_CONFIG,
     EX_DATAERR,
@@ -61,9 +62,10 @@ from .common import (
     CLIError,
     fail,
     load_app,
+    print_error,
     run_main,
 )
-from .parsing import ArgumentParser
+from .parsing import ArgumentParser, bounded
 
 __all__ = ['EX_IOERR', 'EX_NOINPUT', 'EX_NOPERM', 'build_parser', 'list_queue', 'main']
 
@@ -95,13 +97,6 @@ _MAX_CONNECTION_FAILURES = 3
 
 
 
-def _duration(value: str) -> Any:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _state(value: str) -> str:
     if value not in STATES:
         raise argparse.ArgumentTypeError(f'unknown state {value!r} (one of {", ".join(STATES)})')
@@ -117,12 +112,13 @@ def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument('-d', '--queue-dir', metavar='DIR', default=d(None),
                         help='the queue directory (default: queue_dir from the configuration)')
     parser.add_argument('-v', '--verbose', action='count', default=d(0), help='more detail')
-    parser.add_argument('--wait', metavar='SECONDS', type=float, default=d(5.0),
-                        help='how long to wait for a message that is being delivered (default: 5)')
+    parser.add_argument('--wait', metavar='SECONDS', type=bounded(WAIT), default=d(5.0),
+                        help='how long to wait for a message that is being delivered, '
+                             f'{WAIT.low:g} to {WAIT.high:g} (default: 5)')
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--older-than', metavar='AGE', type=_duration,
+    parser.add_argument('--older-than', metavar='AGE', type=bounded(AGE),
                         help='only messages queued longer ago than AGE (e.g. 30m, 2d, 1h30m)')
     parser.add_argument('--to', metavar='TEXT', help='only messages with a recipient containing TEXT')
     parser.add_argument('--from', dest='sender', metavar='TEXT',
@@ -176,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ids(p, bulk=True)
 
     p = sub.add_parser('purge', parents=[common], help='delete messages older than AGE')
-    p.add_argument('--older-than', metavar='AGE', type=_duration, required=True)
+    p.add_argument('--older-than', metavar='AGE', type=bounded(AGE), required=True)
     p.add_argument('--state', action='append', type=_state, metavar='STATE',
                    help=f'only this state; repeatable (default: {", ".join(PURGE_STATES)})')
     p.add_argument('-y', '--yes', action='store_true', help='do not ask for confirmation')
@@ -349,13 +345,13 @@ def list_queue(queue_dir: str, stream: TextIO, *, as_json: bool = False, policy:
         admin = QueueAdmin(_open_queue(queue_dir, writable=False), policy)
         return _write_listing(admin, stream, Selection(), as_json=as_json)
     except CLIError as exc:
-        print(f'{prog}: {exc}', file=sys.stderr)
+        print_error(prog, str(exc))
         return exc.exit_code
     except BrokenPipeError:
         raise
     except OSError as exc:
         error = _os_error(exc)
-        print(f'{prog}: {error}', file=sys.stderr)
+        print_error(prog, str(error))
         return error.exit_code
 
 
@@ -482,11 +478,12 @@ class _Reporter:
         hint = _HINTS.get((result.action, result.state or ''))
         if result.outcome == WRONG_STATE and hint:
             detail = f'{detail} ({hint})'
+        # The detail may quote the SMTP server (retry --now): never raw onto the terminal.
         if result.ok or code == EX_OK:
             if not self.bulk or self.verbose:
-                print(f'{result.msg_id}: {detail}')
+                print(error_line(f'{result.msg_id}: {detail}'))
         else:
-            print(f'{PROG}: {result.msg_id}: {detail}', file=sys.stderr)
+            print_error(PROG, f'{result.msg_id}: {detail}')
 
     def summary(self) -> None:
         if not self.bulk:
@@ -749,8 +746,6 @@ def _body(argv: Sequence[str]) -> int:
     from ..config import ConfigError
 
     args = _parse(argv)
-    if args.wait < 0:
-        fail('--wait must not be negative', EX_USAGE)
     needs_plugins = args.command == 'retry' and args.now
     ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=needs_plugins)
     try:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import List, Optional, Sequence
 
-from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE, fail, load_app, run_main
-from .parsing import ArgumentParser
+from ..limits import WORKERS
+from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, fail, load_app, print_error, run_main
+from .parsing import ArgumentParser, bounded
 
 __all__ = ['main']
+
+PROG = 'mq-run'
 
 DESCRIPTION = """\
 Deliver queued messages to the configured SMTP smarthost.
@@ -33,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-C', '--config', metavar='FILE', help='configuration file '
                         '(default: ~/.mailqueue-runner.conf, then /etc/mailqueue-runner.conf)')
     parser.add_argument('--force', action='store_true', help='ignore the retry schedule: try every message now')
-    parser.add_argument('-w', '--workers', type=int, metavar='N',
-                        help='parallel SMTP connections, each reused for many messages '
-                        '(default: workers from the config, else 4)')
+    parser.add_argument('-w', '--workers', type=bounded(WORKERS), metavar='N',
+                        help='parallel SMTP connections, each reused for many messages, '
+                        f'{WORKERS.low} to {WORKERS.high} (default: workers from the config, else 4)')
     parser.add_argument('--daemon', action='store_true',
                         help='keep running; pick up new messages within a second; stop cleanly on SIGTERM/SIGINT')
     parser.add_argument('--no-progress', action='store_true', help='no progress line even on a terminal')
@@ -44,10 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Every directory a pass may write to: a claim renames new/ -> cur/, a deferral rewrites the
+# file through tmp/, dead letters go to failed/, a file that cannot be updated after a partial
+# delivery to hold/.
+_WRITTEN_DIRS = ('new', 'cur', 'tmp', 'failed', 'hold')
+
+
+def _why_unwritable(queue_dir: str) -> Optional[str]:
+    """Why this process cannot work on the queue (a read-only mount, another user's 0700 queue), or None.
+
+    Checked before the pass: otherwise every message is one "cannot claim" line and the
+    run still looks successful to cron or systemd.
+    """
+    for name in _WRITTEN_DIRS:
+        path = os.path.join(queue_dir, name)
+        if os.access(path, os.W_OK | os.X_OK):
+            continue
+        try:
+            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        return f'cannot write to {name}/ ({os.strerror(errno.EROFS if read_only else errno.EACCES)})'
+    return None
+
+
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    if args.workers is not None and args.workers < 1:
-        fail('--workers must be at least 1', EX_USAGE)
     options = {'verbose': args.verbose, 'quiet': args.quiet}
     app = load_app(args.config, options)  # the SMTP settings live there, even with a queue_dir argument
     try:
@@ -70,6 +97,9 @@ def _main(argv: Sequence[str]) -> int:
             fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
         except ConfigError as exc:
             fail(str(exc), EX_CONFIG)
+        problem = _why_unwritable(queue_dir)
+        if problem:
+            fail(f'queue {queue_dir}: {problem}; nothing can be delivered', EX_TEMPFAIL)
         try:
             if args.daemon:
                 runner.serve()
@@ -78,18 +108,18 @@ def _main(argv: Sequence[str]) -> int:
         except OSError as exc:  # permission denied, a symlinked queue directory, I/O errors
             fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
         if stats.aborted and not args.quiet:
-            print(f'mq-run: {stats.aborted}', file=sys.stderr)
+            print_error(PROG, stats.aborted)
         if stats.failed or stats.corrupt:
             # Dead letters need a human; from cron this line becomes the mail that says so.
-            print(f'mq-run: {stats.failed + stats.corrupt} message(s) moved to failed/ '
-                  f'(see: mq-queue list --state failed)', file=sys.stderr)
+            print_error(PROG, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
+                        f'(see: mq-queue list --state failed)')
         return EX_OK
     finally:
         app.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_main('mq-run', _main, argv)
+    return run_main(PROG, _main, argv)
 
 
 if __name__ == '__main__':
