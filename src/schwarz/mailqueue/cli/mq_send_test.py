@@ -6,7 +6,18 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from .common import EX_CONFIG, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, fail, load_app, run_main
+from .common import (
+    EX_CONFIG,
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    fail,
+    load_app,
+    print_error,
+    run_main,
+)
 from .parsing import ArgumentParser
 
 __all__ = ['build_parser', 'main']
@@ -94,15 +105,17 @@ def _body(args: Sequence[str]) -> int:
     for addr, (code, text) in result.deferred.items():
         failures.append(f'{addr}: temporary failure (not queued): {code} {text}'.rstrip())
     for line in failures:
-        print(f'{PROG}: {line}', file=sys.stderr)
+        print_error(PROG, line)  # the server's reply, control characters made harmless
     if result.deferred:
         return EX_TEMPFAIL
     if result.refused:
         return EX_UNAVAILABLE
     if not opts.quiet:
+        from ..humanize import error_line
+
         reply = result.smtp_response
-        print(f'test message from {sender} to {to} accepted by {result.host}'
-              + (f': {reply.code} {reply.message}' if reply is not None else ''))
+        print(error_line(f'test message from {sender} to {to} accepted by {result.host}'
+                         + (f': {reply.code} {reply.message}' if reply is not None else '')))
     return EX_OK
 
 
