@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -271,3 +275,80 @@ def test_every_tool_answers_version(tool: str) -> None:
     result = run([script(tool), '--version'])
     import re
     assert result.returncode == 0 and re.search(rb'\d+\.\d+', result.stdout) and result.stderr == b''
+
+
+# --- a queue this user cannot write: exit 75, one line, nothing touched -------------------------------
+
+# setpriv rather than a preexec_fn with os.setuid(): here the latter cannot exec the venv's interpreter.
+AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+needs_root = pytest.mark.skipif(os.getuid() != 0 or not shutil.which('setpriv'), reason='needs root and setpriv')
+
+
+@pytest.fixture
+def world_visible_dir() -> Iterator[Path]:
+    """A directory nobody can reach (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix='mq-run-ro-'))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _snapshot(queue_dir: Path) -> dict:
+    return {state: sorted(os.listdir(queue_dir / state)) for state in ('new', 'cur', 'failed', 'hold')}
+
+
+@needs_root
+@pytest.mark.parametrize('daemon', [[], ['--daemon']])
+def test_queue_owned_by_another_user_is_exit_75(world_visible_dir: Path, smtp_server, daemon: list) -> None:
+    queue_dir = world_visible_dir / 'q'
+    fill(str(queue_dir), 3)
+    for path in [queue_dir, *queue_dir.iterdir()]:
+        os.chmod(path, 0o755)  # readable for nobody (so the queue is found), writable only for root
+    before = _snapshot(queue_dir)
+    config = write_config(world_visible_dir / 'mq.conf', smtp_server, queue_dir=queue_dir)
+    os.chmod(config, 0o644)
+    result = subprocess.run([*AS_NOBODY, script('mq-run'), '-C', config, *daemon], capture_output=True,
+                            timeout=30, env={**os.environ, 'HOME': str(world_visible_dir)}, cwd=world_visible_dir)
+    assert result.returncode == 75, result.stderr
+    assert result.stderr.decode() == (f'mq-run: queue {queue_dir}: cannot write to new/ '
+                                      f'({os.strerror(errno.EACCES)}); nothing can be delivered\n')
+    assert _snapshot(queue_dir) == before and smtp_server.connection_count == 0
+
+
+@needs_root
+def test_read_only_mounted_queue_is_exit_75(tmp_path: Path, smtp_server) -> None:
+    mnt = tmp_path / 'mnt'
+    mnt.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', str(mnt)], check=True, timeout=10,
+                   capture_output=True)
+    try:
+        queue_dir = mnt / 'q'
+        fill(str(queue_dir), 2)
+        subprocess.run(['mount', '-o', 'remount,ro', str(mnt)], check=True, timeout=10, capture_output=True)
+        before = _snapshot(queue_dir)
+        config = write_config(tmp_path / 'mq.conf', smtp_server, queue_dir=queue_dir)
+        result = run([script('mq-run'), '-C', config], timeout=30)  # as root: the mount still says no
+        assert result.returncode == 75, result.stderr
+        assert result.stderr.decode() == (f'mq-run: queue {queue_dir}: cannot write to new/ '
+                                          f'({os.strerror(errno.EROFS)}); nothing can be delivered\n')
+        assert _snapshot(queue_dir) == before and smtp_server.connection_count == 0
+    finally:
+        done = subprocess.run(['umount', str(mnt)], timeout=10, capture_output=True)
+        if done.returncode != 0:
+            subprocess.run(['umount', '-l', str(mnt)], timeout=10, capture_output=True)
+
+
+@needs_root
+def test_queue_of_the_running_user_is_fine(world_visible_dir: Path, smtp_server) -> None:
+    """The same set-up owned by nobody: the check does not refuse a queue that works."""
+    queue_dir = world_visible_dir / 'q'
+    fill(str(queue_dir), 2)
+    subprocess.run(['chown', '-R', '65534:65534', str(queue_dir)], check=True, timeout=10)
+    config = write_config(world_visible_dir / 'mq.conf', smtp_server, queue_dir=queue_dir)
+    os.chmod(config, 0o644)
+    result = subprocess.run([*AS_NOBODY, script('mq-run'), '-C', config], capture_output=True, timeout=30,
+                            env={**os.environ, 'HOME': str(world_visible_dir)}, cwd=world_visible_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(smtp_server.received) == 2 and os.listdir(queue_dir / 'new') == []

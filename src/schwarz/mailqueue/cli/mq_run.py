@@ -61,6 +61,8 @@ def _why_unwritable(queue_dir: str) -> Optional[str]:
     Checked before the pass: otherwise every message is one "cannot claim" line and the
     run still looks successful to cron or systemd.
     """
+    if not os.path.isdir(queue_dir):  # not a maildir queue (or gone): the store reports its own errors
+        return None
     for name in _WRITTEN_DIRS:
         path = os.path.join(queue_dir, name)
         if os.access(path, os.W_OK | os.X_OK):
