@@ -400,3 +400,173 @@ def test_stop_with_open_connection_is_bounded() -> None:
         idle.close()
         busy.close()
         server.close()
+
+
+# --- ScriptedSMTPServer ------------------------------------------------------------------------
+
+from schwarz.mailqueue.testutils import (  # noqa: E402
+    CLOSE,
+    HANG,
+    SILENT,
+    ConnectionState,
+    Script,
+    ScriptAction,
+    ScriptedSMTPServer,
+    Trickle,
+    ehlo_reply,
+    reply_code,
+    smtp_reply,
+)
+
+
+class RawClient:
+    """A byte-exact client: what it sends and what it gets back are not interpreted."""
+
+    def __init__(self, server: ScriptedSMTPServer) -> None:
+        self.sock = socket.create_connection((server.hostname, server.port), timeout=5)
+        self.received = b''
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, end: bytes, timeout: float = 3.0) -> bytes:
+        """Read until the bytes received so far end with ``end`` (or the timeout / EOF); return all of them."""
+        deadline = time.monotonic() + timeout
+        while not self.received.endswith(end) and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(4096)
+            except OSError:  # a timeout, or a reset from a server that closed with input unread
+                break
+            if not chunk:
+                break
+            self.received += chunk
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_scripted_default_dialog_records_commands_and_unstuffed_data() -> None:
+    with ScriptedSMTPServer() as srv:
+        with smtplib.SMTP(srv.hostname, srv.port, timeout=5) as client:
+            assert client.sendmail('a@example.com', ['b@example.com', 'c@example.com'], MSG) == {}
+        assert srv.wait_for_disconnect()
+        assert srv.verbs() == ['CONNECT', 'EHLO', 'MAIL', 'RCPT', 'RCPT', 'DATA', 'DOT', 'QUIT']
+        [transfer] = srv.messages
+        assert transfer.data == MSG and transfer.complete and transfer.confirmed and transfer.data_mode
+        assert (transfer.mail_from, transfer.rcpt_tos) == ('a@example.com', ['b@example.com', 'c@example.com'])
+        assert transfer.accepted_rcpts == transfer.rcpt_tos
+        assert srv.connection_count == 1 and srv.settings_for_client()['smtp_port'] == str(srv.port)
+
+
+def test_scripted_pipelined_commands_get_their_scripted_bytes_in_order() -> None:
+    script = Script(
+        greeting=smtp_reply(220, 'hi') + b'250 unsolicited\r\n',
+        replies={'MAIL': smtp_reply(250, 'one') + smtp_reply(250, 'surplus'),
+                 'RCPT': [SILENT, smtp_reply(354, 'out of order')]},
+        extensions=['PIPELINING'],
+    )
+    with ScriptedSMTPServer(script) as srv:
+        client = RawClient(srv)
+        try:
+            assert client.read_until(b'250 unsolicited\r\n') == b'220 hi\r\n250 unsolicited\r\n'
+            client.send(b'EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n')
+            got = client.read_until(b'<CR><LF>.<CR><LF>\r\n')
+            assert got.split(b'250 unsolicited\r\n', 1)[1] == (
+                ehlo_reply('PIPELINING') + b'250 one\r\n250 surplus\r\n' + b'354 out of order\r\n'
+                + b'354 End data with <CR><LF>.<CR><LF>\r\n')
+            client.send(b'..x\r\n.\r\n')
+            client.read_until(b'\r\n', timeout=0.5)
+        finally:
+            client.close()
+        assert srv.wait_for_disconnect()
+        [transfer] = srv.transfers
+        assert transfer.data == b'.x\r\n' and transfer.confirmed
+        assert transfer.rcpt_tos == ['b@y', 'c@y'] and transfer.accepted_rcpts == []
+        assert [c.reply for c in srv.commands if c.verb == 'RCPT'] == [b'', b'354 out of order\r\n']
+
+
+def test_scripted_non_354_reply_to_data_means_no_data_mode() -> None:
+    with ScriptedSMTPServer(Script(replies={'DATA': 250})) as srv:
+        client = RawClient(srv)
+        try:
+            client.send(b'EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: body\r\n.\r\nQUIT\r\n')
+            client.read_until(b'221 2.0.0 Bye\r\n')
+        finally:
+            client.close()
+        assert srv.wait_for_disconnect()
+        [transfer] = srv.transfers
+        assert (transfer.data_mode, transfer.complete, transfer.data) == (False, False, b'')
+        assert srv.messages == []
+        assert srv.verbs()[-3:] == ['SUBJECT:', '.', 'QUIT']  # the "body" arrived as commands
+
+
+def test_scripted_responder_per_connection_and_close() -> None:
+    seen: List[Tuple[str, int, int]] = []
+
+    def responder(verb: str, arg: str, state: ConnectionState) -> ScriptAction:
+        seen.append((verb, state.connection, state.occurrence))
+        if verb == 'NOOP' and state.connection == 0:
+            return CLOSE if state.occurrence == 1 else smtp_reply(250, f'noop {arg}')
+        return None
+
+    with ScriptedSMTPServer(responder) as srv:
+        with smtplib.SMTP(srv.hostname, srv.port, timeout=5) as client:
+            assert client.noop() == (250, b'noop')
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.noop()
+        with smtplib.SMTP(srv.hostname, srv.port, timeout=5) as client:
+            assert client.noop() == (250, b'2.0.0 Ok')
+        assert srv.wait_for_disconnect()
+        assert ('NOOP', 0, 1) in seen and ('NOOP', 1, 0) in seen
+        srv.reset()
+        assert srv.commands == [] and srv.connection_count == 0
+
+
+def test_scripted_trickle_hang_and_stop_are_bounded() -> None:
+    script = Script(greeting=Trickle(smtp_reply(220, 'slow'), interval=0.05), replies={'NOOP': HANG})
+    srv = ScriptedSMTPServer(script)
+    srv.start()
+    try:
+        client = RawClient(srv)
+        started = time.monotonic()
+        assert client.read_until(b'220 slow\r\n') == b'220 slow\r\n'
+        assert time.monotonic() - started >= 0.05 * 9
+        client.send(b'NOOP\r\nNOOP\r\n')
+        deadline = time.monotonic() + 5
+        while srv.verbs(0) != ['CONNECT', 'NOOP', 'NOOP'] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.verbs(0) == ['CONNECT', 'NOOP', 'NOOP']
+        assert client.read_until(b'\r\n', timeout=0.2) == b'220 slow\r\n'  # hung: no reply
+        slow = RawClient(srv)  # mid-trickle when the server stops
+        started = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - started < 1.5
+        assert not srv.is_running
+        assert client.read_until(b'never', timeout=1) == b'220 slow\r\n'  # EOF
+        client.close()
+        slow.close()
+    finally:
+        srv.stop()
+
+
+def test_scripted_auth_login_continuation_lines() -> None:
+    with ScriptedSMTPServer(Script(extensions=['AUTH LOGIN PLAIN'])) as srv:
+        with smtplib.SMTP(srv.hostname, srv.port, timeout=5) as client:
+            client.ehlo()
+            client.user, client.password = 'user', 'secret'
+            assert client.auth('LOGIN', client.auth_login, initial_response_ok=False)[0] == 235
+        assert srv.wait_for_disconnect()
+        assert srv.verbs() == ['CONNECT', 'EHLO', 'AUTH', 'AUTH_DATA', 'AUTH_DATA', 'QUIT']
+
+
+def test_reply_code() -> None:
+    assert reply_code(b'250-a\r\n250 b\r\n354 x\r\n') == 250
+    assert reply_code(b'250-a\r\n') is None
+    assert reply_code(b'250-a\r\n550 b\r\n') is None
+    assert reply_code(b'') is None
+    assert reply_code(b'250\r\n') == 250
+    assert reply_code(b'hello\r\n') is None
+    assert reply_code(b'250 ok\n') == 250  # bare LF: lenient, as many clients are
+    assert reply_code(b'250 ok') is None  # unfinished

@@ -11,6 +11,15 @@ delayed or turned into dropped connections while it runs::
         ...  # point the code under test at server.settings_for_client()
         assert server.received == []
 
+``ScriptedSMTPServer`` (at the end) is the opposite: a raw server (plain sockets
+and threads) that answers every command with exactly the bytes a test scripts,
+including surplus, missing, out-of-order, trickled or no replies at all::
+
+    script = Script(replies={'DOT': smtp_reply(250, 'Ok') + smtp_reply(250, 'surplus')})
+    with ScriptedSMTPServer(script) as srv:
+        ...
+        assert len(srv.confirmed) == ...
+
 This module needs the test dependencies (aiosmtpd, and cryptography for TLS);
 the rest of the package never imports it.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime
 import email
 import email.message
@@ -31,6 +41,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import (
@@ -45,6 +56,7 @@ from typing import (
     Mapping,
     NoReturn,
     Optional,
+    Sequence,
     Set,
     Tuple,
     Union,
@@ -61,11 +73,27 @@ from aiosmtpd.smtp import (
 )
 
 __all__ = [
+    'CLOSE',
+    'HANG',
+    'SILENT',
+    'Close',
+    'ConnectionState',
     'FaultHook',
     'FaultResult',
+    'Hang',
     'ReceivedMessage',
     'ReplySpec',
+    'Responder',
     'SMTPTestServer',
+    'Script',
+    'ScriptAction',
+    'ScriptedCommand',
+    'ScriptedSMTPServer',
+    'ScriptedTransfer',
+    'Trickle',
+    'ehlo_reply',
+    'reply_code',
+    'smtp_reply',
     'smtp_server_fixture',
 ]
 
@@ -981,3 +1009,723 @@ def smtp_server_fixture(**options: Any) -> Iterator[SMTPTestServer]:
     """
     with SMTPTestServer(**options) as server:
         yield server
+
+
+# =============================================================================================
+# ScriptedSMTPServer: a raw SMTP server whose every reply byte is scripted (stdlib only)
+# =============================================================================================
+#
+# SMTPTestServer above is a well-behaved server with faults injected; this one is the opposite:
+# it speaks just enough SMTP to follow the client (commands, DATA mode with dot-unstuffing, AUTH
+# continuation lines) and sends, for every command, exactly the bytes the test script says:
+# surplus lines, nothing at all, replies that do not fit, a reply trickled one byte at a time,
+# a hang or a hang-up. It records what it received, so a test can tell "the server received
+# the body" from "the client never sent it".
+
+SCRIPTED_VERBS = ('CONNECT', 'EHLO', 'HELO', 'MAIL', 'RCPT', 'DATA', 'DOT', 'RSET', 'QUIT', 'AUTH',
+                  'AUTH_DATA', 'NOOP', 'STARTTLS', 'VRFY')
+"""Verbs a script can answer. ``CONNECT`` is the greeting, ``DOT`` the final ``.`` after the
+data, ``AUTH_DATA`` a line the client sends after a ``334`` challenge; any other command line
+arrives with its first word (upper-cased) as the verb."""
+
+_SCRIPTED_POLL = 0.05  # every blocking socket operation wakes up this often to check for stop()
+_SCRIPTED_WRITE_TIMEOUT = 1.0
+_SCRIPTED_STOP_BUDGET = 1.0
+_SCRIPTED_MAX_LINE = 1 << 20
+
+
+def smtp_reply(code: int, *lines: str) -> bytes:
+    """One reply as raw bytes: ``smtp_reply(250, 'a', 'b') == b'250-a\\r\\n250 b\\r\\n'``.
+
+    Without ``lines`` a generic text is used. Any code (even 0 or 999) is allowed: this is
+    for scripting misbehaving servers.
+    """
+    texts = list(lines) or [_scripted_text(code)]
+    parts = [f'{code:03d}-{text}\r\n' for text in texts[:-1]]
+    parts.append(f'{code:03d} {texts[-1]}\r\n')
+    return ''.join(parts).encode('utf-8')
+
+
+def ehlo_reply(*extensions: str, name: str = 'scripted.test') -> bytes:
+    """The reply to EHLO offering ``extensions`` (e.g. ``'PIPELINING'``, ``'AUTH PLAIN LOGIN'``)."""
+    return smtp_reply(250, name, *extensions)
+
+
+def reply_code(data: bytes) -> Optional[int]:
+    """The code of the first complete reply in ``data``; ``None`` if there is none or it is malformed.
+
+    "Complete" means up to and including its final line (``ddd`` followed by a space or the end
+    of the line); every line of a multi-line reply must carry the same code. Lines may end with
+    CRLF or a bare LF (lenient, as many clients are); an unfinished last line does not count.
+    """
+    code: Optional[int] = None
+    for line in _reply_lines(data):
+        head = line[:3]
+        if len(head) < 3 or not head.isdigit() or line[3:4] not in (b'', b' ', b'-'):
+            return None
+        if code is not None and int(head) != code:
+            return None
+        code = int(head)
+        if line[3:4] != b'-':
+            return code
+    return None
+
+
+def _reply_lines(data: bytes) -> List[bytes]:
+    """The finished lines of ``data`` without their line ends."""
+    pieces = data.split(b'\n')[:-1]  # the last piece is an unfinished line (or empty)
+    return [piece[:-1] if piece.endswith(b'\r') else piece for piece in pieces]
+
+
+def _final_reply_code(data: bytes) -> Optional[int]:
+    """The code of the last final line in ``data`` (decides whether the server enters DATA mode)."""
+    for line in reversed(_reply_lines(data)):
+        head = line[:3]
+        if len(head) == 3 and head.isdigit() and line[3:4] in (b'', b' '):
+            return int(head)
+    return None
+
+
+def _scripted_text(code: int) -> str:
+    if code == 354:
+        return 'End data with <CR><LF>.<CR><LF>'
+    if 200 <= code < 300:
+        return '2.0.0 Ok'
+    if 400 <= code < 500:
+        return '4.0.0 Try again later (scripted)'
+    if 500 <= code < 600:
+        return '5.0.0 Refused (scripted)'
+    return 'Scripted reply'
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Send ``data`` one byte at a time, waiting ``interval`` seconds before each byte."""
+
+    data: Union[int, str, bytes]
+    interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Send ``data`` (may be empty), then never reply again on this connection.
+
+    The connection stays open (until the client closes it, it is idle for ``idle_timeout`` or
+    the server stops); what the client sends is still read and recorded, and a ``354`` in
+    ``data`` still switches to DATA mode, so ``Hang(b'354 go\\r\\n')`` to DATA receives the
+    message and then never answers the final dot.
+    """
+
+    data: Union[int, str, bytes] = b''
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send ``data`` (may be empty), then close the connection."""
+
+    data: Union[int, str, bytes] = b''
+
+
+HANG = Hang()
+CLOSE = Close()
+SILENT = b''
+"""Send nothing in reply to this command (a missing reply); the dialog goes on."""
+
+ScriptAction = Union[None, int, str, bytes, Trickle, Hang, Close]
+"""What to do for one command. ``None``: the script's next rule or the default reply;
+an ``int``: that code with a generic text; ``str``/``bytes``: exactly these bytes (``str`` is
+UTF-8 encoded, nothing is appended, so several lines, partial lines or ``b''`` are possible);
+:class:`Trickle`, :class:`Hang`, :class:`Close`."""
+
+
+@dataclass
+class ConnectionState:
+    """What one connection has seen so far; passed to a responder (which may keep its own data in ``user``)."""
+
+    connection: int
+    """0-based index of this connection since the server started (or was reset)."""
+    occurrence: int = 0
+    """0-based index of the current command among the commands with the same verb on this connection."""
+    history: List[str] = field(default_factory=list)
+    """Verbs received on this connection, the current one included (``CONNECT`` first)."""
+    counts: Dict[str, int] = field(default_factory=dict)
+    mail_from: Optional[str] = None
+    rcpt_tos: List[str] = field(default_factory=list)
+    accepted_rcpts: List[str] = field(default_factory=list)
+    """Recipients of the current transaction whose RCPT the server answered with 2xx."""
+    in_data: bool = False
+    hung: bool = False
+    expect_auth_data: bool = False
+    auth_arg: str = ''
+    """The argument of the last AUTH command (mechanism and initial response)."""
+    auth_lines: int = 0
+    """AUTH_DATA lines received since that AUTH command (the current one included)."""
+    messages: int = 0
+    """Messages whose data was received completely on this connection."""
+    user: Dict[str, Any] = field(default_factory=dict)
+
+    def count(self, verb: str) -> int:
+        """How many commands with ``verb`` arrived on this connection (the current one included)."""
+        return self.counts.get(verb.upper(), 0)
+
+
+Responder = Callable[[str, str, ConnectionState], ScriptAction]
+"""``responder(verb, arg, state) -> action``; returning ``None`` falls back to the script's rules."""
+
+
+@dataclass
+class Script:
+    """How one connection behaves.
+
+    For each command the server asks, in order: the ``responder`` (if any); ``replies[verb]``
+    (a single action for every occurrence, or a list/tuple used one per occurrence on the
+    connection, falling back to the default once exhausted); for ``CONNECT`` the ``greeting``;
+    then the default reply (a well-behaved server offering ``extensions``).
+    """
+
+    replies: Mapping[str, Any] = field(default_factory=dict)
+    greeting: ScriptAction = None
+    extensions: Sequence[str] = ('PIPELINING', '8BITMIME', 'SMTPUTF8')
+    responder: Optional[Responder] = None
+    name: str = 'scripted.test'
+
+    def __post_init__(self) -> None:
+        # verbs are matched upper-case ('data' would otherwise be silently ignored)
+        self.replies = {str(verb).upper(): rule for verb, rule in self.replies.items()}
+
+    def default_action(self, verb: str, arg: str, state: ConnectionState) -> ScriptAction:
+        if verb == 'CONNECT':
+            return smtp_reply(220, f'{self.name} ESMTP scripted')
+        if verb == 'EHLO':
+            return ehlo_reply(*self.extensions, name=self.name)
+        if verb == 'HELO':
+            return smtp_reply(250, self.name)
+        if verb == 'MAIL':
+            return smtp_reply(250, '2.1.0 Ok')
+        if verb == 'RCPT':
+            return smtp_reply(250, '2.1.5 Ok')
+        if verb == 'DATA':
+            return smtp_reply(354, 'End data with <CR><LF>.<CR><LF>')
+        if verb == 'DOT':
+            return smtp_reply(250, f'2.0.0 Ok: queued as S{state.connection}M{state.messages}')
+        if verb in ('RSET', 'NOOP'):
+            return smtp_reply(250, '2.0.0 Ok')
+        if verb == 'QUIT':
+            return Close(smtp_reply(221, '2.0.0 Bye'))
+        if verb == 'STARTTLS':
+            return smtp_reply(454, '4.7.0 TLS not available (scripted server)')
+        if verb == 'VRFY':
+            return smtp_reply(252, '2.0.0 Cannot VRFY user')
+        if verb == 'AUTH':
+            words = arg.split()
+            mechanism = words[0].upper() if words else ''
+            if mechanism == 'LOGIN':
+                return smtp_reply(334, 'VXNlcm5hbWU6' if len(words) == 1 else 'UGFzc3dvcmQ6')
+            if mechanism == 'PLAIN' and len(words) == 1:
+                return b'334 \r\n'
+            return smtp_reply(235, '2.7.0 Authentication successful')
+        if verb == 'AUTH_DATA':
+            words = state.auth_arg.split()
+            if words and words[0].upper() == 'LOGIN' and len(words) == 1 and state.auth_lines == 1:
+                return smtp_reply(334, 'UGFzc3dvcmQ6')  # got the user name, now the password
+            return smtp_reply(235, '2.7.0 Authentication successful')
+        return smtp_reply(500, '5.5.2 Error: command not recognized')
+
+    def action_for(self, verb: str, arg: str, state: ConnectionState) -> ScriptAction:
+        if self.responder is not None:
+            action = self.responder(verb, arg, state)
+            if action is not None:
+                return action
+        if verb in self.replies:
+            rule = self.replies[verb]
+            if isinstance(rule, (list, tuple)):
+                if state.occurrence < len(rule) and rule[state.occurrence] is not None:
+                    return rule[state.occurrence]
+            elif rule is not None:
+                return rule
+        if verb == 'CONNECT' and self.greeting is not None:
+            return self.greeting
+        return self.default_action(verb, arg, state)
+
+
+def _action_bytes(value: Union[int, str, bytes]) -> bytes:
+    if isinstance(value, bool):
+        raise TypeError('a reply must be an int code, str or bytes, not a bool')
+    if isinstance(value, int):
+        return smtp_reply(value)
+    if isinstance(value, str):
+        return value.encode('utf-8')
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f'a reply must be an int code, str or bytes, not {value!r}')
+
+
+def _envelope_path(arg: str) -> str:
+    """``'FROM:<a@b> SIZE=1'`` -> ``'a@b'`` (the text between the first ``<`` and the next ``>``)."""
+    start = arg.find('<')
+    end = arg.find('>', start + 1)
+    if start >= 0 and end > start:
+        return arg[start + 1:end]
+    _, _, rest = arg.partition(':')
+    return rest.strip().split(' ')[0] if rest else arg.strip()
+
+
+@dataclass
+class ScriptedCommand:
+    """One command line received (or the greeting, verb ``CONNECT``, or the final dot, verb ``DOT``)."""
+
+    connection: int
+    verb: str
+    arg: str
+    line: bytes
+    """The raw line as received, CRLF included (empty for ``CONNECT``)."""
+    reply: bytes = b''
+    """The bytes the server wrote in reply (so far, for a trickled reply)."""
+
+
+@dataclass
+class ScriptedTransfer:
+    """One DATA command and what followed it."""
+
+    connection: int
+    mail_from: Optional[str]
+    rcpt_tos: List[str]
+    """Every RCPT of the transaction, whatever the server answered."""
+    accepted_rcpts: List[str]
+    """The recipients whose RCPT the server answered with a 2xx reply."""
+    data_reply: bytes
+    """What the server sent in reply to DATA."""
+    data_mode: bool
+    """True if that reply ended with a 354 line, so the server read the data that followed."""
+    data: bytes
+    """The data received (dot-unstuffed, CRLFs as sent), up to but excluding the final dot."""
+    complete: bool
+    """True if the final dot arrived; False if the client never sent data or the connection ended mid-data."""
+    dot_reply: bytes
+    """What the server sent in reply to the final dot (``b''`` if nothing)."""
+
+    @property
+    def dot_code(self) -> Optional[int]:
+        return reply_code(self.dot_reply)
+
+    @property
+    def confirmed(self) -> bool:
+        """The server received the whole message and answered the final dot with 250."""
+        return self.complete and self.dot_code == 250
+
+
+class _Transfer:
+    def __init__(self, connection: int, state: ConnectionState, data_command: ScriptedCommand) -> None:
+        self.connection = connection
+        self.mail_from = state.mail_from
+        self.rcpt_tos = list(state.rcpt_tos)
+        self.accepted_rcpts = list(state.accepted_rcpts)
+        self.data_command = data_command
+        self.data_mode = False
+        self.data = bytearray()
+        self.complete = False
+        self.dot_command: Optional[ScriptedCommand] = None
+
+    def snapshot(self) -> ScriptedTransfer:
+        return ScriptedTransfer(
+            connection=self.connection, mail_from=self.mail_from, rcpt_tos=list(self.rcpt_tos),
+            accepted_rcpts=list(self.accepted_rcpts), data_reply=self.data_command.reply,
+            data_mode=self.data_mode, data=bytes(self.data), complete=self.complete,
+            dot_reply=self.dot_command.reply if self.dot_command is not None else b'',
+        )
+
+
+class _ScriptedConnection:
+    def __init__(self, index: int, sock: socket.socket, script: Script) -> None:
+        self.index = index
+        self.sock = sock
+        self.script = script
+        self.state = ConnectionState(connection=index)
+        self.buffer = bytearray()
+        self.abort = threading.Event()
+        self.transfer: Optional[_Transfer] = None
+        self.thread: Optional[threading.Thread] = None
+
+
+class _ConnectionEnded(Exception):
+    pass
+
+
+ScriptSpec = Union[None, Script, Sequence[Script], Responder]
+"""A :class:`Script` for every connection, a list (connection ``i`` uses ``scripts[i]``, the
+last one for all later connections) or a bare responder callable."""
+
+
+class ScriptedSMTPServer:
+    """A raw SMTP server on 127.0.0.1 that answers exactly as scripted; see :class:`Script`.
+
+    ::
+
+        script = Script(replies={'DATA': smtp_reply(250, 'Ok')}, extensions=['PIPELINING'])
+        with ScriptedSMTPServer(script) as srv:
+            result = SMTPMailer(srv.hostname, srv.port, tls='none', timeout=1).send(...)
+            srv.wait_for_disconnect()
+            assert srv.messages == []          # no complete data arrived
+            assert srv.verbs() == ['CONNECT', 'EHLO', 'MAIL', 'RCPT', 'DATA', ...]
+
+    Each connection is served by its own thread, reading lines one by one from a buffer (so
+    pipelined commands are answered one by one, in order). Every socket operation has a
+    timeout; :meth:`stop` closes everything within about a second. A connection with no
+    input for ``idle_timeout`` seconds is closed.
+    """
+
+    def __init__(self, script: ScriptSpec = None, *, hostname: str = '127.0.0.1', port: int = 0,
+                 idle_timeout: float = 10.0) -> None:
+        self._hostname = hostname
+        self._port = port
+        self.idle_timeout = idle_timeout
+        self._scripts = self._normalise(script)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._listener: Optional[socket.socket] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self._connections: List[_ScriptedConnection] = []
+        self._commands: List[ScriptedCommand] = []
+        self._transfers: List[_Transfer] = []
+        self._connection_count = 0
+        self.errors: List[str] = []
+        """Unexpected exceptions in the server threads (a responder that raised, ...)."""
+
+    @staticmethod
+    def _normalise(script: ScriptSpec) -> List[Script]:
+        if script is None:
+            return [Script()]
+        if isinstance(script, Script):
+            return [script]
+        if callable(script):
+            return [Script(responder=script)]
+        scripts = list(script)
+        if not scripts or not all(isinstance(s, Script) for s in scripts):
+            raise TypeError('script must be a Script, a non-empty sequence of Scripts or a responder callable')
+        return scripts
+
+    def __repr__(self) -> str:
+        return f'<ScriptedSMTPServer {self._hostname}:{self._port} running={self.is_running}>'
+
+    def __enter__(self) -> ScriptedSMTPServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ----- life cycle --------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._listener is not None
+
+    def start(self) -> None:
+        if self._listener is not None:
+            return
+        self._stopping.clear()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self._hostname, self._port))
+            listener.listen(32)
+            listener.settimeout(_SCRIPTED_POLL)
+        except BaseException:
+            listener.close()
+            raise
+        self._port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                  name=f'ScriptedSMTPServer-{self._port}', daemon=True)
+        self._accept_thread = thread
+        thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and close every connection (within about a second); idempotent."""
+        listener, accept_thread = self._listener, self._accept_thread
+        if listener is None:
+            return
+        self._listener = self._accept_thread = None
+        self._stopping.set()
+        deadline = time.monotonic() + _SCRIPTED_STOP_BUDGET
+        if accept_thread is not None:
+            accept_thread.join(max(0.0, deadline - time.monotonic()))
+        listener.close()
+        self.drop_connections(wait=max(0.0, deadline - time.monotonic()))
+
+    def drop_connections(self, wait: float = 1.0) -> None:
+        """Close every open connection (the server keeps listening); wait up to ``wait`` s for their threads."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.abort.set()
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        for conn in connections:
+            if conn.thread is not None:
+                conn.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def reset(self, script: ScriptSpec = None) -> None:
+        """Drop open connections, forget everything recorded, restart connection numbering at 0.
+
+        With ``script``, later connections follow that script instead.
+        """
+        self.drop_connections()
+        with self._lock:
+            if script is not None:
+                self._scripts = self._normalise(script)
+            self._commands.clear()
+            self._transfers.clear()
+            self._connection_count = 0
+            self.errors.clear()
+
+    def set_script(self, script: ScriptSpec) -> None:
+        """Use ``script`` for connections accepted from now on."""
+        scripts = self._normalise(script)
+        with self._lock:
+            self._scripts = scripts
+
+    def wait_for_disconnect(self, timeout: float = 2.0) -> bool:
+        """Wait until no connection is open (the client hung up); False if one is still open after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._connections, timeout)
+
+    # ----- connection details ------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        return self._hostname
+
+    @property
+    def port(self) -> int:
+        """The listening port (0 before the first :meth:`start` when none was given)."""
+        return self._port
+
+    def settings_for_client(self) -> Dict[str, str]:
+        return {'smtp_hostname': self._hostname, 'smtp_port': str(self._port), 'smtp_tls': 'none'}
+
+    # ----- observations ------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        """Connections accepted since the start (or the last :meth:`reset`)."""
+        with self._lock:
+            return self._connection_count
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    @property
+    def commands(self) -> List[ScriptedCommand]:
+        """Every command received (``CONNECT`` for each greeting, ``DOT`` for each final dot), in order."""
+        with self._lock:
+            return [dataclasses.replace(command) for command in self._commands]
+
+    def verbs(self, connection: Optional[int] = None) -> List[str]:
+        """The verbs of :attr:`commands` (of one connection if given)."""
+        return [c.verb for c in self.commands if connection is None or c.connection == connection]
+
+    @property
+    def transfers(self) -> List[ScriptedTransfer]:
+        """One entry per DATA command received, whatever the server answered."""
+        with self._lock:
+            return [transfer.snapshot() for transfer in self._transfers]
+
+    @property
+    def messages(self) -> List[ScriptedTransfer]:
+        """The transfers whose data arrived completely (final dot received), whatever the reply to the dot."""
+        return [transfer for transfer in self.transfers if transfer.complete]
+
+    @property
+    def confirmed(self) -> List[ScriptedTransfer]:
+        """The messages the server received and answered with 250 to the final dot."""
+        return [transfer for transfer in self.transfers if transfer.confirmed]
+
+    # ----- server threads ----------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(_SCRIPTED_POLL)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    sock.close()
+                    return
+                index = self._connection_count
+                self._connection_count += 1
+                scripts = self._scripts
+                conn = _ScriptedConnection(index, sock, scripts[min(index, len(scripts) - 1)])
+                self._connections.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,),
+                                      name=f'ScriptedSMTPServer-{self._port}-conn{index}', daemon=True)
+            conn.thread = thread
+            thread.start()
+
+    def _serve(self, conn: _ScriptedConnection) -> None:
+        try:
+            conn.sock.settimeout(_SCRIPTED_POLL)
+            if self._command(conn, 'CONNECT', '', b''):
+                while True:
+                    line = self._read_line(conn)
+                    if line is None or not self._handle_line(conn, line):
+                        break
+        except (_ConnectionEnded, OSError):
+            pass
+        except Exception as exc:  # a responder that raised: visible to the test, never a hang
+            log.exception('ScriptedSMTPServer: connection %d failed', conn.index)
+            with self._lock:
+                self.errors.append(f'connection {conn.index}: {type(exc).__name__}: {exc}')
+        finally:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+            with self._idle:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+                self._idle.notify_all()
+
+    def _read_line(self, conn: _ScriptedConnection) -> Optional[bytes]:
+        buffer = conn.buffer
+        idle_deadline = time.monotonic() + self.idle_timeout
+        while True:
+            end = buffer.find(b'\n')
+            if end >= 0:
+                line = bytes(buffer[:end + 1])
+                del buffer[:end + 1]
+                return line
+            if len(buffer) > _SCRIPTED_MAX_LINE:
+                line = bytes(buffer)
+                buffer.clear()
+                return line
+            if conn.abort.is_set() or self._stopping.is_set():
+                return None
+            try:
+                chunk = conn.sock.recv(65536)
+            except socket.timeout:
+                if time.monotonic() > idle_deadline:
+                    return None
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                # EOF: a partial line left over is part of the data (mid-DATA hang-up) or dropped
+                if buffer and conn.state.in_data and conn.transfer is not None:
+                    with self._lock:
+                        conn.transfer.data += buffer
+                buffer.clear()
+                return None
+            buffer += chunk
+            idle_deadline = time.monotonic() + self.idle_timeout
+
+    def _handle_line(self, conn: _ScriptedConnection, line: bytes) -> bool:
+        state = conn.state
+        if state.in_data:
+            transfer = conn.transfer
+            assert transfer is not None
+            if line == b'.\r\n':
+                state.in_data = False
+                with self._lock:
+                    transfer.complete = True
+                state.messages += 1
+                return self._command(conn, 'DOT', '', line)
+            with self._lock:
+                transfer.data += line[1:] if line.startswith(b'.') else line
+            return True
+        text = line.rstrip(b'\r\n').decode('utf-8', 'replace')
+        if state.expect_auth_data:
+            return self._command(conn, 'AUTH_DATA', text, line)
+        verb, _, arg = text.partition(' ')
+        return self._command(conn, verb.upper(), arg.rstrip(), line)
+
+    def _command(self, conn: _ScriptedConnection, verb: str, arg: str, line: bytes) -> bool:
+        """Record one command, reply as scripted; False when the connection is to be closed."""
+        state = conn.state
+        state.occurrence = state.counts.get(verb, 0)
+        state.counts[verb] = state.occurrence + 1
+        state.history.append(verb)
+        record = ScriptedCommand(conn.index, verb, arg, line)
+        transfer: Optional[_Transfer] = None
+        with self._lock:
+            self._commands.append(record)
+            if verb == 'DATA':
+                transfer = _Transfer(conn.index, state, record)
+                self._transfers.append(transfer)
+            elif verb == 'DOT' and conn.transfer is not None:
+                conn.transfer.dot_command = record
+        if verb == 'MAIL':
+            state.mail_from = _envelope_path(arg)
+            state.rcpt_tos, state.accepted_rcpts = [], []
+        elif verb == 'RCPT':
+            state.rcpt_tos.append(_envelope_path(arg))
+        elif verb in ('RSET', 'EHLO', 'HELO', 'DOT'):
+            state.mail_from, state.rcpt_tos, state.accepted_rcpts = None, [], []
+        elif verb == 'AUTH':
+            state.auth_arg, state.auth_lines = arg, 0
+        elif verb == 'AUTH_DATA':
+            state.auth_lines += 1
+        if verb != 'AUTH_DATA':
+            state.expect_auth_data = False
+        if state.hung:
+            return True
+        action = conn.script.action_for(verb, arg, state)
+        keep_open = self._perform(conn, action, record)
+        sent = record.reply
+        if verb == 'RCPT':
+            code = reply_code(sent)
+            if code is not None and 200 <= code < 300:
+                state.accepted_rcpts.append(_envelope_path(arg))
+        elif verb == 'DATA' and transfer is not None:
+            conn.transfer = transfer
+            if _final_reply_code(sent) == 354:
+                with self._lock:
+                    transfer.data_mode = True
+                state.in_data = True
+        elif verb in ('AUTH', 'AUTH_DATA'):
+            state.expect_auth_data = _final_reply_code(sent) == 334
+        return keep_open
+
+    def _perform(self, conn: _ScriptedConnection, action: ScriptAction, record: ScriptedCommand) -> bool:
+        if action is None:  # pragma: no cover - action_for always ends with a default
+            return True
+        if isinstance(action, Trickle):
+            data = _action_bytes(action.data)
+            for index in range(len(data)):
+                if conn.abort.wait(action.interval) or self._stopping.is_set():
+                    raise _ConnectionEnded()
+                self._write(conn, record, data[index:index + 1])
+            return True
+        if isinstance(action, Hang):
+            self._write(conn, record, _action_bytes(action.data))
+            conn.state.hung = True
+            return True
+        if isinstance(action, Close):
+            self._write(conn, record, _action_bytes(action.data))
+            return False
+        self._write(conn, record, _action_bytes(action))
+        return True
+
+    def _write(self, conn: _ScriptedConnection, record: ScriptedCommand, data: bytes) -> None:
+        if not data:
+            return
+        # recorded before it is written: once the client has read it, the record is there
+        with self._lock:
+            record.reply += data
+        conn.sock.settimeout(_SCRIPTED_WRITE_TIMEOUT)
+        try:
+            conn.sock.sendall(data)
+        finally:
+            conn.sock.settimeout(_SCRIPTED_POLL)
