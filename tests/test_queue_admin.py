@@ -30,7 +30,7 @@ from schwarz.mailqueue.queue.admin import (
     UnknownID,
     abbrev_length,
 )
-from schwarz.mailqueue.queue.backend import QueuedMessage
+from schwarz.mailqueue.queue.contract import QueuedMessage
 from schwarz.mailqueue.queue.format import (
     FAILED_REASON,
     HOLD_REASON,
@@ -107,8 +107,8 @@ def populate(path: str, now: Optional[datetime] = None) -> Populated:
     corrupt = 'c0ffee000000.1700000000'
     with open(os.path.join(queue.path, 'new', corrupt), 'wb') as fp:
         fp.write(b'this is not a queue file\r\n')
-    claimed = queue.enqueue(message('claimed'), 'sender@example.org', ['rcpt@example.org'], claimed=True,
-                            queue_date=now - timedelta(minutes=10))
+    claimed = queue.enqueue_claimed(message('claimed'), 'sender@example.org', ['rcpt@example.org'],
+                                    queue_date=now - timedelta(minutes=10))
     assert isinstance(claimed, QueuedMessage)
     tags[claimed.msg_id] = 'claimed'
     return Populated(queue, fresh, deferred, held, failed, stale, corrupt, claimed, tags)

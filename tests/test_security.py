@@ -239,7 +239,7 @@ def test_queue_files_0600_and_directories_0700_under_umask_0(tmp_path: Path, smt
         queue_dir = tmp_path / 'spool' / 'mail' / 'q'  # two missing parents as well
         queue = MaildirQueue(str(queue_dir))
         waiting = str(queue.enqueue(MSG, 'a@x', ['b@x']))
-        claimed = queue.enqueue(MSG, 'a@x', ['c@x'], claimed=True)
+        claimed = queue.enqueue_claimed(MSG, 'a@x', ['c@x'])
         queue.store_failed(MSG, 'a@x', ['d@x'], '550 no such user')
         msg = queue.claim(waiting)
         assert msg is not None

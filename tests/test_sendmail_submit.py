@@ -8,7 +8,8 @@ import pytest
 
 from schwarz.mailqueue.aliases import AliasesError, UnresolvableRecipientError
 from schwarz.mailqueue.config import Settings, settings_from_mapping
-from schwarz.mailqueue.queue.maildir import MaildirBackend, MaildirQueue
+from schwarz.mailqueue.queue.maildir import MaildirQueue
+from schwarz.mailqueue.queue.transport import QueueTransport
 from schwarz.mailqueue.smtp.transport import SMTPMailer
 from schwarz.mailqueue.submit import (
     STATUS_OK,
@@ -32,7 +33,7 @@ def test_chain_is_smtp_then_queue_only_with_queue_dir(smtp_server: SMTPTestServe
     [smtp] = build_transports(settings_for(smtp_server))
     assert isinstance(smtp, SMTPMailer) and smtp.port == smtp_server.port
     smtp, queue = build_transports(settings_for(smtp_server, queue_dir=str(tmp_path / 'q')))
-    assert isinstance(smtp, SMTPMailer) and isinstance(queue, MaildirBackend)
+    assert isinstance(smtp, SMTPMailer) and isinstance(queue, QueueTransport) and queue.store.kind == 'maildir'
     assert len(build_transports(settings_for(smtp_server, queue_dir=str(tmp_path / 'q')), queue=False)) == 1
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     'DebugMailer',
+    'MailQueueError',
     'MaildirBackend',
     'MessageHandler',
     'MQAction',
@@ -22,6 +23,7 @@ __all__ = [
     'guess_config_path',
     'init_app',
     'init_smtp_mailer',
+    'open_queue',
     'parse_message_envelope',
     'registry',
     'send_all_queued_messages',
@@ -30,17 +32,19 @@ __all__ = [
 
 _WHERE = {
     'DebugMailer': 'handler',
-    'MaildirBackend': 'queue.maildir',
+    'MailQueueError': 'errors',
+    'MaildirBackend': 'queue.transport',
     'MessageHandler': 'handler',
     'MQAction': 'plugins',
     'MQSignal': 'plugins',
     'SendResult': 'result',
     'SMTPMailer': 'smtp.transport',
     'TLSMode': 'smtp.client',
-    'enqueue_message': 'queue.maildir',
+    'enqueue_message': 'queue.transport',
+    'open_queue': 'queue.locations',
     'guess_config_path': 'config',
     'init_app': 'app',
-    'init_smtp_mailer': 'config',
+    'init_smtp_mailer': 'bootstrap',
     'parse_message_envelope': 'queue.format',
     'registry': 'plugins',
     'send_all_queued_messages': 'runner',
@@ -62,11 +66,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import init_app
-    from .config import guess_config_path, init_smtp_mailer
+    from .bootstrap import init_smtp_mailer
+    from .config import guess_config_path
+    from .errors import MailQueueError
     from .handler import DebugMailer, MessageHandler
     from .plugins import MQAction, MQSignal, registry
     from .queue.format import parse_message_envelope, serialize_message_with_queue_data
-    from .queue.maildir import MaildirBackend, enqueue_message
+    from .queue.locations import open_queue
+    from .queue.transport import MaildirBackend, enqueue_message
     from .result import SendResult
     from .runner import send_all_queued_messages
     from .smtp.client import TLSMode

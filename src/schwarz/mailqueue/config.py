@@ -90,6 +90,19 @@ def _absolute_path(value: str) -> str:
     return path
 
 
+def _queue_location(value: str) -> str:
+    """A path (absolute) or a store URL (``maildir:///path``, ``postgresql://...``)."""
+    from .queue.locations import known_schemes, split_location
+
+    scheme, rest = split_location(value.strip())
+    if scheme not in known_schemes():
+        raise ValueError(f'unknown queue location scheme {scheme!r} (known: {", ".join(known_schemes())}, '
+                         f'or an absolute path)')
+    if scheme == 'maildir':
+        _absolute_path(rest)
+    return value.strip()
+
+
 def _log_format(value: str) -> str:
     text = value.strip().lower()
     if text not in ('logfmt', 'json'):
@@ -110,6 +123,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'smtp_timeout': ('smtp_timeout', limits.TIMEOUT),
     'smtp_rate_limit': ('smtp_rate_limit', limits.RATE_LIMIT),
     'queue_dir': ('queue_dir', _absolute_path),
+    'queue_url': ('queue_url', _queue_location),
     'from': ('from_addr', _address),
     'logging_config': ('logging_config', _str),
     'logging_conf': ('logging_config', _str),
@@ -147,6 +161,7 @@ class Settings:
     smtp_timeout: float = 10.0
     smtp_rate_limit: Optional[float] = None
     queue_dir: Optional[str] = None
+    queue_url: Optional[str] = None
     from_addr: Optional[str] = None
     logging_config: Optional[str] = None
     log_format: str = 'logfmt'
@@ -341,24 +356,7 @@ def check_ca_file(settings: Settings) -> None:
 
 
 def init_smtp_mailer(settings: Any, smtp_log: Any = None) -> Any:
-    """Build an ``SMTPMailer`` from a settings dict (``smtp_*`` keys) or ``Settings``."""
-    from .smtp.transport import SMTPMailer
+    """1.x location of ``bootstrap.init_smtp_mailer`` (objects are built there; this module only parses)."""
+    from .bootstrap import init_smtp_mailer as build
 
-    if not isinstance(settings, Settings):
-        values = dict(settings or {})
-        for key in values:
-            if key.startswith('smtp_') and key not in KNOWN_KEYS:
-                raise ConfigError('unknown key', None, key)
-        settings = settings_from_mapping(values, strict=False)
-    check_ca_file(settings)
-    return SMTPMailer(
-        hostname=settings.smtp_hostname or 'localhost',
-        port=settings.smtp_port or 25,
-        tls=settings.smtp_tls,
-        tls_verify=settings.smtp_tls_verify,
-        username=settings.smtp_username,
-        password=settings.password() if settings.smtp_username else None,
-        timeout=settings.smtp_timeout,
-        smtp_log=smtp_log,
-        cafile=settings.smtp_ca_file,
-    )
+    return build(settings, smtp_log)

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 from .handler import MessageHandler
-from .queue.maildir import MaildirBackend
+from .queue.transport import MaildirBackend
 from .runner import send_all_queued_messages
 from .smtp.transport import SMTPMailer
 from .testutils import SMTPTestServer

@@ -24,11 +24,11 @@ from .queue.schedule import RetryPolicy, format_duration
 from .result import Reply, SendResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .queue.backend import QueuedMessage
+    from .queue.contract import QueuedMessage
 
 # The queue modules are imported only when a queue is involved: mq-sendmail delivering straight
 # to the smarthost should not pay for them at start-up.
-_BACKEND_MODULE = 'schwarz.mailqueue.queue.backend'
+_CONTRACT_MODULE = 'schwarz.mailqueue.queue.contract'
 
 __all__ = ['DebugMailer', 'MessageHandler', 'MessageInfo']
 
@@ -94,9 +94,9 @@ def _is_queue(transport: Any) -> bool:
 
 
 def _as_queued_message(msg: Any) -> Optional[QueuedMessage]:
-    backend = sys.modules.get(_BACKEND_MODULE)
+    contract = sys.modules.get(_CONTRACT_MODULE)
     # if the module was never imported, nothing can be a QueuedMessage
-    if backend is not None and isinstance(msg, backend.QueuedMessage):
+    if contract is not None and isinstance(msg, contract.QueuedMessage):
         return msg
     return None
 
@@ -167,14 +167,14 @@ class MessageHandler:
         """QueuedMessage if ``msg`` is (or can be claimed as) a queued message; False if it cannot be."""
         queued = _as_queued_message(msg)
         if queued is not None:
-            return queued if queued.is_claimed else queued.backend.claim(queued.msg_id) or False
-        queue = getattr(msg, 'queue', None)
-        if isinstance(msg, str) and queue is not None:
-            from .queue.format import QueueFileError
+            return queued if queued.is_claimed else queued.store.claim(queued.msg_id) or False
+        contract = sys.modules.get(_CONTRACT_MODULE)
+        if contract is not None and isinstance(msg, contract.QueuedId):
+            from .errors import CorruptMessage
 
             try:
-                return queue.claim(str(msg)) or False
-            except QueueFileError:
+                return msg.store.claim(str(msg)) or False
+            except CorruptMessage:
                 return False
         return None
 
@@ -226,7 +226,7 @@ class MessageHandler:
                 logging.getLogger('mailqueue').exception('unexpected error in the %s transport', name)
                 outcome = _all_deferred(name, pending, Reply(451, f'internal error in the {name} transport: '
                                                                   f'{type(exc).__name__}'))
-            via = f'{name}:{outcome.host}' if outcome.host and name != 'maildir' else name
+            via = f'{name}:{outcome.host}' if outcome.host and not _is_queue(transport) else name
             result.transport = outcome.transport or name
             result.host = outcome.host
             if outcome.smtp_response is not None:
@@ -273,10 +273,12 @@ class MessageHandler:
         if result.refused:
             queue = self._queue_transport()
             if queue is not None:
+                from .errors import MailQueueError
+
                 try:
-                    queue.queue.store_failed(msg_bytes, from_addr, list(result.refused),
-                                             _reason(result.refused))
-                except OSError as exc:  # QueueWriteError is an OSError
+                    queue.store.store_dead_letter(msg_bytes, from_addr, list(result.refused),
+                                                  _reason(result.refused))
+                except MailQueueError as exc:
                     logging.getLogger('mailqueue').error('could not keep a copy of the refused message: %s', exc)
         info = MessageInfo(from_addr, list(to_addrs), msg_bytes)
         self._fire(info, result)
@@ -304,26 +306,26 @@ class MessageHandler:
                           '(%s); moving it to hold/ so that nobody gets it twice: check it with '
                           '"mq-queue show %s"', msg.msg_id, ','.join(result.accepted), exc, msg.msg_id)
                 try:
-                    msg.backend.move(msg, 'hold')
-                except OSError:
+                    msg.store.move(msg, 'hold')
+                except Exception:
                     log.exception('cannot move %s to hold/ either; it stays claimed until this process '
                                   'ends', msg.msg_id)
             else:
-                msg.backend.release(msg)
+                msg.store.release(msg)
             result.error = f'queue file not updated: {type(exc).__name__}: {exc}'
             result.deferred = {addr: (451, result.error) for addr in to_addrs if addr not in result.accepted}
             return result
 
     def _deliver_and_record(self, msg: QueuedMessage, from_addr: str, to_addrs: List[str],
                             result: SendResult) -> SendResult:
-        backend = msg.backend
+        backend = msg.store
         attempts = msg.retries + 1
         deferred = self._try_transports(msg.msg_bytes, from_addr, to_addrs, skip_queues=True,
                                         attempts=attempts, queue_date=msg.queue_date, result=result)
         result.deferred = deferred
         now = datetime.now(timezone.utc)
         discard = self._fire(msg, result)
-        via = 'maildir'
+        via = backend.kind
         if discard:
             result.discarded = True
             backend.complete(msg)
@@ -342,7 +344,10 @@ class MessageHandler:
                 result.refused.update(deferred)
                 result.deferred = {}
             else:
-                backend.defer(msg, list(deferred), error, now)
+                next_attempt = None
+                if self.retry_policy is not None:
+                    next_attempt = self.retry_policy.next_attempt(now, msg.retries + 1)
+                backend.defer(msg, list(deferred), error, now, next_attempt)
                 result.queued = True
                 result.transport = via
                 result.queue_id = msg.msg_id
@@ -358,8 +363,8 @@ class MessageHandler:
         if deferred and result.refused:
             # the queue file now holds the deferred recipients; keep a dead letter for the refused ones
             try:
-                backend.store_failed(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
-            except OSError as exc:
+                backend.store_dead_letter(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
+            except Exception as exc:  # the delivery is recorded; a missing dead-letter copy must not undo that
                 logging.getLogger('mailqueue').error('could not keep a copy for the refused recipients of %s: '
                                                      '%s', msg.msg_id, exc)
         return result

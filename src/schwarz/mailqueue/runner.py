@@ -16,13 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, List, Optional, TextIO, Union
 
+from .errors import MailQueueError
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
-from .queue.backend import QueueBackend
-from .queue.format import QueueFileError, QueueMeta
-from .queue.maildir import get_queue
+from .queue.contract import NEW, QueuedMessage, QueueStore
+from .queue.locations import open_queue
 from .queue.schedule import RetryPolicy
 
 __all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
@@ -53,11 +53,6 @@ class RunStats:
     @property
     def attempted(self) -> int:
         return self.sent + self.deferred + self.failed + self.discarded
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {name: getattr(self, name) for name in (
-            'seen', 'not_due', 'sent', 'deferred', 'failed', 'discarded', 'skipped', 'corrupt', 'recovered',
-            'aborted')}
 
 
 class _RateLimiter:
@@ -107,7 +102,7 @@ class _Progress:
 class QueueRunner:
     def __init__(
         self,
-        queue: QueueBackend,
+        queue: QueueStore,
         *,
         mailer: Any = None,
         handler: Optional[MessageHandler] = None,
@@ -168,48 +163,8 @@ class QueueRunner:
                 if callable(abort):
                     abort()
 
-    def _wanted(self, meta: QueueMeta, now: datetime) -> bool:
-        """Claim only what is due now, or what must be moved to failed/."""
-        if self.force:
-            return True
-        return self.policy.is_due(meta.last_delivery_attempt, meta.retries, now) or \
-            self.policy.give_up_reason(meta.queue_date, meta.retries, now) is not None
-
-    def process(self, msg_id: str, handler: MessageHandler, stats: RunStats) -> None:
-        now = datetime.now(timezone.utc)
-        not_due = []
-
-        def want(meta: QueueMeta) -> bool:
-            wanted = self._wanted(meta, now)
-            if not wanted:
-                not_due.append(True)
-            return wanted
-
-        try:
-            msg = self.queue.claim(msg_id, want=want)
-        except QueueFileError as exc:
-            stats.add('corrupt')
-            log.error('queue file %s moved to failed/: %s', msg_id, exc)
-            return
-        except OSError as exc:
-            stats.add('skipped')
-            log.error('cannot claim %s: %s', msg_id, exc)
-            return
-        if msg is None:
-            # not due yet; or another runner has it / it is gone
-            stats.add('not_due' if not_due else 'skipped')
-            return
-        try:
-            self._deliver_claimed(msg, handler, stats, now)
-        finally:
-            if msg.is_claimed:
-                # whatever went wrong, the message goes back to new/ unchanged, for the next pass
-                try:
-                    self.queue.release(msg)
-                except OSError as exc:
-                    log.error('cannot release %s (the next pass recovers it): %s', msg_id, exc)
-
-    def _deliver_claimed(self, msg: Any, handler: MessageHandler, stats: RunStats, now: datetime) -> None:
+    def _deliver_claimed(self, msg: QueuedMessage, handler: MessageHandler, stats: RunStats,
+                         now: datetime) -> None:
         give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
         if give_up and not self.force:
             self.queue.fail(msg, give_up)
@@ -248,16 +203,23 @@ class QueueRunner:
 
     # --- one pass ---------------------------------------------------------------------------
 
-    def run_once(self, ids: Optional[Callable[[], Any]] = None) -> RunStats:
+    def run_once(self) -> RunStats:
+        """One pass: claim due messages in batches (the store picks them) until none is left."""
         stats = RunStats()
         self._abort_pass.clear()
         self._conn_failures = 0
         halted = lambda: self.stop_event.is_set() or self._abort_pass.is_set()  # noqa: E731
-        stats.recovered = self.queue.recover_stale()
-        total = sum(1 for _ in self.queue.iter_ids('new')) if self.progress_stream else 0
+        stats.recovered = self.queue.recover()
+        total = self.queue.stats()[NEW].count if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
-        hand_off: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=self.workers * 4)
+        hand_off: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=self.workers)
         handlers = self._handlers = [self._make_handler(i) for i in range(self.workers)]
+
+        def give_back(msg: QueuedMessage) -> None:
+            try:
+                self.queue.release(msg)
+            except MailQueueError as exc:
+                log.error('cannot release %s (the next pass recovers it): %s', msg.msg_id, exc)
 
         def work(handler: MessageHandler) -> None:
             while True:
@@ -265,13 +227,18 @@ class QueueRunner:
                 if item is _STOP:
                     return
                 if halted():
-                    continue  # drain without starting new deliveries
+                    give_back(item)  # drain without starting new deliveries
+                    continue
                 try:
-                    self.process(item, handler, stats)
+                    self._deliver_claimed(item, handler, stats, datetime.now(timezone.utc))
                 except Exception:
                     # A worker must never die: the feeder would wait for it forever.
-                    log.exception('unexpected error with queue entry %s; skipped', item)
+                    log.exception('unexpected error with queue entry %s; skipped', item.msg_id)
                     stats.add('skipped')
+                finally:
+                    if item.is_claimed:
+                        # whatever went wrong, the message goes back unchanged, for the next pass
+                        give_back(item)
                 progress.update(stats)
 
         threads = [threading.Thread(target=work, args=(h,), name=f'mq-worker-{i}', daemon=True)
@@ -279,16 +246,24 @@ class QueueRunner:
         for thread in threads:
             thread.start()
         try:
-            for msg_id in (ids() if ids else self.queue.iter_ids('new')):
-                if halted():
-                    break
-                stats.add('seen')
-                while not halted():
-                    try:
-                        hand_off.put(msg_id, timeout=0.2)
-                        break
-                    except queue_mod.Full:
-                        continue
+            while not halted():
+                batch = self.queue.claim_due(self.workers, now=datetime.now(timezone.utc), policy=self.policy,
+                                             force=self.force)
+                stats.add('not_due', batch.not_due)
+                stats.add('corrupt', batch.corrupt)
+                if not batch:
+                    break  # nothing more is due now
+                for msg in batch:
+                    stats.add('seen')
+                    while True:
+                        if halted():
+                            give_back(msg)
+                            break
+                        try:
+                            hand_off.put(msg, timeout=0.2)
+                            break
+                        except queue_mod.Full:
+                            continue
         finally:
             for _ in threads:
                 hand_off.put(_STOP)
@@ -297,7 +272,6 @@ class QueueRunner:
             if self.handler is None:
                 for handler in handlers:
                     handler.close()
-            self.queue.flush()
         if self._abort_pass.is_set():
             stats.aborted = 'server unreachable; remaining messages stay queued for the next run'
         progress.update(stats, final=True)
@@ -308,22 +282,21 @@ class QueueRunner:
     def run_forever(self, poll_interval: float = 1.0, full_scan_interval: float = 30.0) -> None:
         """Keep delivering until ``stop()``; new messages are picked up within ``poll_interval``."""
         last_full = 0.0
-        last_mtime = -1.0
+        pending_work = True
         while not self.stop_event.is_set():
-            try:
-                mtime = self.queue.changed_marker()
-            except OSError:
-                mtime = -2.0
             now = time.monotonic()
-            if mtime != last_mtime or now - last_full >= full_scan_interval:
-                last_mtime = mtime
+            if pending_work or now - last_full >= full_scan_interval:
                 last_full = now
                 stats = self.run_once()
                 if stats.aborted:
                     self.stop_event.wait(min(full_scan_interval, 30.0))
                     continue
-            self.stop_event.wait(poll_interval)
-
+            try:
+                pending_work = self.queue.wait_for_work(poll_interval)
+            except MailQueueError as exc:
+                log.error('cannot watch the queue: %s', exc)
+                pending_work = False
+                self.stop_event.wait(poll_interval)
 
     def serve(self, shutdown_grace: float = 2.0) -> None:
         """``run_forever`` until SIGTERM or SIGINT; nothing stays claimed.
@@ -344,12 +317,12 @@ class QueueRunner:
                 signal.signal(sig, handler)
 
 
-def send_all_queued_messages(queue_dir: str, mailer: Any = None, plugins: Any = None,
+def send_all_queued_messages(queue_dir: Union[str, QueueStore], mailer: Any = None, plugins: Any = None,
                              mh: Optional[MessageHandler] = None, *, workers: int = 1, force: bool = False,
                              policy: Optional[RetryPolicy] = None, progress: Optional[TextIO] = None,
                              rate_limit: Optional[float] = None) -> RunStats:
-    """One pass over ``queue_dir`` (README/1.0.0 API)."""
-    runner = QueueRunner(get_queue(queue_dir), mailer=mailer, handler=mh, policy=policy, workers=workers,
+    """One pass over the queue at ``queue_dir`` (a path or any location; README/1.0.0 API)."""
+    runner = QueueRunner(open_queue(queue_dir), mailer=mailer, handler=mh, policy=policy, workers=workers,
                          force=force, plugins=plugins, progress=progress, rate_limit=rate_limit)
     return runner.run_once()
 

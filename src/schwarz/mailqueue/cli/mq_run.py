@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import sys
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ..limits import WORKERS
 from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, fail, load_app, print_error, run_main
 from .parsing import ArgumentParser, bounded
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import AppContext
 
 __all__ = ['main']
 
@@ -27,14 +28,16 @@ running with --daemon. Any number of mq-run processes may work on one queue.
 
 EPILOG = """\
 exit codes: 0 the pass ran (messages may still be deferred), 64 usage error,
-75 queue directory not accessible, 78 configuration error, 70 internal error.
+75 queue not usable (not writable, unreachable), 78 configuration error, 70 internal error.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog='mq-run', description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('queue_dir', nargs='?', help='queue directory (default: queue_dir from the config)')
+    parser.add_argument('queue_dir', nargs='?', metavar='QUEUE',
+                        help='queue directory or location, e.g. maildir:///var/spool/mq '
+                        '(default: queue_url, else queue_dir from the config)')
     parser.add_argument('-C', '--config', metavar='FILE', help='configuration file '
                         '(default: ~/.mailqueue-runner.conf, then /etc/mailqueue-runner.conf)')
     parser.add_argument('--force', action='store_true', help='ignore the retry schedule: try every message now')
@@ -49,73 +52,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Every directory a pass may write to: a claim renames new/ -> cur/, a deferral rewrites the
-# file through tmp/, dead letters go to failed/, a file that cannot be updated after a partial
-# delivery to hold/.
-_WRITTEN_DIRS = ('new', 'cur', 'tmp', 'failed', 'hold')
+def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, force: bool = False,
+              workers: Optional[int] = None, daemon: bool = False, quiet: bool = False,
+              progress: bool = True) -> int:
+    """One pass (or the daemon) over the configured queue; ``mq-run`` and ``mq-sendmail -q`` both run this."""
+    from ..bootstrap import build_runner, open_store, queue_location
+    from ..config import ConfigError
+    from ..errors import QueueError
+    from ..queue.locations import describe_location
+    from ..runner import terminal_or_none
 
-
-def _why_unwritable(queue_dir: str) -> Optional[str]:
-    """Why this process cannot work on the queue (a read-only mount, another user's 0700 queue), or None.
-
-    Checked before the pass: otherwise every message is one "cannot claim" line and the
-    run still looks successful to cron or systemd.
-    """
-    if not os.path.isdir(queue_dir):  # not a maildir queue (or gone): the store reports its own errors
-        return None
-    for name in _WRITTEN_DIRS:
-        path = os.path.join(queue_dir, name)
-        if os.access(path, os.W_OK | os.X_OK):
-            continue
-        try:
-            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only = False
-        return f'cannot write to {name}/ ({os.strerror(errno.EROFS if read_only else errno.EACCES)})'
-    return None
+    settings = app.settings
+    where = queue_location(settings, location)
+    if not where:
+        fail(f'{settings.path or "configuration"}: queue_dir: not set (give the queue location as argument)',
+             EX_CONFIG)
+    shown = describe_location(where)
+    try:
+        store = open_store(settings, where)
+        store.check()
+        runner = build_runner(settings, store, plugins=app.plugins, workers=workers, force=force,
+                              progress=terminal_or_none() if progress and not (quiet or daemon) else None)
+        if daemon:
+            runner.serve()
+            return EX_OK
+        stats = runner.run_once()
+    except ConfigError as exc:
+        fail(str(exc), EX_CONFIG)
+    except QueueError as exc:  # read-only, permission denied, a symlinked queue directory, I/O errors
+        fail(f'queue {shown}: {getattr(exc, "strerror", None) or exc}; nothing can be delivered', EX_TEMPFAIL)
+    if stats.aborted and not quiet:
+        print_error(prog, stats.aborted)
+    if stats.failed or stats.corrupt:
+        # Dead letters need a human; from cron this line becomes the mail that says so.
+        print_error(prog, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
+                    f'(see: mq-queue list --state failed)')
+    return EX_OK
 
 
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    options = {'verbose': args.verbose, 'quiet': args.quiet}
-    app = load_app(args.config, options)  # the SMTP settings live there, even with a queue_dir argument
+    app = load_app(args.config, {'verbose': args.verbose, 'quiet': args.quiet})
     try:
-        from ..config import ConfigError
-        from ..queue.maildir import QueueWriteError
-        from ..queue_runner import runner_from_settings
-        from ..runner import terminal_or_none
-
-        settings = app.settings
-        queue_dir = args.queue_dir or settings.queue_dir
-        if not queue_dir:
-            fail(f'{settings.path or "configuration"}: queue_dir: not set (give the queue directory as argument)',
-                 EX_CONFIG)
-        show_progress = not (args.quiet or args.no_progress or args.daemon)
-        try:
-            runner = runner_from_settings(settings, queue_dir, plugins=app.plugins, workers=args.workers,
-                                          force=args.force,
-                                          progress=terminal_or_none() if show_progress else None)
-        except QueueWriteError as exc:
-            fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
-        except ConfigError as exc:
-            fail(str(exc), EX_CONFIG)
-        problem = _why_unwritable(queue_dir)
-        if problem:
-            fail(f'queue {queue_dir}: {problem}; nothing can be delivered', EX_TEMPFAIL)
-        try:
-            if args.daemon:
-                runner.serve()
-                return EX_OK
-            stats = runner.run_once()
-        except OSError as exc:  # permission denied, a symlinked queue directory, I/O errors
-            fail(f'queue {queue_dir}: {exc.strerror or exc}', EX_TEMPFAIL)
-        if stats.aborted and not args.quiet:
-            print_error(PROG, stats.aborted)
-        if stats.failed or stats.corrupt:
-            # Dead letters need a human; from cron this line becomes the mail that says so.
-            print_error(PROG, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
-                        f'(see: mq-queue list --state failed)')
-        return EX_OK
+        return run_queue(PROG, app, args.queue_dir, force=args.force, workers=args.workers, daemon=args.daemon,
+                         quiet=args.quiet, progress=not args.no_progress)
     finally:
         app.close()
 

@@ -1,7 +1,13 @@
-"""The queue: file format, retry schedule, backend interface and the maildir store.
+"""The queue: the store contract, the stores, the file format and the retry schedule.
+
+- ``contract``: what every store offers (``QueueStore``), claimed messages, entries;
+- ``locations``: ``open_queue(location)``, from a path or URL to a store;
+- ``maildir`` (embedded default), ``memory`` (tests), ``postgres``: the stores;
+- ``transport``: the queue as a handler transport, ``enqueue_message``;
+- ``format`` (queue file bytes) and ``schedule`` (backoff): pure.
 
 Names are imported on first use (PEP 562): ``config`` needs only the schedule,
-and ``mq-sendmail`` should not pay for the maildir code unless it queues.
+and ``mq-sendmail`` should not pay for a store unless it queues.
 """
 
 from __future__ import annotations
@@ -13,24 +19,29 @@ __all__ = [
     'STATES',
     'MaildirBackend',
     'MaildirQueue',
-    'QueueBackend',
+    'MemoryQueue',
     'QueueEntry',
     'QueueFileError',
     'QueueMeta',
+    'QueueStore',
+    'QueueTransport',
     'QueueWriteError',
     'QueuedMessage',
     'RetryPolicy',
     'enqueue_message',
+    'open_queue',
     'parse_message_envelope',
     'serialize_message_with_queue_data',
 ]
 
 _WHERE = {
-    'STATES': 'backend', 'QueueBackend': 'backend', 'QueueEntry': 'backend', 'QueuedMessage': 'backend',
+    'STATES': 'contract', 'QueueStore': 'contract', 'QueueEntry': 'contract', 'QueuedMessage': 'contract',
     'QueueFileError': 'format', 'QueueMeta': 'format', 'parse_message_envelope': 'format',
     'serialize_message_with_queue_data': 'format',
-    'MaildirBackend': 'maildir', 'MaildirQueue': 'maildir', 'QueueWriteError': 'maildir',
-    'enqueue_message': 'maildir',
+    'MaildirQueue': 'maildir', 'QueueWriteError': 'maildir',
+    'MemoryQueue': 'memory',
+    'open_queue': 'locations',
+    'MaildirBackend': 'transport', 'QueueTransport': 'transport', 'enqueue_message': 'transport',
     'RetryPolicy': 'schedule',
 }
 
@@ -43,7 +54,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backend import STATES, QueueBackend, QueuedMessage, QueueEntry
+    from .contract import STATES, QueuedMessage, QueueEntry, QueueStore
     from .format import QueueFileError, QueueMeta, parse_message_envelope, serialize_message_with_queue_data
-    from .maildir import MaildirBackend, MaildirQueue, QueueWriteError, enqueue_message
+    from .locations import open_queue
+    from .maildir import MaildirQueue, QueueWriteError
+    from .memory import MemoryQueue
     from .schedule import RetryPolicy
+    from .transport import MaildirBackend, QueueTransport, enqueue_message

@@ -29,22 +29,26 @@ import threading
 import time
 import weakref
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
-from ..message import message_bytes_from
-from ..result import SendResult
-from .backend import STATES, QueuedMessage, QueueEntry
+from ..errors import ClaimLost, QueueUnavailable
+from .contract import NEXT_ATTEMPT, STATES, ClaimBatch, QueuedMessage, QueueEntry, StateCount, is_due
 from .format import (
     FAILED_REASON,
     LAST_ERROR,
     QueueFileError,
     QueueMeta,
+    check_envelope,
+    format_date,
     parse_message_envelope,
     parse_queue_bytes,
     serialize_meta,
 )
 
-__all__ = ['MaildirBackend', 'MaildirQueue', 'QueueWriteError', 'enqueue_message']
+if TYPE_CHECKING:  # pragma: no cover
+    from .schedule import RetryPolicy
+
+__all__ = ['MaildirQueue', 'QueueWriteError', 'get_queue']
 
 _SUBDIRS = ('tmp',) + STATES
 _O_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
@@ -52,8 +56,30 @@ _O_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
 _O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)
 
 
-class QueueWriteError(OSError):
-    """The message could not be stored durably; nothing was left behind in the queue."""
+class QueueWriteError(QueueUnavailable, OSError):
+    """The message could not be stored durably; nothing was left behind in the queue.
+
+    Also an ``OSError`` (with ``errno``), as in 1.x.
+    """
+
+
+class _Claim:
+    """What a maildir claim is: the locked file descriptor, and where the message came from."""
+
+    __slots__ = ('fd', 'origin')
+
+    def __init__(self, fd: int, origin: str) -> None:
+        self.fd = fd
+        self.origin = origin
+
+
+def _claim_of(msg: QueuedMessage) -> _Claim:
+    token = msg.token
+    if token is None:
+        raise ClaimLost(f'{msg.msg_id} is no longer claimed (its claim has ended)')
+    if not isinstance(token, _Claim):
+        raise ValueError(f'{msg.msg_id} is not claimed from a maildir queue')
+    return token
 
 
 def _new_id() -> str:
@@ -71,15 +97,20 @@ def _write_all(fd: int, data: bytes) -> None:
 class MaildirQueue:
     """A queue directory. Safe to share between threads and processes."""
 
+    kind = 'maildir'
+
     def __init__(self, path: str, *, create: bool = True, fsync: bool = True,
                  stale_after: Optional[timedelta] = None) -> None:
-        self.path = os.path.abspath(path)
+        self.path = self.location = os.path.abspath(path)
         self.fsync = fsync
         # Only for filesystems whose locks cannot be trusted (some network filesystems).
         self.stale_after = stale_after
         self._dir_fds: Dict[str, int] = {}
         self._dir_lock = threading.Lock()
         self._closer: Optional[_BackgroundCloser] = None
+        # claim_due walks new/ once per pass; the walk survives between calls
+        self._scan: Optional[Iterator[str]] = None
+        self._scan_lock = threading.Lock()
         _all_queues.add(self)
         if create:
             self.ensure_dirs()
@@ -210,22 +241,32 @@ class MaildirQueue:
             _close_quietly(fd)
         return target
 
-    def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *, claimed: bool = False,
-                queue_date: Optional[datetime] = None,
-                extra: Optional[Dict[str, str]] = None) -> QueuedMessage | str:
-        """Store a message durably in new/ (or claimed, in cur/). Returns the id or the claimed message."""
+    def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
+        """Store a message durably in new/; its id."""
         meta = QueueMeta(from_addr=sender or '', to_addrs=list(recipients),
                          queue_date=queue_date or datetime.now(timezone.utc), extra=dict(extra or {}))
         if not meta.to_addrs:
             raise ValueError('cannot queue a message without recipients')
-        content = serialize_meta(meta) + msg_bytes
         msg_id = _new_id()
-        state = 'cur' if claimed else 'new'
-        fd, tmp_path = self._write_tmp(msg_id, content, lock=claimed)
-        path = self._publish(fd, tmp_path, state, msg_id, keep_fd=claimed)
-        if claimed:
-            return QueuedMessage(self, msg_id, meta, msg_bytes, path, fd)
+        fd, tmp_path = self._write_tmp(msg_id, serialize_meta(meta) + msg_bytes, lock=False)
+        self._publish(fd, tmp_path, 'new', msg_id, keep_fd=False)
         return msg_id
+
+    def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
+                        queue_date: Optional[datetime] = None) -> QueuedMessage:
+        """Store durably, locked and in cur/: the caller owns it (conservative sending)."""
+        meta = QueueMeta(from_addr=sender or '', to_addrs=list(recipients),
+                         queue_date=queue_date or datetime.now(timezone.utc))
+        if not meta.to_addrs:
+            raise ValueError('cannot queue a message without recipients')
+        msg_id = _new_id()
+        fd, tmp_path = self._write_tmp(msg_id, serialize_meta(meta) + msg_bytes, lock=True)
+        path = self._publish(fd, tmp_path, 'cur', msg_id, keep_fd=True)
+        return QueuedMessage(self, msg_id, meta, msg_bytes, _Claim(fd, 'new'), path)
+
+    def store_dead_letter(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], reason: str) -> str:
+        return self.store_failed(msg_bytes, sender, recipients, reason)
 
     def store_failed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], reason: str) -> str:
         """Keep a dead-letter copy (e.g. for permanently refused recipients) with the reason."""
@@ -314,11 +355,52 @@ class MaildirQueue:
         if problem is not None:
             self._quarantine_fd(fd, msg_id, data, f'corrupt queue file: {problem}')
             raise problem
-        return QueuedMessage(self, msg_id, meta, msg_bytes, cur_path, fd)
+        return QueuedMessage(self, msg_id, meta, msg_bytes, _Claim(fd, state if state != 'cur' else 'new'),
+                             cur_path)
+
+    def claim_due(self, limit: int, *, now: datetime, policy: RetryPolicy,
+                  force: bool = False) -> ClaimBatch:
+        """Claim up to ``limit`` due messages, continuing one walk over new/ per pass.
+
+        An empty list ends the pass; the next call starts a new walk. A message that is
+        not due costs one locked read and no rename.
+        """
+        claimed = ClaimBatch()
+
+        def due(meta: QueueMeta) -> bool:
+            wanted = force or is_due(meta, policy, now)
+            if not wanted:
+                claimed.not_due += 1
+            return wanted
+
+        with self._scan_lock:
+            if self._scan is None:
+                self._scan = self.iter_ids('new')
+            scan = self._scan
+            while len(claimed) < limit:
+                msg_id = next(scan, None)
+                if msg_id is None:
+                    # The walk is over. With nothing claimed this call ends the pass; otherwise
+                    # the next call does (and a walk after that starts afresh).
+                    self._scan = None if not claimed else iter(())
+                    break
+                try:
+                    msg = self.claim(msg_id, want=due)
+                except QueueFileError as exc:
+                    logging.getLogger('mailqueue').error('queue file %s moved to failed/: %s', msg_id, exc)
+                    claimed.corrupt += 1
+                    continue
+                except OSError as exc:
+                    logging.getLogger('mailqueue').error('cannot claim %s: %s', msg_id, exc)
+                    continue
+                if msg is not None:
+                    claimed.append(msg)
+        return claimed
 
     def _replace_locked(self, msg: QueuedMessage, content: bytes, target_state: str) -> None:
         """Atomically swap the claimed file for ``content`` and move it to ``target_state``."""
-        old_fd = msg._handle
+        claim = _claim_of(msg)
+        old_fd = claim.fd
         # A unique temporary name: a rewrite interrupted by a crash leaves its tmp file behind,
         # and the next rewrite of the same message must not trip over it.
         fd, tmp_path = self._write_tmp(f'{msg.msg_id}.{secrets.token_hex(4)}', content, lock=True)
@@ -329,12 +411,12 @@ class MaildirQueue:
             os.close(fd)
             _unlink_quietly(tmp_path)
             raise QueueWriteError(exc.errno or errno.EIO, f'cannot update {cur_path}: {exc}') from None
-        msg._handle = fd
-        if old_fd is not None:
-            os.close(old_fd)
+        claim.fd = fd
+        os.close(old_fd)
         self._move_claimed(msg, target_state)
 
     def _move_claimed(self, msg: QueuedMessage, target_state: str) -> None:
+        _claim_of(msg)  # ClaimLost before anything moves
         cur_path = self._file('cur', msg.msg_id)
         target = self._file(target_state, msg.msg_id)
         try:
@@ -347,15 +429,14 @@ class MaildirQueue:
         msg.path = target
 
     def _drop_handle(self, msg: QueuedMessage) -> None:
-        fd, msg._handle = msg._handle, None
-        if fd is not None:
-            os.close(fd)
+        token, msg.token = msg.token, None
+        if isinstance(token, _Claim):
+            os.close(token.fd)
 
     def complete(self, msg: QueuedMessage) -> None:
         """Delivered: remove the file. (A crash before this is the at-least-once window.)"""
-        if not msg.is_claimed:
-            raise ValueError(f'{msg.msg_id} is not claimed')
-        fd, msg._handle = msg._handle, None
+        fd = _claim_of(msg).fd  # ClaimLost when the claim has ended
+        msg.token = None
         try:
             os.unlink(self._file('cur', msg.msg_id))
         except FileNotFoundError:
@@ -375,18 +456,24 @@ class MaildirQueue:
                     self._closer = _BackgroundCloser()
         self._closer.close_later(fd)
 
-    def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str,
-              attempt_time: datetime) -> None:
+    def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str, attempt_time: datetime,
+              next_attempt: Optional[datetime] = None) -> None:
         """Temporary failure: keep only ``recipients``, count the attempt, back to new/."""
+        _claim_of(msg)  # ClaimLost before anything changes
         meta = msg.meta
         meta.to_addrs = list(recipients)
         meta.retries += 1
         meta.last_delivery_attempt = attempt_time
         meta.extra[LAST_ERROR] = error
+        if next_attempt is not None:
+            meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
+        else:
+            meta.extra.pop(NEXT_ATTEMPT, None)
         self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, 'new')
 
     def fail(self, msg: QueuedMessage, reason: str, recipients: Optional[Sequence[str]] = None) -> str:
         """Dead letter: to failed/ with the reason (and only ``recipients`` if given)."""
+        _claim_of(msg)  # ClaimLost before anything changes
         meta = msg.meta
         if recipients is not None:
             meta.to_addrs = list(recipients)
@@ -394,32 +481,68 @@ class MaildirQueue:
         self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, 'failed')
         return msg.msg_id
 
-    def move(self, msg: QueuedMessage, target_state: str, *, reset_retries: bool = False) -> None:
-        """Admin moves (hold, release, requeue) of a claimed message."""
+    def move(self, msg: QueuedMessage, target_state: str, *, reset_retries: bool = False,
+             due_now: bool = False, queue_date: Optional[datetime] = None,
+             extra: Optional[Dict[str, Optional[str]]] = None) -> None:
+        """Admin moves (hold, release, requeue, retry) of a claimed message.
+
+        ``reset_retries`` forgets every attempt and error; ``due_now`` keeps the attempt
+        count (and so later backoff) but makes it due at once; ``queue_date`` restarts (or
+        shifts) the lifetime; ``extra`` sets meta values (None removes one).
+        """
         if target_state not in STATES:
             raise ValueError(f'unknown state {target_state!r}')
+        _claim_of(msg)  # ClaimLost before anything changes
+        if not (reset_retries or due_now or extra or queue_date is not None):
+            self._move_claimed(msg, target_state)
+            return
+        meta = msg.meta
+        if queue_date is not None:
+            meta.queue_date = queue_date
         if reset_retries:
-            meta = msg.meta
             meta.retries = 0
-            meta.last_delivery_attempt = None
             meta.extra.pop(FAILED_REASON, None)
             meta.extra.pop(LAST_ERROR, None)
-            self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, target_state)
-        else:
-            self._move_claimed(msg, target_state)
+        if reset_retries or due_now:
+            meta.last_delivery_attempt = None
+            meta.extra.pop(NEXT_ATTEMPT, None)
+        for key, value in (extra or {}).items():
+            if value is None:
+                meta.extra.pop(key, None)
+            else:
+                meta.extra[key] = value
+        self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, target_state)
+
+    def rewrite(self, msg: QueuedMessage, *, sender: Optional[str] = None,
+                recipients: Optional[Sequence[str]] = None) -> None:
+        """New envelope for a claimed message; it stays claimed (in cur/)."""
+        claim = _claim_of(msg)
+        new_sender = msg.meta.from_addr if sender is None else sender
+        new_recipients = list(msg.meta.to_addrs if recipients is None else recipients)
+        check_envelope(new_sender, new_recipients)  # refused before anything changes
+        msg.meta.from_addr = new_sender
+        msg.meta.to_addrs = new_recipients
+        fd, tmp_path = self._write_tmp(f'{msg.msg_id}.{secrets.token_hex(4)}',
+                                       serialize_meta(msg.meta) + msg.msg_bytes, lock=True)
+        try:
+            os.rename(tmp_path, self._file('cur', msg.msg_id))
+            self._fsync_dir('cur')
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(tmp_path)
+            raise QueueWriteError(exc.errno or errno.EIO, f'cannot update {msg.msg_id}: {exc}') from None
+        os.close(claim.fd)
+        claim.fd = fd
 
     def release(self, msg: QueuedMessage) -> None:
-        """Give a claimed message back unchanged (e.g. on shutdown)."""
+        """Give a claimed message back unchanged, to where it was claimed from."""
         if msg.is_claimed:
-            self._move_claimed(msg, 'new')
-
-    def delete(self, msg: QueuedMessage) -> None:
-        self.complete(msg)
+            self._move_claimed(msg, _claim_of(msg).origin)
 
     def _quarantine_fd(self, fd: int, msg_id: str, data: bytes, reason: str) -> None:
         meta = QueueMeta(from_addr='', to_addrs=[], queue_date=datetime.now(timezone.utc),
                          extra={FAILED_REASON: reason})
-        holder = QueuedMessage(self, msg_id, meta, data, self._file('cur', msg_id), fd)
+        holder = QueuedMessage(self, msg_id, meta, data, _Claim(fd, 'new'), self._file('cur', msg_id))
         self._replace_locked(holder, serialize_meta(meta) + data, 'failed')
 
     def quarantine_foreign(self, state: str, name: str, reason: str) -> None:
@@ -451,6 +574,9 @@ class MaildirQueue:
         raise QueueFileError(reason)
 
     # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        return self.recover_stale()
 
     def recover_stale(self) -> int:
         """Move abandoned claims (nobody holds the lock) from cur/ back to new/."""
@@ -534,28 +660,178 @@ class MaildirQueue:
     def entries(self, states: Sequence[str] = STATES) -> Iterator[QueueEntry]:
         for state in states:
             for msg_id in self.iter_ids(state):
-                path = self._file(state, msg_id)
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                meta: Optional[QueueMeta] = None
-                error: Optional[str] = None
-                if not stat.S_ISREG(st.st_mode):
-                    error = 'not a regular file'
-                else:
-                    try:
-                        meta = self.read_meta(state, msg_id)
-                    except FileNotFoundError:
-                        continue
-                    except (QueueFileError, OSError) as exc:
-                        error = str(exc)
-                yield QueueEntry(msg_id, state, path, st.st_size, st.st_mtime, meta, error)
+                found = self._entry(state, msg_id)
+                if found is not None:
+                    yield found
 
-    def find(self, prefix: str, states: Sequence[str] = STATES) -> List[Tuple[str, str]]:
-        """(state, id) pairs whose id starts with ``prefix``."""
+    def _entry(self, state: str, msg_id: str) -> Optional[QueueEntry]:
+        """The entry of state/msg_id (meta read without claiming); None if it is not there (any more)."""
+        path = self._file(state, msg_id)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        meta: Optional[QueueMeta] = None
+        error: Optional[str] = None
+        if not stat.S_ISREG(st.st_mode):
+            error = 'not a regular file'
+        else:
+            try:
+                meta = self.read_meta(state, msg_id)
+            except FileNotFoundError:
+                return None
+            except (QueueFileError, OSError) as exc:
+                error = str(exc)
+        active = _lock_held(path) if state == 'cur' else None
+        return QueueEntry(msg_id, state, st.st_size, st.st_mtime, meta, error, path, active)
+
+    def entry(self, msg_id: str) -> Optional[QueueEntry]:
+        """One message as ``entries()`` shows it, wherever it is (followed while a runner moves it)."""
+        for _attempt in range(20):
+            state = self.locate(msg_id)
+            if state is None:
+                return None
+            found = self._entry(state, msg_id)
+            if found is not None:
+                return found
+        return None
+
+    def ids(self, states: Sequence[str] = STATES) -> Iterator[Tuple[str, str]]:
+        """``(state, id)`` of every file in ``states``, streamed (names only: no file is opened)."""
+        for state in states:
+            for msg_id in self.iter_ids(state):
+                yield state, msg_id
+
+    def resolve(self, prefix: str, states: Sequence[str] = STATES) -> List[Tuple[str, str]]:
+        """(state, id) pairs whose id starts with ``prefix`` (names only: no file is opened)."""
         return [(state, msg_id) for state in states for msg_id in self.iter_ids(state)
                 if msg_id.startswith(prefix)]
+
+    def locate(self, msg_id: str) -> Optional[str]:
+        """The state ``msg_id`` is in right now, or None."""
+        for state in STATES:
+            try:
+                os.lstat(self._file(state, msg_id))
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                return None
+            return state
+        return None
+
+    def view(self, msg_id: str) -> Optional[Tuple[QueueEntry, bytes]]:
+        """One message and its bytes without claiming it; a corrupt one comes with its raw bytes.
+
+        A runner may move it between directories while we look: follow it a few times.
+        """
+        for _attempt in range(20):
+            state = self.locate(msg_id)
+            if state is None:
+                return None
+            path = self._file(state, msg_id)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    return QueueEntry(msg_id, state, st.st_size, st.st_mtime, None, 'not a regular file', path), b''
+                with open(path, 'rb', opener=_nofollow_opener) as fp:
+                    data = fp.read()
+            except FileNotFoundError:
+                time.sleep(0.01)
+                continue
+            active = _lock_held(path) if state == 'cur' else None
+            try:
+                meta, body = parse_queue_bytes(data)
+            except QueueFileError as exc:
+                return QueueEntry(msg_id, state, st.st_size, st.st_mtime, None, str(exc), path, active), data
+            return QueueEntry(msg_id, state, st.st_size, st.st_mtime, meta, None, path, active), body
+        return None
+
+    def stats(self) -> Dict[str, StateCount]:
+        counts = {state: StateCount() for state in STATES}
+        for entry in self.entries():
+            count = counts[entry.state]
+            count.count += 1
+            count.size += entry.size
+            date = entry.meta.queue_date if entry.meta is not None else None
+            if date is not None and (count.oldest is None or date < count.oldest):
+                count.oldest = date
+        return counts
+
+    def delete(self, msg_id: str, state: str) -> Optional[bool]:
+        """Remove an unclaimed message under its lock: True; False if someone holds it; None if gone."""
+        path = self._file(state, msg_id)
+        try:
+            st_path = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st_path.st_mode):
+            # never follow: a symlink or directory planted in the queue is removed as the entry it is
+            if stat.S_ISDIR(st_path.st_mode):
+                raise QueueFileError(f'{path} is a directory; remove it by hand')
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return None
+            self._fsync_dir(state)
+            return True
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                st_now = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            st_fd = os.fstat(fd)
+            if (st_now.st_ino, st_now.st_dev) != (st_fd.st_ino, st_fd.st_dev):
+                return None  # replaced meanwhile (claimed and moved on)
+            os.unlink(path)
+        finally:
+            os.close(fd)
+        self._fsync_dir(state)
+        return True
+
+    # Every directory a runner writes to: a claim renames new/ -> cur/, a deferral rewrites the
+    # file through tmp/, dead letters go to failed/, a file that cannot be updated after a
+    # partial delivery to hold/.
+    _WRITTEN = ('new', 'cur', 'tmp', 'failed', 'hold')
+
+    def check(self) -> None:
+        """``QueueWriteError`` when this process cannot work on the queue (read-only mount, another
+        user's 0700 queue): found before a pass, not as one "cannot claim" line per message."""
+        for name in self._WRITTEN:
+            self._check_dir(name)
+            if os.access(self._dir(name), os.W_OK | os.X_OK):
+                continue
+            try:
+                read_only = bool(os.statvfs(self._dir(name)).f_flag & os.ST_RDONLY)
+            except OSError:
+                read_only = False
+            code = errno.EROFS if read_only else errno.EACCES
+            raise QueueWriteError(code, f'cannot write to {name}/ ({os.strerror(code)})')
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Poll new/'s modification time (every enqueue, release and recovery renames into it)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            start = self.changed_marker()
+        except OSError:
+            start = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.2, remaining))
+            try:
+                if self.changed_marker() != start:
+                    return True
+            except OSError:
+                continue
 
 
 class _BackgroundCloser:
@@ -586,6 +862,24 @@ class _BackgroundCloser:
                     os.close(item)
                 except OSError:
                     pass
+
+
+def _lock_held(path: str) -> Optional[bool]:
+    """True if a live process holds the file's lock, False if nobody does, None if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        # A shared lock is enough to test and, being released at once, never blocks a runner for long.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return False
 
 
 def _nofollow_opener(path: str, flags: int) -> int:
@@ -658,78 +952,44 @@ if hasattr(os, 'register_at_fork'):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def get_queue(path: str) -> MaildirQueue:
-    """One ``MaildirQueue`` per directory per process (they cache directory fds)."""
+def get_queue(path: str, *, stale_after: Optional[timedelta] = None, create: bool = True,
+              **options: object) -> MaildirQueue:
+    """One ``MaildirQueue`` per directory per process (they cache directory fds).
+
+    Creates the directories if needed. With ``create=False`` the queue directory must exist
+    (``QueueWriteError`` with ENOENT otherwise; for tools that only look at a queue), and the
+    state directories a 1.0.0 queue lacks are added only where permissions allow.
+    Options that other stores have are ignored.
+    """
     key = os.path.abspath(path)
+    if not create:
+        try:
+            is_dir = stat.S_ISDIR(os.stat(key).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        except OSError as exc:
+            raise QueueWriteError(exc.errno or errno.EIO, f'queue directory {key}: {exc.strerror or exc}') from None
+        if not is_dir:
+            raise QueueWriteError(errno.ENOENT, f'queue directory {key} does not exist')
     with _queues_lock:
         queue = _queues.get(key)
         if queue is None:
-            queue = _queues[key] = MaildirQueue(key)
+            queue = MaildirQueue(key, create=create)
+            if not create:
+                try:
+                    queue.ensure_dirs()
+                except QueueWriteError:
+                    pass  # someone who may only look; check() tells writers what is missing
+            _queues[key] = queue
+        if stale_after is not None:
+            queue.stale_after = stale_after
         return queue
 
 
-def enqueue_message(msg: object, queue_path: str, sender: str, recipients: Sequence[str] | str,
-                    return_msg: bool = False, in_progress: bool = False,
-                    **queue_args: object) -> QueuedMessage | str | bool:
-    """Durably queue ``msg``. ``in_progress=True, return_msg=True``: return it claimed, for sending now."""
-    if isinstance(recipients, str):
-        recipients = [recipients]
-    queue = get_queue(queue_path)
-    queue_date = queue_args.get('queue_date')
-    result = queue.enqueue(message_bytes_from(msg), sender, list(recipients), claimed=in_progress,
-                           queue_date=queue_date if isinstance(queue_date, datetime) else None)
-    if return_msg:
-        if isinstance(result, str):
-            return _Unclaimed(queue, result)
-        return result
-    if isinstance(result, QueuedMessage):
-        # Claimed but not wanted by the caller: hand it to the runner.
-        queue.release(result)
-        return result.msg_id
-    return result
+def __getattr__(name: str) -> object:
+    # 1.x imported these from here; they now work with any store and live in queue.transport.
+    if name in ('MaildirBackend', 'enqueue_message'):
+        from . import transport
 
-
-class _Unclaimed(str):
-    """Id of a message queued without claiming; str for compatibility, knows its queue."""
-
-    queue: MaildirQueue
-
-    def __new__(cls, queue: MaildirQueue, msg_id: str) -> _Unclaimed:
-        obj = super().__new__(cls, msg_id)
-        obj.queue = queue
-        return obj
-
-
-class MaildirBackend:
-    """Transport that queues the message for ``mq-run`` (always succeeds unless the disk fails)."""
-
-    transport_name = 'maildir'
-    # MessageHandler: never queue a message that is already in a queue; fallback target for refusals
-    is_queue = True
-
-    def __init__(self, queue_dir: str) -> None:
-        self.queue_dir = queue_dir
-        self._queue: Optional[MaildirQueue] = None
-
-    @property
-    def queue(self) -> MaildirQueue:
-        if self._queue is None:
-            self._queue = get_queue(self.queue_dir)
-        return self._queue
-
-    def __repr__(self) -> str:
-        return f'MaildirBackend({self.queue_dir!r})'
-
-    def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes,
-             last_error: Optional[str] = None) -> SendResult:
-        try:
-            msg_id = self.queue.enqueue(msg_bytes, from_addr, list(to_addrs),
-                                        extra={LAST_ERROR: last_error} if last_error else None)
-        except QueueWriteError as exc:
-            return SendResult(transport='maildir', queued=False, error=str(exc),
-                              deferred={a: (451, str(exc)) for a in to_addrs})
-        return SendResult(transport='maildir', queued=True, queued_to=list(to_addrs),
-                          queue_id=str(msg_id), host=self.queue.path)
-
-    def close(self) -> None:
-        pass
+        return getattr(transport, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,98 @@
+"""The queue as the last transport of a ``MessageHandler``, and ``enqueue_message``.
+
+``QueueTransport`` works with any store (``open_queue``); ``MaildirBackend`` is
+the 1.0.0 name, kept for the README's examples.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional, Sequence, Union
+
+from ..errors import QueueError
+from ..message import message_bytes_from
+from ..result import SendResult
+from .contract import QueuedId, QueuedMessage, QueueStore
+from .format import LAST_ERROR
+from .locations import open_queue, split_location
+
+__all__ = ['MaildirBackend', 'QueueTransport', 'enqueue_message']
+
+
+class QueueTransport:
+    """Transport that queues the message for ``mq-run`` (always succeeds unless the store fails)."""
+
+    # MessageHandler: never queue a message that is already in a queue; fallback target for refusals
+    is_queue = True
+
+    def __init__(self, location: Union[str, QueueStore]) -> None:
+        self._location = location
+        self._store: Optional[QueueStore] = None if isinstance(location, str) else location
+
+    @property
+    def store(self) -> QueueStore:
+        # opened on first use: building a handler must not touch the disk or the database
+        if self._store is None:
+            self._store = open_queue(self._location)
+        return self._store
+
+    @property
+    def transport_name(self) -> str:
+        if self._store is not None:
+            return self._store.kind
+        return split_location(str(self._location))[0]  # without opening it: naming must not fail
+
+    def __repr__(self) -> str:
+        location = self._location if isinstance(self._location, str) else self._location.location
+        return f'{type(self).__name__}({location!r})'
+
+    def send(self, from_addr: str, to_addrs: Sequence[str], msg_bytes: bytes,
+             last_error: Optional[str] = None) -> SendResult:
+        try:
+            store = self.store
+            msg_id = store.enqueue(msg_bytes, from_addr, list(to_addrs),
+                                   extra={LAST_ERROR: last_error} if last_error else None)
+        except QueueError as exc:
+            return SendResult(transport=self._kind_or_queue(), queued=False, error=str(exc),
+                              deferred={a: (451, str(exc)) for a in to_addrs})
+        return SendResult(transport=store.kind, queued=True, queued_to=list(to_addrs), queue_id=str(msg_id),
+                          host=store.location)
+
+    def _kind_or_queue(self) -> str:
+        return self._store.kind if self._store is not None else 'queue'
+
+    def close(self) -> None:
+        pass
+
+
+class MaildirBackend(QueueTransport):
+    """The maildir queue as a transport (mailqueue-runner 1.0.0's name); takes any location."""
+
+    def __init__(self, queue_dir: Union[str, QueueStore]) -> None:
+        super().__init__(queue_dir)
+        self.queue_dir = queue_dir
+
+    @property
+    def queue(self) -> QueueStore:  # 1.x name
+        return self.store
+
+
+def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
+                    recipients: Union[Sequence[str], str], return_msg: bool = False, in_progress: bool = False,
+                    **queue_args: object) -> Union[QueuedMessage, str]:
+    """Durably queue ``msg`` at a location (a path, ``maildir://``, ``postgresql://``...).
+
+    ``in_progress=True, return_msg=True`` returns it claimed, for sending now
+    ("conservative sending"); ``return_msg=True`` alone returns an id that
+    ``MessageHandler.send_message`` can claim.
+    """
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    store = open_queue(queue_path)
+    queue_date = queue_args.get('queue_date')
+    when = queue_date if isinstance(queue_date, datetime) else None
+    msg_bytes = message_bytes_from(msg)
+    if in_progress and return_msg:
+        return store.enqueue_claimed(msg_bytes, sender, list(recipients), queue_date=when)
+    msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when)
+    return QueuedId(store, msg_id) if return_msg else msg_id
