@@ -23,7 +23,7 @@ from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
 from .queue.contract import NEW, QueuedMessage, QueueStore
 from .queue.locations import open_queue
-from .queue.schedule import RetryPolicy
+from .queue.schedule import RetryPolicy, format_duration, skewed_times
 
 __all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
 
@@ -165,6 +165,7 @@ class QueueRunner:
 
     def _deliver_claimed(self, msg: QueuedMessage, handler: MessageHandler, stats: RunStats,
                          now: datetime) -> None:
+        self._correct_clock_skew(msg, now)
         give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
         if give_up and not self.force:
             self.queue.fail(msg, give_up)
@@ -191,6 +192,20 @@ class QueueRunner:
         else:
             stats.add('sent')
         self._note_connection(result)
+
+    def _correct_clock_skew(self, msg: QueuedMessage, now: datetime) -> None:
+        """Times stored in the future (a wrong clock when they were written) count as now.
+
+        Logged once: the next attempt stores times from our clock. A queue date in the
+        future is replaced, or the message could not expire until the clock caught up.
+        """
+        skewed = skewed_times(msg.queue_date, msg.last_delivery_attempt, now)
+        if not skewed:
+            return
+        described = ', '.join(f'{name} {format_duration(ahead)} ahead of the clock' for name, ahead in skewed)
+        log.warning('queue entry %s: %s; treated as now', msg.msg_id, described)
+        if any(name == 'queue date' for name, _ in skewed):
+            msg.meta.queue_date = now
 
     def _note_connection(self, result: Any) -> None:
         with self._conn_lock:
