@@ -440,14 +440,15 @@ def test_symlinked_queue_file_is_not_followed_and_the_run_goes_on(tmp_path: Path
                                                                    smtp_server: SMTPTestServer) -> None:
     queue = MaildirQueue(str(tmp_path / 'q'))
     secret = tmp_path / 'secret'
-    secret.write_bytes(_queue_file(recipients=('leak@example.org',)))
+    planted = _queue_file(recipients=('leak@example.org',))  # once: it carries the current time
+    secret.write_bytes(planted)
     os.symlink(secret, Path(queue.path) / 'new' / 'evil')
     good = [queue.enqueue(SMALL, 'a@x', [f'r{n}@example.org']) for n in range(3)]
     stats = _runner_pass(queue, smtp_server)
     assert stats.sent == 3 and stats.corrupt == 1
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == [f'r{n}@example.org' for n in range(3)]
     # Not followed: the target is unchanged and still where it was; the link is out of new/.
-    assert secret.read_bytes() == _queue_file(recipients=('leak@example.org',))
+    assert secret.read_bytes() == planted
     assert listing(queue.path, 'new') == [] and listing(queue.path, 'cur') == []
     assert listing(queue.path, 'failed') == ['evil.foreign']
     assert os.path.islink(Path(queue.path) / 'failed' / 'evil.foreign')

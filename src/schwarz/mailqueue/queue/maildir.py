@@ -110,6 +110,7 @@ class MaildirQueue:
         self._closer: Optional[_BackgroundCloser] = None
         # claim_due walks new/ once per pass; the walk survives between calls
         self._scan: Optional[Iterator[str]] = None
+        self._walk_started = 0
         self._scan_lock = threading.Lock()
         _all_queues.add(self)
         if create:
@@ -279,8 +280,8 @@ class MaildirQueue:
 
     # --- claiming ---------------------------------------------------------------------------
 
-    def _lock_file(self, state: str, msg_id: str) -> Optional[Tuple[int, int]]:
-        """Open and lock the file at state/msg_id: (fd, size); None if it is gone or someone else owns it."""
+    def _lock_file(self, state: str, msg_id: str) -> Optional[Tuple[int, os.stat_result]]:
+        """Open and lock the file at state/msg_id: (fd, its stat); None if it is gone or someone else owns it."""
         path = self._file(state, msg_id)
         # Look before opening: a symlink is never followed, and a directory, FIFO or device
         # node is never opened (opening some devices has side effects).
@@ -315,7 +316,7 @@ class MaildirQueue:
         if not stat.S_ISREG(st_fd.st_mode):
             os.close(fd)
             raise QueueFileError(f'{path} is not a regular file')
-        return fd, st_fd.st_size
+        return fd, st_fd
 
     def claim(self, msg_id: str, state: str = 'new',
               want: Optional[Callable[[QueueMeta], bool]] = None) -> Optional[QueuedMessage]:
@@ -326,12 +327,20 @@ class MaildirQueue:
         costs one read, no renames). Raises ``QueueFileError`` for a corrupt file,
         which is moved to failed/ with the reason first.
         """
+        return self._claim(msg_id, state, want)
+
+    def _claim(self, msg_id: str, state: str, want: Optional[Callable[[QueueMeta], bool]],
+               touched_before: Optional[int] = None) -> Optional[QueuedMessage]:
         self._check_dir(state)
         self._check_dir('cur')
         locked = self._lock_file(state, msg_id)
         if locked is None:
             return None
-        fd, size = locked
+        fd, st = locked
+        if touched_before is not None and st.st_mtime_ns >= touched_before:
+            os.close(fd)  # claimed, deferred or released during this pass: not again in the same pass
+            return None
+        size = st.st_size
         try:
             data = _read_all(fd, size)
             try:
@@ -366,6 +375,7 @@ class MaildirQueue:
         not due costs one locked read and no rename.
         """
         claimed = ClaimBatch()
+        walk_started = self._walk_started
 
         def due(meta: QueueMeta) -> bool:
             wanted = force or is_due(meta, policy, now)
@@ -376,6 +386,9 @@ class MaildirQueue:
         with self._scan_lock:
             if self._scan is None:
                 self._scan = self.iter_ids('new')
+                # Claims, deferrals and releases set a file's mtime: whatever was touched after the
+                # walk began is not taken again in the same pass, whatever order readdir() returns.
+                self._walk_started = walk_started = time.time_ns()
             scan = self._scan
             while len(claimed) < limit:
                 msg_id = next(scan, None)
@@ -385,7 +398,7 @@ class MaildirQueue:
                     self._scan = None if not claimed else iter(())
                     break
                 try:
-                    msg = self.claim(msg_id, want=due)
+                    msg = self._claim(msg_id, 'new', due, walk_started)
                 except QueueFileError as exc:
                     logging.getLogger('mailqueue').error('queue file %s moved to failed/: %s', msg_id, exc)
                     claimed.corrupt += 1
