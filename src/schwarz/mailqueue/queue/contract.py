@@ -238,7 +238,7 @@ class QueueStore(Protocol):
         ...
 
     def release(self, msg: QueuedMessage) -> None:
-        """Give it back unchanged to ``new``."""
+        """Give it back unchanged, to the state it was claimed from (a no-op once the claim ended)."""
         ...
 
     def move(self, msg: QueuedMessage, target_state: str, *, reset_retries: bool = False,
@@ -294,7 +294,8 @@ class QueueStore(Protocol):
         ...
 
     def recover(self) -> int:
-        """Give claims whose owner died back to ``new``; how many."""
+        """Give claims whose owner died back (to the state they were claimed from, where the store
+        knows it; the maildir puts them into ``new``); how many."""
         ...
 
     def wait_for_work(self, timeout: float) -> bool:
