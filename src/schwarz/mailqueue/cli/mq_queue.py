@@ -1,6 +1,6 @@
 """mq-queue: look at and manage the queue (``mailq`` / ``postqueue`` / ``postsuper`` of this project).
 
-    mq-queue [-C FILE | --queue-dir DIR] list [--json] [--state S] [--older-than AGE] [--to X] [--from X]
+    mq-queue [-C FILE | --queue-dir LOCATION] list [--json] [--state S] [--older-than AGE] [--to X] [--from X]
     mq-queue show ID [--body]
     mq-queue retry ID...|--all [--now]
     mq-queue hold ID...|--all [--reason TEXT]
@@ -10,23 +10,22 @@
     mq-queue purge --older-than AGE [--state S] [-y] [--dry-run]
     mq-queue stats [--json | --prometheus] [-o FILE]
 
-This module only parses arguments, prints and maps outcomes to exit codes; the
-work is done by ``schwarz.mailqueue.queue.admin``.
+This module only parses arguments, prints and maps outcomes to exit codes. The
+work is done by ``queue.admin.QueueAdmin`` over whatever store the location
+names (``open_queue``), the output formats are ``queue.admin_render``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
-import shutil
-import stat
 import sys
 import tempfile
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from ..humanize import ellipsize, error_line, format_age, format_size, format_until, one_line, printable
+from ..humanize import error_line, format_age, one_line, printable
 from ..limits import AGE, WAIT
 from ..queue.admin import (
     BUSY,
@@ -41,20 +40,19 @@ from ..queue.admin import (
     ActionResult,
     IDError,
     InvalidID,
-    MessageView,
+    Operation,
     QueueAdmin,
-    QueueStats,
     Row,
     Selection,
     UnknownID,
 )
-from ..queue.contract import STATES
-from ..queue.format import FAILED_REASON, HOLD_REASON, LAST_ERROR, format_date
-from ..queue.maildir import MaildirQueue, QueueWriteError
+from ..queue.admin_render import ListingWriter, is_terminal, prometheus, row_json, show_fields, stats_json, stats_text
+from ..queue.contract import NEW, STATES
 from ..queue.schedule import RetryPolicy
 from .common import (
     EX_CONFIG,
     EX_DATAERR,
+    EX_IOERR,
     EX_OK,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
@@ -67,12 +65,14 @@ from .common import (
 )
 from .parsing import ArgumentParser, bounded
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..queue.contract import QueueStore
+
 __all__ = ['EX_IOERR', 'EX_NOINPUT', 'EX_NOPERM', 'build_parser', 'list_queue', 'main']
 
 PROG = 'mq-queue'
 # sysexits.h codes that cli.common does not need
 EX_NOINPUT = 66
-EX_IOERR = 74
 EX_NOPERM = 77
 
 _OUTCOME_CODES = {OK: EX_OK, NOOP: EX_OK, BUSY: EX_TEMPFAIL, GONE: EX_NOINPUT, WRONG_STATE: EX_USAGE,
@@ -96,7 +96,6 @@ _MAX_CONNECTION_FAILURES = 3
 # --- argument parsing ----------------------------------------------------------------------------
 
 
-
 def _state(value: str) -> str:
     if value not in STATES:
         raise argparse.ArgumentTypeError(f'unknown state {value!r} (one of {", ".join(STATES)})')
@@ -109,8 +108,9 @@ def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument('-C', '--config', metavar='FILE', default=d(None),
                         help='configuration file (default: ~/.mailqueue-runner.conf, then '
                              '/etc/mailqueue-runner.conf)')
-    parser.add_argument('-d', '--queue-dir', metavar='DIR', default=d(None),
-                        help='the queue directory (default: queue_dir from the configuration)')
+    parser.add_argument('-d', '--queue-dir', metavar='LOCATION', default=d(None),
+                        help='the queue: a directory or a location such as maildir:///var/spool/mq '
+                             '(default: queue_url, else queue_dir from the configuration)')
     parser.add_argument('-v', '--verbose', action='count', default=d(0), help='more detail')
     parser.add_argument('--wait', metavar='SECONDS', type=bounded(WAIT), default=d(5.0),
                         help='how long to wait for a message that is being delivered, '
@@ -135,7 +135,7 @@ def _add_ids(parser: argparse.ArgumentParser, bulk: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description='Look at and manage the mailqueue-runner queue.',
-                     epilog='Without a command, "list" is run. IDs may be abbreviated to a unique prefix.')
+                            epilog='Without a command, "list" is run. IDs may be abbreviated to a unique prefix.')
     _add_common(parser, defaults=True)
     common = ArgumentParser(add_help=False)
     _add_common(common, defaults=False)
@@ -187,272 +187,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- the queue -----------------------------------------------------------------------------------
 
 
-def _is_terminal(stream: Any) -> bool:
+def _store_error(exc: Exception) -> CLIError:
+    """A store that cannot be used: 66 when it is not there, 77 when we may not, else 74 (I/O) or 75."""
+    code = getattr(exc, 'errno', None)
+    if code == errno.ENOENT:
+        exit_code = EX_NOINPUT
+    elif code in (errno.EACCES, errno.EPERM):
+        exit_code = EX_NOPERM
+    else:
+        exit_code = EX_IOERR if isinstance(exc, OSError) else EX_TEMPFAIL
+    filename = getattr(exc, 'filename', None)
+    text = getattr(exc, 'strerror', None) or str(exc)
+    return CLIError(f'{filename}: {text}' if filename else text, exit_code)
+
+
+def _open_store(location: str, *, writable: bool) -> QueueStore:
+    """The store at ``location``; it must exist (an admin tool creates no queue)."""
+    from ..errors import QueueError
+    from ..queue.locations import open_queue
+
     try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _ellipsis(stream: Any) -> str:
-    encoding = (getattr(stream, 'encoding', None) or '').lower().replace('-', '')
-    return '…' if encoding == 'utf8' else '...'
-
-
-def _os_error(exc: OSError) -> CLIError:
-    code = EX_NOPERM if isinstance(exc, PermissionError) else EX_IOERR
-    where = f'{exc.filename}: ' if exc.filename else ''
-    return CLIError(f'{where}{exc.strerror or exc}', code)
-
-
-def _open_queue(path: str, *, writable: bool) -> MaildirQueue:
-    try:
-        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-    except FileNotFoundError:
-        is_dir = False
-    except OSError as exc:
-        raise _os_error(exc) from None
-    if not is_dir:
-        fail(f'queue directory {path} does not exist', EX_NOINPUT)
-    queue = MaildirQueue(path, create=False)
-    if writable:
-        try:
-            # Queues written by mailqueue-runner 1.0.0 have no hold/ or failed/ yet.
-            queue.ensure_dirs()
-        except QueueWriteError as exc:
-            raise _os_error(exc) from None
-    return queue
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# --- list ------------------------------------------------------------------------------------------
-
-
-def _next_column(row: Row, now: datetime) -> str:
-    if row.error is not None:
-        return '-'
-    if row.state == 'cur':
-        return 'sending' if row.active else 'stale'
-    if row.state == 'new':
-        return format_until(row.next_attempt, now)
-    return '-'
-
-
-class _Table:
-    """Fixed-width columns, so rows can be printed as they stream in (no second pass over the queue)."""
-
-    FROM_WIDTH = 24
-    TO_WIDTH = 28
-
-    FULL_ID_WIDTH = 23  # what MaildirQueue's ids look like: 12 hex digits, a dot, a timestamp
-
-    def __init__(self, stream: TextIO, abbrev: Optional[int], now: datetime, terminal: bool) -> None:
-        self.stream = stream
-        self.abbrev = abbrev
-        id_width = self.id_width = abbrev or self.FULL_ID_WIDTH
-        self.now = now
-        self.terminal = terminal
-        self.marker = _ellipsis(stream)
-        self.from_width = self.FROM_WIDTH
-        self.to_width = self.TO_WIDTH
-        self.error_width: Optional[int] = None
-        if terminal:
-            columns = shutil.get_terminal_size((120, 24)).columns
-            fixed = id_width + 6 + 6 + 5 + 7 + 5 + 2 * 8
-            room = max(columns - fixed, 30)
-            self.from_width = min(self.FROM_WIDTH, max(12, room // 4))
-            self.to_width = min(self.TO_WIDTH, max(12, room // 3))
-            self.error_width = max(room - self.from_width - self.to_width, 10)
-
-    def _line(self, cells: Tuple[str, ...]) -> str:
-        ident, state, age, tries, nxt, size, sender, rcpts, error = cells
-        return (f'{ident:<{self.id_width}}  {state:<6}  {age:>6}  {tries:>5}  {nxt:>7}  {size:>5}  '
-                f'{sender:<{self.from_width}}  {rcpts:<{self.to_width}}  {error}').rstrip() + '\n'
-
-    def header(self) -> None:
-        self.stream.write(self._line(('ID', 'STATE', 'AGE', 'TRIES', 'NEXT', 'SIZE', 'FROM', 'TO', 'LAST ERROR')))
-
-    def _recipients(self, addrs: List[str]) -> str:
-        text = ','.join(one_line(a) for a in addrs) or '-'
-        if not self.terminal or len(text) <= self.to_width or len(addrs) < 2:
-            return text if not self.terminal else ellipsize(text, self.to_width, self.marker)
-        more = f',+{len(addrs) - 1}'
-        return ellipsize(one_line(addrs[0]), self.to_width - len(more), self.marker) + more
-
-    def row(self, row: Row) -> None:
-        sender = '-' if row.from_addr is None else (one_line(row.from_addr) or '<>')
-        error = one_line(row.reason) or '-'
-        if self.terminal:
-            sender = ellipsize(sender, self.from_width, self.marker)
-            if self.error_width is not None:
-                error = ellipsize(error, self.error_width, self.marker)
-        ident = row.msg_id if self.abbrev is None else row.msg_id[:self.abbrev]
-        self.stream.write(self._line((
-            one_line(ident), row.state, format_age(row.age(self.now)),
-            str(row.retries) if row.error is None else '-', _next_column(row, self.now),
-            format_size(row.size), sender, self._recipients(row.to_addrs), error)))
-
-
-def _write_listing(admin: QueueAdmin, stream: TextIO, selection: Selection, *, as_json: bool,
-                   sort: Optional[str] = None) -> int:
-    now = admin.clock()
-    rows: Iterable[Row] = admin.rows(selection)
-    if sort == 'age':
-        rows = sorted(rows, key=lambda r: r.age(now), reverse=True)
-    elif sort == 'size':
-        rows = sorted(rows, key=lambda r: r.size, reverse=True)
-    count = 0
-    total = 0
-    if as_json:
-        for row in rows:
-            stream.write(json.dumps(row.as_json(now)) + '\n')
-            count += 1
-        return EX_OK
-    terminal = _is_terminal(stream)
-    table = _Table(stream, admin.abbrev_length(), now, terminal)
-    for row in rows:
-        if count == 0 and terminal:
-            table.header()
-        table.row(row)
-        count += 1
-        total += row.size
-    filtered = selection != Selection()
-    if count == 0:
-        if not filtered:
-            # The sendmail/Postfix wording: monitoring scripts grep for it.
-            stream.write('Mail queue is empty\n')
-        elif terminal:
-            stream.write('no matching messages\n')
-    elif terminal:
-        noun = 'message' if count == 1 else 'messages'
-        stream.write(f'-- {count} {noun}, {format_size(total)}\n')
-    return EX_OK
+        store = open_queue(location, create=False)
+        if writable:
+            store.check()
+    except ValueError as exc:  # not a location we know
+        raise CLIError(str(exc), EX_USAGE) from None
+    except (QueueError, OSError) as exc:
+        raise _store_error(exc) from None
+    return store
 
 
 def list_queue(queue_dir: str, stream: TextIO, *, as_json: bool = False, policy: Optional[RetryPolicy] = None,
                prog: str = PROG) -> int:
-    """Print the ``mq-queue list`` listing of ``queue_dir`` to ``stream`` (used by ``mq-sendmail -bp``).
+    """Print the ``mq-queue list`` listing of a queue (a directory or location) to ``stream``.
 
-    Errors go to stderr as one line; the return value is the exit code.
+    Used by ``mq-sendmail -bp``. Errors go to stderr as one line; the return value is the exit code.
     """
+    from ..errors import QueueError
+
     try:
-        admin = QueueAdmin(_open_queue(queue_dir, writable=False), policy)
+        admin = QueueAdmin(_open_store(queue_dir, writable=False), policy)
         return _write_listing(admin, stream, Selection(), as_json=as_json)
     except CLIError as exc:
         print_error(prog, str(exc))
         return exc.exit_code
     except BrokenPipeError:
         raise
-    except OSError as exc:
-        error = _os_error(exc)
+    except (QueueError, OSError) as exc:
+        error = _store_error(exc)
         print_error(prog, str(error))
         return error.exit_code
 
 
-def _cmd_list(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
-    selection = Selection(states=tuple(args.state) if args.state else STATES, older_than=args.older_than,
-                          to=args.to, sender=args.sender)
-    return _write_listing(admin, sys.stdout, selection, as_json=args.json, sort=args.sort)
-
-
-# --- show ------------------------------------------------------------------------------------------
-
-
-def _state_text(row: Row, now: datetime) -> str:
-    if row.state == 'new':
-        if row.error is not None:
-            return 'new (unreadable; the next queue run moves it to failed/)'
-        if row.due:
-            return 'new (waiting, due now)'
-        return f'new (deferred, next attempt in {format_until(row.next_attempt, now)})'
-    if row.state == 'cur':
-        if row.active:
-            return 'cur (being delivered right now)'
-        return 'cur (abandoned claim; the next queue run puts it back to new/)'
-    if row.state == 'hold':
-        return 'hold (held by an administrator; never delivered or expired until released)'
-    return 'failed (dead letter; "requeue" sends it again)'
-
-
-def _when(value: datetime, now: datetime) -> str:
-    if value <= now:
-        return f'{format_date(value)} ({format_age(now - value)} ago)'
-    return f'{format_date(value)} (in {format_age(value - now)})'
-
-
-def _show_fields(view: MessageView, now: datetime) -> List[Tuple[str, str]]:
-    row = view.row
-    fields = [('Queue-ID', row.msg_id), ('State', _state_text(row, now)), ('File', row.path),
-              ('Size', f'{format_size(row.size)} ({row.size} bytes)')]
-    if row.error is not None:
-        fields.append(('Unreadable', row.error))
-        if row.failed_reason:
-            fields.append(('Reason', row.failed_reason))
-        return fields
-    meta = view.meta
-    assert meta is not None
-    fields.append(('Sender', f'<{meta.from_addr}>'))
-    fields.append(('Recipients', ', '.join(meta.to_addrs)))
-    if row.first_queued is not None:
-        fields.append(('Queued', _when(row.first_queued, now)))
-    if row.queue_date is not None and row.queue_date != row.first_queued:
-        fields.append(('Lifetime from', _when(row.queue_date, now)))
-    fields.append(('Attempts', str(meta.retries)))
-    if meta.last_delivery_attempt is not None:
-        fields.append(('Last attempt', _when(meta.last_delivery_attempt, now)))
-    if row.state == 'new':
-        fields.append(('Next attempt', 'now' if row.due or row.next_attempt is None else
-                       _when(row.next_attempt, now)))
-    if row.held_since is not None:
-        fields.append(('Held since', _when(row.held_since, now)))
-    labels = {LAST_ERROR: 'Last error', FAILED_REASON: 'Failed reason', HOLD_REASON: 'Hold reason'}
-    for name, value in meta.extra.items():
-        if name in labels:
-            fields.append((labels[name], value))
-        elif name not in ('X-Queue-Held-Since', 'X-Queue-Original-Date'):
-            fields.append((name, value))
-    return fields
-
-
-def _write_bytes(data: bytes, terminal: bool) -> None:
-    if terminal:
-        # Mail is attacker-controlled: never let it drive the terminal.
-        text = printable(data.decode('utf-8', 'replace').replace('\r\n', '\n'))
-        sys.stdout.write(text if text.endswith('\n') else text + '\n')
-        return
-    sys.stdout.flush()
-    buffer = getattr(sys.stdout, 'buffer', None)
-    if buffer is None:
-        sys.stdout.write(data.decode('utf-8', 'replace'))
-        return
-    buffer.write(data if data.endswith(b'\n') else data + b'\n')
-    buffer.flush()
-
-
-def _cmd_show(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
-    ids = admin.resolve(args.ids)
-    terminal = _is_terminal(sys.stdout)
-    for index, msg_id in enumerate(ids):
-        view = admin.view(msg_id)
-        now = admin.clock()
-        if index:
-            sys.stdout.write('\n')
-        for label, value in _show_fields(view, now):
-            sys.stdout.write(f'{label + ":":<15}{one_line(value)}\n')
-        sys.stdout.write('\n')
-        content = view.content if args.body else view.headers
-        if content:
-            _write_bytes(content, terminal)
-    return EX_OK
-
-
-# --- actions -------------------------------------------------------------------------------------
+# --- reporting -----------------------------------------------------------------------------------
 
 
 class _Reporter:
@@ -499,14 +289,10 @@ class _Reporter:
         print(', '.join(parts))
 
 
-def _read_stdin_ids() -> List[str]:
-    return [line.strip() for line in sys.stdin if line.strip() and not line.lstrip().startswith('#')]
-
-
 def _explicit_ids(args: argparse.Namespace, admin: QueueAdmin) -> List[str]:
     given: List[str] = list(args.ids)
     if given == ['-']:
-        given = _read_stdin_ids()
+        given = [line.strip() for line in sys.stdin if line.strip() and not line.lstrip().startswith('#')]
         if not given:
             fail('no ids on stdin', EX_USAGE)
     elif '-' in given:
@@ -529,55 +315,103 @@ def _targets(args: argparse.Namespace, admin: QueueAdmin, states: Tuple[str, ...
     return False, iter(_explicit_ids(args, admin))
 
 
-_Apply = Callable[[str, Optional[float]], ActionResult]
-
-
-def _apply_all(bulk: bool, ids: Iterable[str], apply: _Apply, reporter: _Reporter,
-               stop: Callable[[ActionResult], bool] = lambda result: False) -> None:
-    busy: List[str] = []
-    for msg_id in ids:
-        if bulk:
-            # Walking the queue behind a running mq-run would mean waiting for every message it is
-            # delivering at that moment; skip those and come back to them once at the end.
-            result = apply(msg_id, 0)
-            if result.outcome == BUSY:
-                busy.append(msg_id)
-                continue
-        else:
-            result = apply(msg_id, None)
+def _report(reporter: _Reporter, results: Iterable[ActionResult],
+            stop: Callable[[ActionResult], bool] = lambda result: False) -> int:
+    for result in results:
         reporter.add(result)
         if stop(result):
-            return
-    for msg_id in busy:
-        result = apply(msg_id, None)
-        reporter.add(result)
-        if stop(result):
-            return
-
-
-def _run_action(args: argparse.Namespace, admin: QueueAdmin, action: str, states: Tuple[str, ...],
-                apply: _Apply) -> int:
-    bulk, ids = _targets(args, admin, states)
-    reporter = _Reporter(action, bulk, args.verbose)
-    _apply_all(bulk, ids, apply, reporter)
+            break
     reporter.summary()
     return reporter.exit_code
 
 
+def _run_action(args: argparse.Namespace, admin: QueueAdmin, action: str, states: Tuple[str, ...],
+                operation: Operation) -> int:
+    bulk, ids = _targets(args, admin, states)
+    return _report(_Reporter(action, bulk, args.verbose), admin.apply(ids, operation, bulk=bulk))
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on a terminal; scripts (stdin not a terminal) and -y proceed."""
+    if assume_yes or not is_terminal(sys.stdin):
+        return True
+    sys.stderr.write(f'{question} [y/N] ')
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ('y', 'yes')
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _write_listing(admin: QueueAdmin, stream: TextIO, selection: Selection, *, as_json: bool,
+                   sort: Optional[str] = None) -> int:
+    now = admin.clock()
+    rows: Iterable[Row] = admin.rows(selection)
+    if sort == 'age':
+        rows = sorted(rows, key=lambda r: r.age(now), reverse=True)
+    elif sort == 'size':
+        rows = sorted(rows, key=lambda r: r.size, reverse=True)
+    if as_json:
+        for row in rows:
+            stream.write(json.dumps(row_json(row, now)) + '\n')
+        return EX_OK
+    table = ListingWriter(stream, admin.abbrev_length(), now)
+    for row in rows:
+        table.row(row)
+    table.finish(filtered=selection != Selection())
+    return EX_OK
+
+
+def _cmd_list(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    selection = Selection(states=tuple(args.state) if args.state else STATES, older_than=args.older_than,
+                          to=args.to, sender=args.sender)
+    return _write_listing(admin, sys.stdout, selection, as_json=args.json, sort=args.sort)
+
+
+def _write_bytes(data: bytes, terminal: bool) -> None:
+    if terminal:
+        # Mail is attacker-controlled: never let it drive the terminal.
+        text = printable(data.decode('utf-8', 'replace').replace('\r\n', '\n'))
+        sys.stdout.write(text if text.endswith('\n') else text + '\n')
+        return
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, 'buffer', None)
+    if buffer is None:
+        sys.stdout.write(data.decode('utf-8', 'replace'))
+        return
+    buffer.write(data if data.endswith(b'\n') else data + b'\n')
+    buffer.flush()
+
+
+def _cmd_show(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    terminal = is_terminal(sys.stdout)
+    for index, msg_id in enumerate(admin.resolve(args.ids)):
+        view = admin.view(msg_id)
+        if index:
+            sys.stdout.write('\n')
+        for label, value in show_fields(view, admin.clock()):
+            sys.stdout.write(f'{label + ":":<15}{one_line(value)}\n')
+        sys.stdout.write('\n')
+        content = view.content if args.body else view.headers
+        if content:
+            _write_bytes(content, terminal)
+    return EX_OK
+
+
 def _deliver_now(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
-    from ..config import ConfigError, init_smtp_mailer
+    from ..bootstrap import init_smtp_mailer
+    from ..config import ConfigError
     from ..handler import MessageHandler
 
-    settings = ctx.settings
-    if not settings.smtp_hostname:
+    if not ctx.settings.smtp_hostname:
         fail('retry --now needs the SMTP settings (smtp_hostname) from a configuration file (-C FILE)', EX_CONFIG)
-    bulk, ids = _targets(args, admin, ('new',))
+    bulk, ids = _targets(args, admin, (NEW,))
     try:
-        mailer = init_smtp_mailer(settings)
+        mailer = init_smtp_mailer(ctx.settings)
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
     handler = MessageHandler([mailer], plugins=ctx.plugins, app=PROG, retry_policy=admin.policy)
-    reporter = _Reporter('deliver', bulk, args.verbose)
     failures = [0]
 
     def unreachable(result: ActionResult) -> bool:
@@ -588,22 +422,20 @@ def _deliver_now(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
         return True
 
     try:
-        _apply_all(bulk, ids, lambda msg_id, wait: admin.deliver(msg_id, handler, wait=wait), reporter,
-                   unreachable)
+        results = admin.apply(ids, lambda msg_id, wait: admin.deliver(msg_id, handler, wait=wait), bulk=bulk)
+        return _report(_Reporter('deliver', bulk, args.verbose), results, unreachable)
     finally:
         handler.close()
-    reporter.summary()
-    return reporter.exit_code
 
 
 def _cmd_retry(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     if args.now:
         return _deliver_now(args, admin, ctx)
-    return _run_action(args, admin, 'retry', ('new',), lambda msg_id, wait: admin.retry(msg_id, wait=wait))
+    return _run_action(args, admin, 'retry', (NEW,), lambda msg_id, wait: admin.retry(msg_id, wait=wait))
 
 
 def _cmd_hold(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
-    return _run_action(args, admin, 'hold', ('new',), lambda msg_id, wait: admin.hold(msg_id, args.reason, wait=wait))
+    return _run_action(args, admin, 'hold', (NEW,), lambda msg_id, wait: admin.hold(msg_id, args.reason, wait=wait))
 
 
 def _cmd_release(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
@@ -612,16 +444,6 @@ def _cmd_release(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
 
 def _cmd_requeue(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     return _run_action(args, admin, 'requeue', ('failed',), lambda msg_id, wait: admin.requeue(msg_id, wait=wait))
-
-
-def _confirm(question: str, assume_yes: bool) -> bool:
-    """Ask on a terminal; scripts (stdin not a terminal) and -y proceed."""
-    if assume_yes or not _is_terminal(sys.stdin):
-        return True
-    sys.stderr.write(f'{question} [y/N] ')
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return answer.strip().lower() in ('y', 'yes')
 
 
 def _describe(admin: QueueAdmin, msg_id: str) -> str:
@@ -635,9 +457,8 @@ def _describe(admin: QueueAdmin, msg_id: str) -> str:
 
 
 def _cmd_delete(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
-    _bulk, id_iter = _targets(args, admin, STATES)
-    ids = list(id_iter)
-    if _is_terminal(sys.stdin) and not args.yes:
+    ids = list(_targets(args, admin, STATES)[1])
+    if is_terminal(sys.stdin) and not args.yes:
         for msg_id in ids[:10]:
             sys.stderr.write(f'  {_describe(admin, msg_id)}\n')
         if len(ids) > 10:
@@ -646,16 +467,13 @@ def _cmd_delete(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
         if not _confirm(f'Delete {noun}?', False):
             print('cancelled; nothing deleted', file=sys.stderr)
             return EX_OK
-    reporter = _Reporter('delete', False, args.verbose)
-    for msg_id in ids:
-        reporter.add(admin.delete(msg_id))
-    return reporter.exit_code
+    return _report(_Reporter('delete', False, args.verbose), (admin.delete(msg_id) for msg_id in ids))
 
 
 def _cmd_purge(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     states = tuple(args.state) if args.state else PURGE_STATES
     age = format_age(args.older_than)
-    if not args.dry_run and _is_terminal(sys.stdin) and not args.yes:
+    if not args.dry_run and is_terminal(sys.stdin) and not args.yes:
         matching = sum(1 for _ in admin.rows(Selection(states=states, older_than=args.older_than)))
         if not matching:
             print(f'no messages older than {age} in {", ".join(states)}')
@@ -673,22 +491,6 @@ def _cmd_purge(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     else:
         reporter.summary()
     return reporter.exit_code
-
-
-# --- stats ---------------------------------------------------------------------------------------
-
-
-def _stats_text(stats: QueueStats) -> str:
-    lines = [f'{"STATE":<8}{"MESSAGES":>10}{"SIZE":>8}{"OLDEST":>9}']
-    for name, item in [*stats.states.items(), ('total', stats.total)]:
-        age = item.oldest_age(stats.generated)
-        lines.append(f'{name:<8}{item.count:>10}{format_size(item.bytes):>8}'
-                     f'{format_age(age) if age is not None else "-":>9}')
-    extra = f'deferred {stats.deferred}, due now {stats.due}, being delivered {stats.active}'
-    if stats.total.unreadable:
-        extra += f', unreadable {stats.total.unreadable}'
-    lines.append(extra)
-    return '\n'.join(lines) + '\n'
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -713,11 +515,11 @@ def _write_atomically(path: str, text: str) -> None:
 def _cmd_stats(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     stats = admin.stats()
     if args.prometheus:
-        text = stats.prometheus()
+        text = prometheus(stats)
     elif args.json:
-        text = json.dumps(stats.as_json()) + '\n'
+        text = json.dumps(stats_json(stats)) + '\n'
     else:
-        text = _stats_text(stats)
+        text = stats_text(stats)
     if args.output:
         _write_atomically(args.output, text)
     else:
@@ -742,24 +544,30 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _body(argv: Sequence[str]) -> int:
+def _admin(args: argparse.Namespace, settings: Any) -> QueueAdmin:
+    from ..bootstrap import queue_location
     from ..config import ConfigError
+
+    try:
+        policy = settings.retry_policy()
+    except ConfigError as exc:
+        fail(str(exc), EX_CONFIG)
+    location = queue_location(settings, args.queue_dir)
+    if not location:
+        fail('no queue directory: use --queue-dir LOCATION or set queue_url or queue_dir in the configuration',
+             EX_CONFIG if settings.path else EX_USAGE)
+    store = _open_store(location, writable=args.command not in _READ_ONLY)
+    return QueueAdmin(store, policy, wait=args.wait, app=PROG)
+
+
+def _body(argv: Sequence[str]) -> int:
+    from ..errors import QueueError
 
     args = _parse(argv)
     needs_plugins = args.command == 'retry' and args.now
     ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=needs_plugins)
     try:
-        settings = ctx.settings
-        try:
-            policy = settings.retry_policy()
-        except ConfigError as exc:
-            fail(str(exc), EX_CONFIG)
-        queue_dir = args.queue_dir or settings.queue_dir
-        if not queue_dir:
-            fail('no queue directory: use --queue-dir DIR or set queue_dir in the configuration',
-                 EX_CONFIG if settings.path else EX_USAGE)
-        queue = _open_queue(queue_dir, writable=args.command not in _READ_ONLY)
-        admin = QueueAdmin(queue, policy, wait=args.wait, app=PROG)
+        admin = _admin(args, ctx.settings)
         try:
             return _COMMANDS[args.command](args, admin, ctx)
         except InvalidID as exc:
@@ -773,8 +581,8 @@ def _body(argv: Sequence[str]) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             return EX_OK
-        except OSError as exc:
-            raise _os_error(exc) from None
+        except (QueueError, OSError) as exc:
+            raise _store_error(exc) from None
     finally:
         ctx.close()
 
