@@ -15,16 +15,20 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .logs import DELIVERY_LOG, QUEUE_LOG, log_event
-from .message import get_header, message_bytes_from, validate_address
+from .message import MessageSource, get_header, message_bytes_from, validate_address
 from .plugins import fire_delivery_failed, fire_delivery_successful
 from .queue.schedule import RetryPolicy, format_duration
 from .result import Reply, SendResult
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .protocols import QueueingTransport, SignalRegistry, Transport
     from .queue.contract import QueuedMessage
+
+# A DebugMailer callback: a SendResult to return, False for a temporary failure, else recorded as sent.
+SendCallback = Callable[[str, List[str], bytes], object]
 
 # The queue modules are imported only when a queue is involved: mq-sendmail delivering straight
 # to the smarthost should not pay for them at start-up.
@@ -58,7 +62,7 @@ class DebugMailer:
 
     transport_name = 'debug'
 
-    def __init__(self, simulate_failed_sending: bool = False, send_callback: Any = None) -> None:
+    def __init__(self, simulate_failed_sending: bool = False, send_callback: Optional[SendCallback] = None) -> None:
         self.simulate_failed_sending = simulate_failed_sending
         self.send_callback = send_callback
         self.sent_mails: List[Tuple[str, List[str], bytes]] = []
@@ -85,15 +89,15 @@ def _all_deferred(name: str, to_addrs: Sequence[str], reply: Reply) -> SendResul
                       deferred={a: reply.as_tuple() for a in to_addrs})
 
 
-def _transport_name(transport: Any) -> str:
+def _transport_name(transport: Transport) -> str:
     return getattr(transport, 'transport_name', None) or type(transport).__name__.lower()
 
 
-def _is_queue(transport: Any) -> bool:
+def _is_queue(transport: Transport) -> bool:
     return bool(getattr(transport, 'is_queue', False))
 
 
-def _as_queued_message(msg: Any) -> Optional[QueuedMessage]:
+def _as_queued_message(msg: object) -> Optional[QueuedMessage]:
     contract = sys.modules.get(_CONTRACT_MODULE)
     # if the module was never imported, nothing can be a QueuedMessage
     if contract is not None and isinstance(msg, contract.QueuedMessage):
@@ -106,9 +110,9 @@ def _reason(failures: Dict[str, Tuple[int, str]]) -> str:
 
 
 class MessageHandler:
-    def __init__(self, transports: Sequence[Any], delivery_log: Optional[logging.Logger] = None,
-                 plugins: Any = None, queue_log: Optional[logging.Logger] = None, app: Optional[str] = None,
-                 retry_policy: Optional[RetryPolicy] = None) -> None:
+    def __init__(self, transports: Sequence[Transport], delivery_log: Optional[logging.Logger] = None,
+                 plugins: Optional[SignalRegistry] = None, queue_log: Optional[logging.Logger] = None,
+                 app: Optional[str] = None, retry_policy: Optional[RetryPolicy] = None) -> None:
         self.transports = list(transports)
         self.delivery_log = delivery_log or logging.getLogger(DELIVERY_LOG)
         self.queue_log = queue_log or logging.getLogger(QUEUE_LOG)
@@ -124,7 +128,7 @@ class MessageHandler:
 
     # --- public -----------------------------------------------------------------------------
 
-    def send_message(self, msg: Any, sender: Optional[str] = None, recipient: Optional[str] = None,
+    def send_message(self, msg: MessageSource, sender: Optional[str] = None, recipient: Optional[str] = None,
                      recipients: Optional[Union[str, Sequence[str]]] = None) -> Optional[SendResult]:
         queued = self._claimed(msg)
         if isinstance(queued, bool):  # a queued message that someone else holds, or that vanished
@@ -163,7 +167,7 @@ class MessageHandler:
         return result
 
     @staticmethod
-    def _claimed(msg: Any) -> Union[QueuedMessage, None, bool]:
+    def _claimed(msg: object) -> Union[QueuedMessage, None, bool]:
         """QueuedMessage if ``msg`` is (or can be claimed as) a queued message; False if it cannot be."""
         queued = _as_queued_message(msg)
         if queued is not None:
@@ -217,8 +221,8 @@ class MessageHandler:
             try:
                 if _is_queue(transport) and deferred:
                     # keep why it could not go out now: `mq-queue list` shows it before the first retry
-                    outcome: SendResult = transport.send(from_addr, pending, msg_bytes,
-                                                         last_error=_reason(deferred))
+                    queue: QueueingTransport = transport  # type: ignore[assignment]  # is_queue says so
+                    outcome: SendResult = queue.send(from_addr, pending, msg_bytes, last_error=_reason(deferred))
                 else:
                     outcome = transport.send(from_addr, pending, msg_bytes)
             except Exception as exc:
@@ -259,10 +263,10 @@ class MessageHandler:
             pending = [addr for addr in pending if addr in outcome.deferred]
         return {addr: deferred.get(addr, (451, 'no transport accepted the message')) for addr in pending}
 
-    def _queue_transport(self) -> Optional[Any]:
+    def _queue_transport(self) -> Optional[QueueingTransport]:
         for transport in self.transports:
             if _is_queue(transport):
-                return transport
+                return transport  # type: ignore[return-value]  # is_queue promises the protocol
         return None
 
     def _deliver_new(self, msg_bytes: bytes, from_addr: str, to_addrs: List[str]) -> SendResult:
@@ -284,7 +288,7 @@ class MessageHandler:
         self._fire(info, result)
         return result
 
-    def _fire(self, msg: Any, result: SendResult) -> bool:
+    def _fire(self, msg: object, result: SendResult) -> bool:
         if result.refused or result.deferred:
             return fire_delivery_failed(self.plugins, msg, result)
         if result.accepted:

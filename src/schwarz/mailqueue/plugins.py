@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocols import SignalRegistry
 
 __all__ = [
     'MQAction',
@@ -34,7 +37,7 @@ class MQAction(enum.Enum):
     DISCARD = 'discard'
 
 
-def new_registry() -> Any:
+def new_registry() -> Optional[SignalRegistry]:
     """A fresh signal registry, or None when PuzzlePluginSystem is not installed."""
     try:
         from schwarz.puzzle_plugins import SignalRegistry
@@ -46,10 +49,10 @@ def new_registry() -> Any:
 class _LazyRegistry:
     """Module attribute ``registry`` without importing blinker at start-up."""
 
-    _value: Any = None
+    _value: Optional[SignalRegistry] = None
     _loaded = False
 
-    def get(self) -> Any:
+    def get(self) -> Optional[SignalRegistry]:
         if not self._loaded:
             self._value = new_registry()
             self._loaded = True
@@ -65,12 +68,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def _receivers_exist(plugins: Any, signal: str) -> bool:
+def _receivers_exist(plugins: SignalRegistry, signal: str) -> bool:
     has_receivers = getattr(plugins, 'has_receivers', None)
     return bool(has_receivers and has_receivers(signal))
 
 
-def fire_delivery_successful(plugins: Any, msg: Any, send_result: Any) -> None:
+def fire_delivery_successful(plugins: Optional[SignalRegistry], msg: object, send_result: object) -> None:
     if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_successful):
         return
     try:
@@ -79,7 +82,7 @@ def fire_delivery_successful(plugins: Any, msg: Any, send_result: Any) -> None:
         log.exception('plugin failed in delivery_successful (ignored)')
 
 
-def fire_delivery_failed(plugins: Any, msg: Any, send_result: Any) -> bool:
+def fire_delivery_failed(plugins: Optional[SignalRegistry], msg: object, send_result: object) -> bool:
     """True when a plugin asked to discard the message."""
     if plugins is None or not _receivers_exist(plugins, MQSignal.delivery_failed):
         return False
@@ -117,12 +120,12 @@ def plugins_declared(group: str = ENTRY_POINT_GROUP) -> bool:
 class PluginManager:
     """Loads plugins from the ``mailqueue.plugins`` entry points and terminates them at exit."""
 
-    def __init__(self, enabled: Optional[Iterable[str]] = None, registry: Any = None) -> None:
+    def __init__(self, enabled: Optional[Iterable[str]] = None, registry: Optional[SignalRegistry] = None) -> None:
         self.enabled = tuple(enabled) if enabled is not None else ('*',)
         self.registry = registry
         self._loader: Any = None
 
-    def load(self) -> Any:
+    def load(self) -> Optional[SignalRegistry]:
         """Initialise the enabled plugins; returns the registry (None without PuzzlePluginSystem)."""
         if not self.enabled or not plugins_declared():
             # Nothing to load: skip importing importlib.metadata (~10 ms per mq-sendmail call).
@@ -150,5 +153,5 @@ class PluginManager:
         self.load()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.terminate()

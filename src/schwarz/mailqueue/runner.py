@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, List, Optional, TextIO, Union
+from typing import TYPE_CHECKING, List, Optional, TextIO, Union
 
 from .errors import MailQueueError
 from .handler import MessageHandler
@@ -24,11 +24,14 @@ from .logs import QUEUE_LOG, log_event
 from .queue.contract import NEW, QueuedMessage, QueueStore
 from .queue.locations import open_queue
 from .queue.schedule import RetryPolicy, format_duration, skewed_times
+from .result import SendResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocols import SignalRegistry, Transport
 
 __all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
 
 log = logging.getLogger('mailqueue')
-_STOP = object()
 
 
 @dataclass
@@ -104,13 +107,13 @@ class QueueRunner:
         self,
         queue: QueueStore,
         *,
-        mailer: Any = None,
+        mailer: Optional[Transport] = None,
         handler: Optional[MessageHandler] = None,
         policy: Optional[RetryPolicy] = None,
         workers: int = 1,
         force: bool = False,
         rate_limit: Optional[float] = None,
-        plugins: Any = None,
+        plugins: Optional[SignalRegistry] = None,
         progress: Optional[TextIO] = None,
         app: str = 'mq-run',
         abort_after_connection_failures: int = 3,
@@ -141,7 +144,10 @@ class QueueRunner:
     def _make_handler(self, index: int) -> MessageHandler:
         if self.handler is not None:
             return self.handler
-        mailer = self.mailer if index == 0 else self.mailer.clone()
+        assert self.mailer is not None
+        # one connection per worker where the transport can make twins; else they share it
+        clone = getattr(self.mailer, 'clone', None)
+        mailer: Transport = self.mailer if index == 0 or clone is None else clone()
         return MessageHandler([mailer], plugins=self.plugins, app=self.app, retry_policy=self.policy)
 
     def stop(self, grace: Optional[float] = None) -> None:
@@ -207,7 +213,7 @@ class QueueRunner:
         if any(name == 'queue date' for name, _ in skewed):
             msg.meta.queue_date = now
 
-    def _note_connection(self, result: Any) -> None:
+    def _note_connection(self, result: Optional[SendResult]) -> None:
         with self._conn_lock:
             if result is not None and result.connection_failed:
                 self._conn_failures += 1
@@ -227,7 +233,7 @@ class QueueRunner:
         stats.recovered = self.queue.recover()
         total = self.queue.stats()[NEW].count if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
-        hand_off: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=self.workers)
+        hand_off: queue_mod.Queue[Optional[QueuedMessage]] = queue_mod.Queue(maxsize=self.workers)
         handlers = self._handlers = [self._make_handler(i) for i in range(self.workers)]
 
         def give_back(msg: QueuedMessage) -> None:
@@ -239,7 +245,7 @@ class QueueRunner:
         def work(handler: MessageHandler) -> None:
             while True:
                 item = hand_off.get()
-                if item is _STOP:
+                if item is None:  # the feeder is done
                     return
                 if halted():
                     give_back(item)  # drain without starting new deliveries
@@ -281,7 +287,7 @@ class QueueRunner:
                             continue
         finally:
             for _ in threads:
-                hand_off.put(_STOP)
+                hand_off.put(None)
             for thread in threads:
                 thread.join()
             if self.handler is None:
@@ -321,7 +327,7 @@ class QueueRunner:
         """
         import signal
 
-        def request_stop(signum: int, frame: Any) -> None:
+        def request_stop(signum: int, frame: object) -> None:
             self.stop(grace=shutdown_grace)
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -332,7 +338,8 @@ class QueueRunner:
                 signal.signal(sig, handler)
 
 
-def send_all_queued_messages(queue_dir: Union[str, QueueStore], mailer: Any = None, plugins: Any = None,
+def send_all_queued_messages(queue_dir: Union[str, QueueStore], mailer: Optional[Transport] = None,
+                             plugins: Optional[SignalRegistry] = None,
                              mh: Optional[MessageHandler] = None, *, workers: int = 1, force: bool = False,
                              policy: Optional[RetryPolicy] = None, progress: Optional[TextIO] = None,
                              rate_limit: Optional[float] = None) -> RunStats:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..errors import MailQueueError
 from ..result import Reply
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-class SMTPError(Exception):
+class SMTPError(MailQueueError):
     """Base class; ``reply`` carries the server's code and text (synthetic for network errors)."""
 
     temporary = True
@@ -41,8 +42,11 @@ class PermanentError(SMTPError):
     temporary = False
 
 
-class ConnectError(TemporaryError):
-    """Could not reach the server, or it went away mid-dialog (counts as 451)."""
+class ConnectError(TemporaryError, ConnectionError):
+    """Could not reach the server, or it went away mid-dialog (counts as 451).
+
+    Also a ``ConnectionError``: code that handles network trouble generically catches it.
+    """
 
 
 class TLSError(TemporaryError):
