@@ -87,6 +87,29 @@ register_store(StoreKind('maildir', _maildir, _maildir_reopen, supports_processe
 register_store(StoreKind('memory', _memory, lambda store: store, supports_processes=False, claim_owner='thread'))
 
 
+@contextlib.contextmanager
+def _postgresql(tmp_path: Path) -> Iterator[QueueStore]:
+    # a schema of its own on the test server (tests/_pg.py: found or started; never skipped)
+    from _pg import fresh_location
+    from schwarz.mailqueue.queue.postgres import PostgresQueue
+
+    store = PostgresQueue(fresh_location())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _postgresql_reopen(store: QueueStore) -> QueueStore:
+    from schwarz.mailqueue.queue.postgres import PostgresQueue
+
+    return PostgresQueue(store.location)  # another owner: its own connections and advisory lock
+
+
+register_store(StoreKind('postgresql', _postgresql, _postgresql_reopen, supports_processes=True,
+                         claim_owner='process'))
+
+
 # --- fixtures -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,1094 @@
+"""The PostgreSQL queue store (SPEC §11.2): many runners on many hosts share one queue.
+
+Imported only when a ``postgresql://`` (or ``postgres://``) location is opened; it is the
+only module that imports psycopg (extra ``[postgres]``).
+
+Location: any libpq URI, plus our own query parameters, which are removed before the URI
+goes to libpq:
+
+- ``mq_schema=NAME``: the PostgreSQL schema holding the tables (default ``mailqueue``);
+- ``mq_lease=SECONDS``: lease duration, the fallback when a runner's liveness cannot be
+  seen (default 120; a heartbeat renews the leases of live runners every sixth of it);
+- ``mq_pooling=transaction``: behind PgBouncer in transaction mode (no session advisory
+  locks, no LISTEN, no prepared statements; recovery waits for the lease deadline).
+
+The same settings can be given to ``open_postgres_queue(location, schema=..., lease=...,
+pooling=...)``.
+
+How it works (docs/postgresql.md has the operator's view):
+
+- one table ``messages`` per schema; a message's state, envelope, schedule and lease are
+  columns, its bytes a ``bytea`` that is never rewritten (it lives in TOAST, so updates of the
+  small columns do not copy it);
+- ``claim_due`` is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` statement
+  that sets a lease (owner, random token, deadline); every statement runs in autocommit, so
+  no transaction stays open while SMTP talks;
+- every later change is conditional on the lease token: zero rows changed means the lease
+  was lost (``ClaimLost``), and nothing was touched;
+- each store instance holds a session advisory lock while it holds leases; a lease whose
+  owner's lock is free belongs to a dead owner and ``recover()`` takes it back at once. A
+  heartbeat thread extends the deadlines of the leases this instance holds;
+- inserts into ``new`` ``NOTIFY`` (a trigger; PostgreSQL folds repeated notifications of one
+  transaction into one), ``wait_for_work`` ``LISTEN``\\ s;
+- ``complete`` deletes the row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+import weakref
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import unquote
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from ..errors import ClaimLost, CorruptMessage, QueueUnavailable
+from .contract import (
+    CLAIMED,
+    FAILED,
+    NEW,
+    NEXT_ATTEMPT,
+    STATES,
+    ClaimBatch,
+    QueuedMessage,
+    QueueEntry,
+    StateCount,
+)
+from .format import FAILED_REASON, LAST_ERROR, QueueMeta, check_envelope, format_date, parse_date
+from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
+
+__all__ = [
+    'DEFAULT_LEASE',
+    'DEFAULT_SCHEMA',
+    'SCHEMA_VERSION',
+    'PostgresQueue',
+    'SchemaMissing',
+    'enqueue_in_transaction',
+    'init_schema',
+    'open_postgres_queue',
+    'schema_version',
+]
+
+log = logging.getLogger('mailqueue')
+
+#: the schema version this code needs; ``init_schema`` creates or upgrades to it
+SCHEMA_VERSION = 1
+DEFAULT_SCHEMA = 'mailqueue'
+DEFAULT_LEASE = 120.0  # seconds
+MIN_LEASE = 5.0
+_MAX_IDLE = 8  # idle connections kept per store instance
+# Durations in SQL are clamped to this (100 years): a longer one means "never" and would
+# overflow PostgreSQL's interval/timestamp arithmetic.
+_MAX_SECONDS = 100 * 365.25 * 86400
+_SCHEMA_NAME = re.compile(r'[a-z_][a-z0-9_]{0,62}\Z')
+_OUR_PARAMS = ('schema', 'lease', 'pooling')
+
+
+class SchemaMissing(QueueUnavailable):
+    """The queue schema does not exist or is older than this code needs: run ``mq-queue init``."""
+
+
+# --- locations ----------------------------------------------------------------------------------
+
+
+def split_location(location: str) -> Tuple[str, Dict[str, str]]:
+    """``(libpq URI without our parameters, {our parameter: value})``; ``mq_x=1`` -> ``{'x': '1'}``.
+
+    The rest of the URI is kept byte for byte (libpq decodes its own percent-escapes).
+    """
+    base, sep, query = location.partition('?')
+    ours: Dict[str, str] = {}
+    kept: List[str] = []
+    for part in query.split('&') if sep else []:
+        if not part:
+            continue
+        key, _, value = part.partition('=')
+        if key.startswith('mq_'):
+            name = key[3:]
+            if name not in _OUR_PARAMS:
+                known = ', '.join(f'mq_{p}' for p in _OUR_PARAMS)
+                raise ValueError(f'unknown queue parameter {key!r} in the PostgreSQL location (known: {known})')
+            ours[name] = unquote(value)
+        else:
+            kept.append(part)
+    return base + ('?' + '&'.join(kept) if kept else ''), ours
+
+
+def _shown(location: str) -> str:
+    """The location without secrets, for logs and messages (other processes can open it too)."""
+    scheme, sep, rest = location.partition('://')
+    if not sep:
+        return location
+    authority, slash, path = rest.partition('/')
+    userinfo, at, host = authority.rpartition('@')
+    if at and ':' in userinfo:
+        authority = f'{userinfo.split(":", 1)[0]}:***@{host}'
+    path = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', path)
+    return f'{scheme}://{authority}{slash}{path}'
+
+
+def _check_schema_name(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema or ''):
+        raise ValueError(f'invalid PostgreSQL schema name {schema!r} for the queue '
+                         f'(lower-case letters, digits and _; at most 63)')
+    return schema
+
+
+def _settings(location: str, schema: Optional[str], lease: Optional[object],
+              pooling: Optional[str]) -> Tuple[str, str, float, str]:
+    conninfo, ours = split_location(location)
+    schema = _check_schema_name(schema or ours.get('schema') or DEFAULT_SCHEMA)
+    raw_lease = lease if lease is not None else ours.get('lease', DEFAULT_LEASE)
+    try:
+        lease_seconds = float(raw_lease)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f'mq_lease: not a number of seconds: {raw_lease!r}') from None
+    if not MIN_LEASE <= lease_seconds <= 86400:
+        raise ValueError(f'mq_lease: {lease_seconds:g} s is out of range ({MIN_LEASE:g} to 86400)')
+    mode = (pooling or ours.get('pooling') or 'session').lower()
+    if mode not in ('session', 'transaction'):
+        raise ValueError(f'mq_pooling: {mode!r} is neither session nor transaction')
+    return conninfo, schema, lease_seconds, mode
+
+
+def _connect_kwargs(conninfo: str, pooling: str) -> Dict[str, Any]:
+    """Connection settings we add unless the location sets them: TCP keepalives, a name, a timeout."""
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f'invalid PostgreSQL location: {exc}') from None
+    wanted: Dict[str, Any] = {
+        'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10, 'keepalives_count': 3,
+        'connect_timeout': 10, 'application_name': 'mailqueue-runner',
+    }
+    kwargs = {key: value for key, value in wanted.items() if key not in given}
+    kwargs['autocommit'] = True
+    if pooling == 'transaction':
+        kwargs['prepare_threshold'] = None  # PgBouncer < 1.21 in transaction mode cannot keep them
+    return kwargs
+
+
+# --- SQL --------------------------------------------------------------------------------------
+
+
+def _q(schema: str) -> str:
+    return '"' + _check_schema_name(schema) + '"'
+
+
+def _migrations(schema: str) -> List[Tuple[int, str]]:
+    """``(version, script)``: each script brings the schema from ``version - 1`` to ``version``."""
+    s = _q(schema)
+    v1 = f"""
+CREATE TABLE {s}.messages (
+    id           text COLLATE "C" PRIMARY KEY,
+    state        text NOT NULL CHECK (state IN ('new', 'cur', 'hold', 'failed')),
+    sender       text NOT NULL,
+    recipients   text[] NOT NULL,
+    msg          bytea NOT NULL,
+    size         bigint NOT NULL,
+    queue_date   timestamptz NOT NULL,
+    last_attempt timestamptz,
+    retries      integer NOT NULL DEFAULT 0,
+    next_attempt timestamptz,
+    last_error   text,
+    extra        jsonb NOT NULL DEFAULT '{{}}',
+    changed_at   timestamptz NOT NULL DEFAULT now(),
+    claimed_from text CHECK (claimed_from IN ('new', 'hold', 'failed')),
+    lease_owner  text,
+    lease_key    bigint,
+    lease_token  uuid,
+    lease_until  timestamptz,
+    pass_id      uuid,
+    CONSTRAINT lease_iff_claimed CHECK ((state = 'cur') = (lease_token IS NOT NULL AND lease_until IS NOT NULL))
+) WITH (toast_tuple_target = 128, autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE {s}.messages ALTER COLUMN msg SET STORAGE EXTERNAL;
+COMMENT ON TABLE {s}.messages IS 'mailqueue-runner: queued mail (completion deletes the row)';
+CREATE INDEX messages_due ON {s}.messages (next_attempt NULLS FIRST, queue_date, id) WHERE state = 'new';
+CREATE INDEX messages_leased ON {s}.messages (lease_token) WHERE state = 'cur';
+CREATE FUNCTION {s}.notify_new() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('{schema}', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER messages_notify AFTER INSERT ON {s}.messages
+    FOR EACH ROW WHEN (NEW.state = 'new') EXECUTE FUNCTION {s}.notify_new();
+"""
+    return [(1, v1)]
+
+
+# An advisory lock with a bigint key shows its high half in classid, its low half in objid.
+_LIVE_KEYS = """(SELECT (l.classid::int8 << 32) | l.objid::int8 FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+       AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"""
+# a lease nobody can be working on: past its deadline, or its owner's session is gone
+_ABANDONED = f"(lease_until <= now() OR (lease_key IS NOT NULL AND lease_key NOT IN {_LIVE_KEYS}))"
+_META = 'sender, recipients, queue_date, last_attempt, retries, next_attempt, last_error, extra'
+_ENTRY = (f"id, state, size, changed_at, {_META}, "
+          f"CASE WHEN state = 'cur' THEN NOT {_ABANDONED} END AS active")
+_STATE_ORDER = "CASE state WHEN 'new' THEN 0 WHEN 'cur' THEN 1 WHEN 'hold' THEN 2 ELSE 3 END"
+_CLEAR_LEASE = ('claimed_from = NULL, lease_owner = NULL, lease_key = NULL, lease_token = NULL, '
+                'lease_until = NULL, changed_at = now()')
+_SET_LEASE = ("lease_token = gen_random_uuid(), lease_key = %(key)s, lease_owner = %(owner)s, "
+              "lease_until = now() + %(lease)s * interval '1 second', changed_at = now()")
+
+# Due at %(now)s under the caller's RetryPolicy: exactly contract.is_due, as one predicate.
+_DUE = """(
+    (next_attempt IS NOT NULL AND next_attempt <= %(now)s)
+    OR (next_attempt IS NULL AND (retries <= 0 OR last_attempt IS NULL
+        OR last_attempt + least(%(min_delay)s * power(2::float8, least(retries - 1, 64)), %(max_delay)s)
+                          * interval '1 second' <= %(now)s))
+    OR last_attempt > %(now)s + %(skew)s * interval '1 second'
+    OR queue_date + %(lifetime)s * interval '1 second' <= %(now)s
+    OR (%(max_attempts)s::integer IS NOT NULL AND retries >= %(max_attempts)s::integer)
+)"""
+
+
+def _insert_sql(schema: str) -> str:
+    return (f'INSERT INTO {_q(schema)}.messages (id, state, sender, recipients, msg, size, queue_date, '
+            f'last_error, extra) VALUES (%s, %s, %s, %s::text[], %s, %s, %s, %s, %s::jsonb)')
+
+
+def _seconds(delta: timedelta) -> float:
+    return min(max(delta.total_seconds(), 0.0), _MAX_SECONDS)
+
+
+def _utc(value: Optional[datetime]) -> Optional[datetime]:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _split_extra(extra: Dict[str, str]) -> Tuple[Dict[str, str], Optional[str], Optional[datetime]]:
+    """``(jsonb extra, last_error, next_attempt)``: two meta values have columns of their own."""
+    rest = dict(extra)
+    last_error = rest.pop(LAST_ERROR, None)
+    recorded = rest.pop(NEXT_ATTEMPT, None)
+    next_attempt: Optional[datetime] = None
+    if recorded:
+        try:
+            next_attempt = parse_date(recorded)
+        except ValueError:
+            next_attempt = None  # unreadable: the policy decides, as in a queue file
+    return rest, last_error, next_attempt
+
+
+def _meta_from(row: Sequence[Any]) -> QueueMeta:
+    """QueueMeta from the ``_META`` columns."""
+    sender, recipients, queue_date, last_attempt, retries, next_attempt, last_error, extra = row
+    meta = QueueMeta(sender, list(recipients), _utc(queue_date), _utc(last_attempt), int(retries),
+                     {str(k): str(v) for k, v in (extra or {}).items()})
+    if last_error is not None:
+        meta.extra[LAST_ERROR] = last_error
+    if next_attempt is not None:
+        meta.extra[NEXT_ATTEMPT] = format_date(_utc(next_attempt))  # type: ignore[arg-type]
+    return meta
+
+
+def _copy(meta: QueueMeta) -> QueueMeta:
+    return QueueMeta(meta.from_addr, list(meta.to_addrs), meta.queue_date, meta.last_delivery_attempt,
+                     meta.retries, dict(meta.extra))
+
+
+# --- schema management ------------------------------------------------------------------------
+
+
+def _version_of(conn: psycopg.Connection[Any], schema: str) -> Optional[int]:
+    """The schema's version; None when there is no queue schema."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'{_q(schema)}.schema_version']).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(f'SELECT max(version) FROM {_q(schema)}.schema_version').fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _missing(schema: str, where: str, found: Optional[int]) -> SchemaMissing:
+    if found is None or found == 0:
+        problem = f'the queue schema "{schema}" does not exist in {where}'
+    else:
+        problem = f'the queue schema "{schema}" in {where} is at version {found}, this version needs {SCHEMA_VERSION}'
+    return SchemaMissing(f'{problem}; run `mq-queue init` (with a role that may create it)')
+
+
+def init_schema(location: str, *, schema: Optional[str] = None) -> Tuple[int, int]:
+    """Create or upgrade the queue schema; ``(version before, version after)`` (0: there was none).
+
+    Idempotent and safe to run from several hosts at once (one transaction, serialized by an
+    advisory lock). ``mq-queue init`` calls it. ``QueueUnavailable`` when the database cannot
+    be reached or the schema is newer than this code.
+    """
+    conninfo, schema, _, pooling = _settings(location, schema, None, None)
+    kwargs = _connect_kwargs(conninfo, pooling)
+    kwargs['autocommit'] = False
+    s = _q(schema)
+    try:
+        with psycopg.connect(conninfo, **kwargs) as conn:
+            with conn.transaction():
+                conn.execute('SELECT pg_advisory_xact_lock(%s)', [_init_lock_key(schema)])
+                if not conn.execute('SELECT 1 FROM pg_namespace WHERE nspname = %s', [schema]).fetchone():
+                    conn.execute(f'CREATE SCHEMA {s}')  # an admin owning the schema needs no CREATE on the database
+                conn.execute(f'CREATE TABLE IF NOT EXISTS {s}.schema_version ('
+                             f'version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
+                before = _version_of(conn, schema) or 0
+                if before > SCHEMA_VERSION:
+                    raise QueueUnavailable(f'the queue schema "{schema}" is at version {before}, newer than this '
+                                           f'mailqueue-runner knows ({SCHEMA_VERSION}): upgrade mailqueue-runner')
+                for version, script in _migrations(schema):
+                    if version > before:
+                        conn.execute(script)
+                        conn.execute(f'INSERT INTO {s}.schema_version (version) VALUES (%s)', [version])
+    except psycopg.Error as exc:
+        raise QueueUnavailable(f'PostgreSQL queue {_shown(location)}: cannot initialise: {_first_line(exc)}') from None
+    return before, SCHEMA_VERSION
+
+
+def schema_version(location: str, *, schema: Optional[str] = None) -> Optional[int]:
+    """The version of the queue schema at ``location``; None when there is none."""
+    conninfo, schema, _, pooling = _settings(location, schema, None, None)
+    try:
+        with psycopg.connect(conninfo, **_connect_kwargs(conninfo, pooling)) as conn:
+            return _version_of(conn, schema)
+    except psycopg.Error as exc:
+        raise QueueUnavailable(f'PostgreSQL queue {_shown(location)}: {_first_line(exc)}') from None
+
+
+def _init_lock_key(schema: str) -> int:
+    return int.from_bytes(('mqinit:' + schema).encode()[:8].ljust(8, b'\0'), 'big') >> 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# --- transactional enqueue --------------------------------------------------------------------
+
+
+def enqueue_in_transaction(connection: Any, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
+                           schema: str = DEFAULT_SCHEMA, queue_date: Optional[datetime] = None,
+                           extra: Optional[Dict[str, str]] = None) -> str:
+    """Queue a message through the application's own DB-API connection (psycopg 2 or 3); the id.
+
+    Nothing is committed here: the message exists if and only if the caller's transaction
+    commits (transactional outbox). A runner is woken up at commit (the insert trigger's NOTIFY).
+    A failing insert leaves the caller's transaction aborted, so the application's own
+    changes cannot commit without their mail.
+    """
+    if not recipients:
+        raise ValueError('cannot queue a message without recipients')
+    sender = sender or ''
+    check_envelope(sender, list(recipients))
+    rest, last_error, _ = _split_extra(dict(extra or {}))
+    msg_bytes = bytes(msg_bytes)
+    msg_id = _new_id()
+    params = (msg_id, NEW, sender, list(recipients), msg_bytes, len(msg_bytes),
+              _utc(queue_date) or datetime.now(timezone.utc), last_error, json.dumps(rest))
+    cursor = connection.cursor()
+    try:
+        cursor.execute(_insert_sql(schema), params)
+    except Exception as exc:
+        code = getattr(exc, 'sqlstate', None) or getattr(exc, 'pgcode', None)
+        if code in ('42P01', '3F000'):  # undefined_table, invalid_schema_name
+            raise _missing(schema, 'the database of this connection', None) from exc
+        if code is not None:
+            raise QueueUnavailable(f'cannot queue the message in schema "{schema}": {_first_line(exc)}') from exc
+        raise
+    finally:
+        close = getattr(cursor, 'close', None)
+        if close is not None:
+            close()
+    return msg_id
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class PostgresQueue:
+    """A queue in a PostgreSQL schema. Thread-safe; one instance per runner process is enough.
+
+    Claims belong to the instance (its owner key). Connections are opened on first use and
+    pooled (autocommit; one per concurrently working thread, a few kept idle). An instance
+    can be used again after ``close()`` (it reconnects); in a forked child it starts afresh.
+    """
+
+    kind = 'postgresql'
+
+    def __init__(self, location: str, *, schema: Optional[str] = None, lease: Optional[object] = None,
+                 pooling: Optional[str] = None, **ignored: object) -> None:
+        self._conninfo, self.schema, self.lease, self.pooling = _settings(location, schema, lease, pooling)
+        self._kwargs = _connect_kwargs(self._conninfo, self.pooling)
+        self.location = _shown(location)
+        self._raw_location = location
+        self._table = f'{_q(self.schema)}.messages'
+        self.channel = self.schema  # NOTIFY channel of inserts into new
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh per-process state (also in a forked child: the parent's connections are not ours)."""
+        self._pid = os.getpid()
+        self._idle: List[psycopg.Connection[Any]] = []
+        self._checked = False
+        self._owner_lock = threading.Lock()
+        self._owner_conn: Optional[psycopg.Connection[Any]] = None
+        self._owner_key: Optional[int] = None
+        self._owner_name = f'{socket.gethostname()}:{os.getpid()}'
+        self._heartbeat: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        # lease token -> claimed message; a message dropped without ending its claim stops being
+        # renewed and its lease runs out (the counterpart of a garbage-collected file lock)
+        self._leases: weakref.WeakValueDictionary[uuid.UUID, QueuedMessage] = weakref.WeakValueDictionary()
+        self._pass_id = uuid.uuid4()
+        self._listen_lock = threading.Lock()
+        self._listen_conn: Optional[psycopg.Connection[Any]] = None
+
+    def __repr__(self) -> str:
+        return f'PostgresQueue({self.location!r})'
+
+    # --- connections --------------------------------------------------------------------------
+
+    def _forked(self) -> None:
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    # psycopg never closes a connection of another process; just forget them
+                    self._reset()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, **self._kwargs)
+        except psycopg.Error as exc:
+            raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot connect: {_first_line(exc)}') from None
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; database errors become queue errors."""
+        self._forked()
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        reusable = False
+        try:
+            with self._translated():
+                if not self._checked:
+                    self._check_version(conn)
+                yield conn
+            reusable = True
+        finally:
+            kept = False
+            if (reusable and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+                    and os.getpid() == self._pid):
+                with self._lock:
+                    if len(self._idle) < _MAX_IDLE:
+                        self._idle.append(conn)
+                        kept = True
+            if not kept and os.getpid() == self._pid:
+                conn.close()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName, pg_errors.UndefinedColumn):
+            self._checked = False
+            raise _missing(self.schema, self.location, None) from None
+        except pg_errors.InsufficientPrivilege as exc:
+            raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)} '
+                                   f'(see docs/postgresql.md: roles)') from None
+        except psycopg.Error as exc:
+            raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)}') from None
+
+    def _check_version(self, conn: psycopg.Connection[Any]) -> None:
+        found = _version_of(conn, self.schema)
+        if found is None or found < SCHEMA_VERSION:
+            raise _missing(self.schema, self.location, found)
+        if found > SCHEMA_VERSION:
+            raise QueueUnavailable(f'PostgreSQL queue {self.location}: the schema "{self.schema}" is at version '
+                                   f'{found}, newer than this mailqueue-runner knows ({SCHEMA_VERSION}): '
+                                   f'upgrade mailqueue-runner')
+        self._checked = True
+
+    # --- the owner: advisory lock and heartbeat -------------------------------------------------
+
+    def _owner(self) -> Optional[int]:
+        """Our advisory lock key, taken on first claim (None behind a transaction pooler)."""
+        self._forked()
+        if self.pooling == 'transaction':
+            self._start_heartbeat()
+            return None
+        with self._owner_lock:
+            conn = self._owner_conn
+            if conn is None or conn.closed:
+                self._owner_conn = None
+                conn = self._connect()
+                try:
+                    with self._translated():
+                        key = self._owner_key or (secrets.randbits(62) + 1)
+                        while not conn.execute('SELECT pg_try_advisory_lock(%s)', [key]).fetchone()[0]:  # type: ignore[index]
+                            key = secrets.randbits(62) + 1  # taken (by a session of ours that lingers?)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._owner_conn, self._owner_key = conn, key
+            self._start_heartbeat()
+            return self._owner_key
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._stop.clear()
+            self._heartbeat = threading.Thread(target=self._beat, name='mq-pg-heartbeat', daemon=True)
+            self._heartbeat.start()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lease / 6
+
+    def _beat(self) -> None:
+        """Renew our leases every sixth of the lease; re-take the advisory lock after a reconnect."""
+        stop = self._stop
+        while not stop.wait(self.heartbeat_interval):
+            try:
+                self.renew_leases()
+            except Exception as exc:  # keep beating: the next try may reach the server again
+                log.warning('PostgreSQL queue %s: cannot renew leases: %s', self.location, exc)
+
+    def renew_leases(self) -> int:
+        """Extend the deadline of every lease this instance holds; how many (the heartbeat calls it)."""
+        tokens = list(self._leases.keys())
+        if self.pooling == 'transaction':
+            if not tokens:
+                return 0
+            with self._conn() as pooled:
+                return self._renew(pooled, tokens)
+        with self._owner_lock:
+            conn = self._owner_conn
+        if conn is None or conn.closed:
+            self._owner()  # reconnect and lock again
+            with self._owner_lock:
+                conn = self._owner_conn
+        if conn is None:
+            return 0  # closed meanwhile
+        with self._owner_lock, self._translated():
+            if not tokens:
+                conn.execute('SELECT 1')  # notice a dead connection early
+                return 0
+            return self._renew(conn, tokens)
+
+    def _renew(self, conn: psycopg.Connection[Any], tokens: List[uuid.UUID]) -> int:
+        cur = conn.execute(f"UPDATE {self._table} SET lease_until = now() + %s * interval '1 second' "
+                           f"WHERE state = 'cur' AND lease_token = ANY(%s)", [self.lease, tokens])
+        return cur.rowcount
+
+    def _lease_params(self) -> Dict[str, Any]:
+        return {'key': self._owner(), 'owner': self._owner_name, 'lease': self.lease}
+
+    def _claimed(self, msg_id: str, token: uuid.UUID, meta: QueueMeta, msg_bytes: bytes) -> QueuedMessage:
+        msg = QueuedMessage(self, msg_id, meta, bytes(msg_bytes), token)
+        self._leases[token] = msg
+        return msg
+
+    def _ended(self, msg: QueuedMessage) -> None:
+        token = msg.token
+        msg.token = None
+        if isinstance(token, uuid.UUID):
+            self._leases.pop(token, None)
+
+    # --- writing new messages ---------------------------------------------------------------
+
+    def _insert(self, conn: psycopg.Connection[Any], state: str, msg_bytes: bytes, meta: QueueMeta,
+                lease: Optional[Dict[str, Any]] = None) -> Tuple[str, Optional[uuid.UUID]]:
+        check_envelope(meta.from_addr, meta.to_addrs)
+        rest, last_error, next_attempt = _split_extra(meta.extra)
+        for _ in range(5):
+            msg_id = _new_id()
+            params: Dict[str, Any] = {
+                'id': msg_id, 'state': state, 'sender': meta.from_addr, 'recipients': list(meta.to_addrs),
+                'msg': msg_bytes, 'size': len(msg_bytes), 'queue_date': _utc(meta.queue_date),
+                'last_error': last_error, 'extra': json.dumps(rest), 'next_attempt': next_attempt,
+            }
+            if lease is None:
+                sql = (f'INSERT INTO {self._table} (id, state, sender, recipients, msg, size, queue_date, '
+                       f'last_error, extra, next_attempt) VALUES (%(id)s, %(state)s, %(sender)s, '
+                       f'%(recipients)s::text[], %(msg)s, %(size)s, %(queue_date)s, %(last_error)s, '
+                       f'%(extra)s::jsonb, %(next_attempt)s)')  # no RETURNING: an enqueue-only role may not SELECT
+            else:
+                params.update(lease)
+                sql = (f'INSERT INTO {self._table} (id, state, sender, recipients, msg, size, queue_date, '
+                       f'last_error, extra, next_attempt, claimed_from, lease_token, lease_key, lease_owner, '
+                       f'lease_until, changed_at) VALUES (%(id)s, %(state)s, %(sender)s, %(recipients)s::text[], '
+                       f'%(msg)s, %(size)s, %(queue_date)s, %(last_error)s, %(extra)s::jsonb, %(next_attempt)s, '
+                       f"'new', gen_random_uuid(), %(key)s, %(owner)s, now() + %(lease)s * interval '1 second', "
+                       f'now()) RETURNING lease_token')
+            try:
+                cur = conn.execute(sql, params)
+            except pg_errors.UniqueViolation:
+                continue  # 64 random bits met an existing id: draw again
+            row = cur.fetchone() if lease is not None else None
+            return msg_id, (row[0] if row else None)
+        raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot find a free message id')
+
+    def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
+        if not recipients:
+            raise ValueError('cannot queue a message without recipients')
+        meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc),
+                         extra=dict(extra or {}))
+        check_envelope(meta.from_addr, meta.to_addrs)  # refused before connecting
+        with self._conn() as conn:
+            return self._insert(conn, NEW, bytes(msg_bytes), meta)[0]
+
+    def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
+                        queue_date: Optional[datetime] = None) -> QueuedMessage:
+        if not recipients:
+            raise ValueError('cannot queue a message without recipients')
+        meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc))
+        check_envelope(meta.from_addr, meta.to_addrs)
+        lease = self._lease_params()
+        with self._conn() as conn:
+            msg_id, token = self._insert(conn, CLAIMED, bytes(msg_bytes), meta, lease)
+        assert token is not None
+        return self._claimed(msg_id, token, meta, msg_bytes)
+
+    def store_dead_letter(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], reason: str) -> str:
+        meta = QueueMeta(sender or '', list(recipients), datetime.now(timezone.utc), extra={FAILED_REASON: reason})
+        check_envelope(meta.from_addr, meta.to_addrs)
+        with self._conn() as conn:
+            return self._insert(conn, FAILED, bytes(msg_bytes), meta)[0]
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    def claim_due(self, limit: int, *, now: datetime, policy: RetryPolicy,
+                  force: bool = False) -> ClaimBatch:
+        batch = ClaimBatch()
+        if limit <= 0:
+            return batch
+        params = self._lease_params()
+        params.update({
+            'pass': self._pass_id, 'limit': int(limit), 'force': bool(force), 'now': _utc(now),
+            'min_delay': _seconds(policy.min_delay), 'max_delay': _seconds(policy.max_delay),
+            'lifetime': _seconds(policy.max_queue_lifetime), 'skew': CLOCK_SKEW_TOLERANCE.total_seconds(),
+            'max_attempts': policy.max_attempts,
+        })
+        sql = (f"UPDATE {self._table} AS m SET state = 'cur', claimed_from = 'new', pass_id = %(pass)s, {_SET_LEASE} "
+               f"FROM (SELECT id FROM {self._table} WHERE state = 'new' AND pass_id IS DISTINCT FROM %(pass)s "
+               f"AND (%(force)s OR {_DUE}) ORDER BY next_attempt NULLS FIRST, queue_date, id "
+               f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due "
+               f"WHERE m.id = due.id RETURNING m.id, m.lease_token, m.msg, "
+               + ', '.join(f'm.{column.strip()}' for column in _META.split(',')))
+        with self._conn() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
+        for row in rows:
+            msg_id, token, msg_bytes = row[0], row[1], row[2]
+            meta = _meta_from(row[3:])
+            msg = self._claimed(msg_id, token, meta, msg_bytes)
+            if self._corrupt(msg):
+                batch.corrupt += 1
+                continue
+            batch.append(msg)
+        if not rows:
+            self._pass_id = uuid.uuid4()  # an empty batch ends the pass
+        return batch
+
+    def _corrupt(self, msg: QueuedMessage) -> bool:
+        """A row that we could not have queued (written around us): to failed, never to SMTP."""
+        try:
+            check_envelope(msg.meta.from_addr, msg.meta.to_addrs)
+        except ValueError as exc:
+            log.error('queue entry %s moved to failed: invalid envelope: %s', msg.msg_id, exc)
+            try:
+                self.fail(msg, f'invalid envelope: {exc}')
+            except ClaimLost:
+                pass
+            return True
+        return False
+
+    def claim(self, msg_id: str, state: str = NEW) -> Optional[QueuedMessage]:
+        if state not in STATES:
+            return None
+        params = self._lease_params()
+        params.update({'id': msg_id, 'state': state})
+        returning = f'RETURNING lease_token, msg, {_META}'
+        with self._conn() as conn:
+            if state != CLAIMED:
+                row = conn.execute(f"UPDATE {self._table} SET state = 'cur', claimed_from = state, {_SET_LEASE} "
+                                   f"WHERE id = %(id)s AND state = %(state)s {returning}", params).fetchone()
+            else:
+                # take over an abandoned claim: first find its token (liveness read after the
+                # snapshot), then change the row only if that lease is still the same one
+                found = conn.execute(f"SELECT lease_token FROM {self._table} WHERE id = %(id)s "
+                                     f"AND state = 'cur' AND {_ABANDONED}", params).fetchone()
+                if found is None:
+                    return None
+                params['old'] = found[0]
+                row = conn.execute(f"UPDATE {self._table} SET claimed_from = 'new', {_SET_LEASE} "
+                                   f"WHERE id = %(id)s AND state = 'cur' AND lease_token = %(old)s {returning}",
+                                   params).fetchone()
+        if row is None:
+            return None
+        msg = self._claimed(msg_id, row[0], _meta_from(row[2:]), row[1])
+        if self._corrupt(msg):
+            raise CorruptMessage(f'{msg_id}: invalid envelope; moved to failed')
+        return msg
+
+    # --- ending a claim ---------------------------------------------------------------------
+
+    def _token(self, msg: QueuedMessage) -> uuid.UUID:
+        token = msg.token
+        if not isinstance(token, uuid.UUID):
+            msg.token = None
+            raise ClaimLost(f'{msg.msg_id} is no longer claimed by us')
+        return token
+
+    def _lost(self, msg: QueuedMessage) -> ClaimLost:
+        self._ended(msg)
+        return ClaimLost(f'{msg.msg_id}: the lease is no longer ours (taken back, or removed); nothing changed')
+
+    def _write(self, msg: QueuedMessage, state: str, meta: QueueMeta) -> None:
+        """End the claim: store ``meta`` and move to ``state``, if the lease is still ours."""
+        token = self._token(msg)
+        rest, last_error, next_attempt = _split_extra(meta.extra)
+        params = {
+            'id': msg.msg_id, 'token': token, 'state': state, 'sender': meta.from_addr,
+            'recipients': list(meta.to_addrs), 'queue_date': _utc(meta.queue_date) or datetime.now(timezone.utc),
+            'last_attempt': _utc(meta.last_delivery_attempt), 'retries': int(meta.retries),
+            'next_attempt': next_attempt, 'last_error': last_error, 'extra': json.dumps(rest),
+        }
+        with self._conn() as conn:
+            cur = conn.execute(
+                f"UPDATE {self._table} SET state = %(state)s, sender = %(sender)s, "
+                f"recipients = %(recipients)s::text[], queue_date = %(queue_date)s, "
+                f"last_attempt = %(last_attempt)s, retries = %(retries)s, "
+                f"next_attempt = %(next_attempt)s, last_error = %(last_error)s, extra = %(extra)s::jsonb, "
+                f"{_CLEAR_LEASE} WHERE id = %(id)s AND state = 'cur' AND lease_token = %(token)s", params)
+            if cur.rowcount != 1:
+                raise self._lost(msg)
+            if state == NEW:
+                self._notify(conn)
+        self._ended(msg)
+        msg.meta = meta
+
+    def _notify(self, conn: psycopg.Connection[Any]) -> None:
+        if self.pooling != 'transaction':
+            conn.execute('SELECT pg_notify(%s, %s)', [self.channel, ''])
+
+    def complete(self, msg: QueuedMessage) -> None:
+        token = self._token(msg)
+        with self._conn() as conn:
+            cur = conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
+                               [msg.msg_id, token])
+        if cur.rowcount != 1:
+            raise self._lost(msg)
+        self._ended(msg)
+
+    def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str, attempt_time: datetime,
+              next_attempt: Optional[datetime] = None) -> None:
+        self._token(msg)
+        meta = _copy(msg.meta)
+        meta.to_addrs = list(recipients)
+        meta.retries += 1
+        meta.last_delivery_attempt = attempt_time
+        meta.extra[LAST_ERROR] = error
+        if next_attempt is not None:
+            meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
+        else:
+            meta.extra.pop(NEXT_ATTEMPT, None)  # the policy decides
+        token = self._token(msg)
+        rest, _, _ = _split_extra(meta.extra)
+        params = {
+            'id': msg.msg_id, 'token': token, 'recipients': list(meta.to_addrs), 'retries': meta.retries,
+            'last_attempt': _utc(attempt_time), 'error': error, 'next_attempt': _utc(next_attempt),
+            'sender': meta.from_addr, 'queue_date': _utc(meta.queue_date) or datetime.now(timezone.utc),
+            'extra': json.dumps(rest),
+        }
+        with self._conn() as conn:
+            cur = conn.execute(
+                f"UPDATE {self._table} SET state = 'new', recipients = %(recipients)s::text[], retries = %(retries)s, "
+                f"last_attempt = %(last_attempt)s, last_error = %(error)s, next_attempt = %(next_attempt)s, "
+                f"sender = %(sender)s, queue_date = %(queue_date)s, extra = %(extra)s::jsonb, {_CLEAR_LEASE} "
+                f"WHERE id = %(id)s AND state = 'cur' AND lease_token = %(token)s", params)
+        if cur.rowcount != 1:
+            raise self._lost(msg)
+        self._ended(msg)
+        msg.meta = meta
+
+    def fail(self, msg: QueuedMessage, reason: str, recipients: Optional[Sequence[str]] = None) -> str:
+        self._token(msg)
+        meta = _copy(msg.meta)
+        if recipients is not None:
+            meta.to_addrs = list(recipients)
+        meta.extra[FAILED_REASON] = reason
+        self._write(msg, FAILED, meta)
+        return msg.msg_id
+
+    def release(self, msg: QueuedMessage) -> None:
+        if msg.token is None:
+            return
+        token = self._token(msg)
+        with self._conn() as conn:
+            row = conn.execute(
+                f"UPDATE {self._table} SET state = coalesce(claimed_from, 'new'), {_CLEAR_LEASE} "
+                f"WHERE id = %s AND state = 'cur' AND lease_token = %s RETURNING state, {_META}",
+                [msg.msg_id, token]).fetchone()
+            if row is None:
+                raise self._lost(msg)
+            if row[0] == NEW:
+                self._notify(conn)
+        self._ended(msg)
+        msg.meta = _meta_from(row[1:])  # unchanged: what is stored, whatever the caller did to msg.meta
+
+    def move(self, msg: QueuedMessage, target_state: str, *, reset_retries: bool = False,
+             due_now: bool = False, queue_date: Optional[datetime] = None,
+             extra: Optional[Dict[str, Optional[str]]] = None) -> None:
+        if target_state not in STATES or target_state == CLAIMED:
+            raise ValueError(f'cannot move a message to state {target_state!r}')
+        self._token(msg)
+        meta = _copy(msg.meta)
+        if reset_retries:
+            meta.retries = 0
+            for key in (FAILED_REASON, LAST_ERROR):
+                meta.extra.pop(key, None)
+        if reset_retries or due_now:
+            meta.last_delivery_attempt = None
+            meta.extra.pop(NEXT_ATTEMPT, None)
+        if queue_date is not None:
+            meta.queue_date = queue_date
+        for key, value in (extra or {}).items():
+            if value is None:
+                meta.extra.pop(key, None)
+            else:
+                meta.extra[key] = value
+        self._write(msg, target_state, meta)
+
+    def rewrite(self, msg: QueuedMessage, *, sender: Optional[str] = None,
+                recipients: Optional[Sequence[str]] = None) -> None:
+        token = self._token(msg)
+        new_sender = msg.meta.from_addr if sender is None else sender
+        new_recipients = list(msg.meta.to_addrs if recipients is None else recipients)
+        check_envelope(new_sender, new_recipients)  # refused before anything changes
+        with self._conn() as conn:
+            cur = conn.execute(f"UPDATE {self._table} SET sender = %s, recipients = %s::text[] "
+                               f"WHERE id = %s AND state = 'cur' AND lease_token = %s",
+                               [new_sender, new_recipients, msg.msg_id, token])
+        if cur.rowcount != 1:
+            raise self._lost(msg)
+        msg.meta.from_addr = new_sender
+        msg.meta.to_addrs = new_recipients
+
+    # --- looking without claiming -----------------------------------------------------------
+
+    @staticmethod
+    def _entry_from(row: Sequence[Any]) -> QueueEntry:
+        msg_id, state, size, changed_at, *meta_columns, active = row
+        return QueueEntry(msg_id, state, int(size), changed_at.timestamp(), _meta_from(meta_columns),
+                          active=active)
+
+    def entry(self, msg_id: str) -> Optional[QueueEntry]:
+        with self._conn() as conn:
+            row = conn.execute(f'SELECT {_ENTRY} FROM {self._table} WHERE id = %s', [msg_id]).fetchone()
+        return None if row is None else self._entry_from(row)
+
+    def view(self, msg_id: str) -> Optional[Tuple[QueueEntry, bytes]]:
+        with self._conn() as conn:
+            row = conn.execute(f'SELECT {_ENTRY}, msg FROM {self._table} WHERE id = %s', [msg_id]).fetchone()
+        return None if row is None else (self._entry_from(row[:-1]), bytes(row[-1]))
+
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[Tuple[Any, ...]]:
+        """Rows of ``sql`` through a server-side cursor: memory stays flat however many there are."""
+        with self._conn() as conn:
+            with conn.transaction():
+                with conn.cursor(name=f'mq_stream_{secrets.token_hex(4)}') as cursor:
+                    cursor.itersize = 500
+                    cursor.execute(sql, params)
+                    yield from cursor
+
+    def entries(self, states: Sequence[str] = STATES) -> Iterator[QueueEntry]:
+        wanted = [state for state in STATES if state in states]
+        if not wanted:
+            return
+        sql = (f'SELECT {_ENTRY} FROM {self._table} WHERE state = ANY(%s) '
+               f'ORDER BY {_STATE_ORDER}, changed_at, id')
+        for row in self._stream(sql, [wanted]):
+            yield self._entry_from(row)
+
+    def ids(self, states: Sequence[str] = STATES) -> Iterator[Tuple[str, str]]:
+        wanted = [state for state in STATES if state in states]
+        if not wanted:
+            return
+        yield from self._stream(f'SELECT state, id FROM {self._table} WHERE state = ANY(%s)', [wanted])
+
+    def stats(self) -> Dict[str, StateCount]:
+        counts = {state: StateCount() for state in STATES}
+        with self._conn() as conn:
+            rows = conn.execute(f'SELECT state, count(*), coalesce(sum(size), 0), min(queue_date) '
+                                f'FROM {self._table} GROUP BY state').fetchall()
+        for state, count, size, oldest in rows:
+            counts[state] = StateCount(int(count), int(size), _utc(oldest))
+        return counts
+
+    def resolve(self, prefix: str, states: Sequence[str] = STATES) -> List[Tuple[str, str]]:
+        wanted = [state for state in STATES if state in states]
+        if not wanted:
+            return []
+        pattern = prefix.replace('\\', '\\\\').replace('%', '\\%').replace('_', '\\_') + '%'
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT state, id FROM {self._table} WHERE id LIKE %s ESCAPE '\\' "
+                                f"AND state = ANY(%s) ORDER BY id", [pattern, wanted]).fetchall()
+        return [(state, msg_id) for state, msg_id in rows]
+
+    def delete(self, msg_id: str, state: str) -> Optional[bool]:
+        if state not in STATES:
+            return None
+        with self._conn() as conn:
+            if state != CLAIMED:
+                cur = conn.execute(f'DELETE FROM {self._table} WHERE id = %s AND state = %s', [msg_id, state])
+                return True if cur.rowcount == 1 else None
+            found = conn.execute(f"SELECT lease_token, {_ABANDONED} FROM {self._table} "
+                                 f"WHERE id = %s AND state = 'cur'", [msg_id]).fetchone()
+            if found is None:
+                return None
+            token, abandoned = found
+            if not abandoned:
+                return False
+            cur = conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
+                               [msg_id, token])
+            if cur.rowcount == 1:
+                return True
+            # it changed meanwhile (taken over, or released): say what it is now
+            again = conn.execute(f'SELECT state FROM {self._table} WHERE id = %s', [msg_id]).fetchone()
+            return None if again is None or again[0] != CLAIMED else False
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """The database answers, the schema is current, and our role may claim and change messages."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT current_user, has_table_privilege(%(t)s, 'SELECT') AND has_table_privilege(%(t)s, 'INSERT') "
+                "AND has_table_privilege(%(t)s, 'UPDATE') AND has_table_privilege(%(t)s, 'DELETE')",
+                {'t': self._table}).fetchone()
+        if row is None or not row[1]:
+            who = row[0] if row else '?'
+            raise QueueUnavailable(f'PostgreSQL queue {self.location}: role {who} may not claim and change '
+                                   f'messages in {self._table} (see docs/postgresql.md: roles)')
+
+    def recover(self) -> int:
+        """Leases whose owner's session is gone, or past their deadline, go back where they came from."""
+        with self._conn() as conn:
+            # liveness is read after the statement's snapshot: every lease it sees was taken
+            # while its owner already held the lock, so a live owner is never taken for dead
+            dead = conn.execute(f"SELECT id, lease_token FROM {self._table} WHERE state = 'cur' AND {_ABANDONED}"
+                                ).fetchall()
+            if not dead:
+                return 0
+            cur = conn.execute(
+                f"UPDATE {self._table} AS m SET state = coalesce(m.claimed_from, 'new'), {_CLEAR_LEASE} "
+                f"FROM unnest(%s::text[], %s::uuid[]) AS dead(id, token) "
+                f"WHERE m.id = dead.id AND m.state = 'cur' AND m.lease_token = dead.token",
+                [[row[0] for row in dead], [row[1] for row in dead]])
+            recovered = cur.rowcount
+            if recovered:
+                self._notify(conn)
+        if recovered:
+            log.info('PostgreSQL queue %s: %d claim(s) of dead runners taken back', self.location, recovered)
+        return recovered
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """``LISTEN`` for inserts into ``new``; True when one arrived within ``timeout`` seconds.
+
+        Without LISTEN (``mq_pooling=transaction``, or the connection is gone) it just waits
+        and says True: the caller looks for due messages, which is the polling fallback.
+        """
+        timeout = max(0.0, timeout)
+        if self.pooling == 'transaction':
+            time.sleep(timeout)
+            return True
+        with self._listen_lock:
+            self._forked()
+            try:
+                conn = self._listener()
+                for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    return True
+                return False
+            except (psycopg.Error, QueueUnavailable) as exc:
+                log.warning('PostgreSQL queue %s: LISTEN failed (%s); polling instead', self.location,
+                            _first_line(exc))
+                self._drop_listener()
+                time.sleep(timeout)
+                return True
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        conn = self._listen_conn
+        if conn is None or conn.closed:
+            conn = self._connect()
+            conn.execute(f'LISTEN "{self.channel}"')
+            self._listen_conn = conn
+        return conn
+
+    def _drop_listener(self) -> None:
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None and os.getpid() == self._pid:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every connection; leases still held become recoverable at once (the lock is gone)."""
+        if os.getpid() != self._pid:
+            self._reset()
+            return
+        self._stop.set()
+        heartbeat = self._heartbeat
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(5)
+        self._heartbeat = None
+        with self._owner_lock:
+            conn, self._owner_conn = self._owner_conn, None
+            self._owner_key = None
+        if conn is not None:
+            conn.close()
+        with self._listen_lock:
+            self._drop_listener()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+_queues: Dict[Tuple[str, str, float, str], PostgresQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def open_postgres_queue(location: str, *, schema: Optional[str] = None, lease: Optional[object] = None,
+                        pooling: Optional[str] = None, **options: object) -> PostgresQueue:
+    """One store per location and process (``open_queue`` is called from several places).
+
+    Connects on first use, not here. Options of other stores (``create``, ``stale_after``)
+    are ignored: the schema is only ever created by ``init_schema`` (``mq-queue init``).
+    """
+    conninfo, schema, lease_seconds, mode = _settings(location, schema, lease, pooling)
+    key = (conninfo, schema, lease_seconds, mode)
+    with _queues_lock:
+        queue = _queues.get(key)
+        if queue is None:
+            queue = _queues[key] = PostgresQueue(location, schema=schema, lease=lease_seconds, pooling=mode)
+        return queue

@@ -1,0 +1,675 @@
+"""The PostgreSQL store beyond the contract suite (tests/stores/ runs that against it too).
+
+Schema and migrations, leases (token conditions, a stale lease racing a completion, the
+heartbeat), crash recovery of a SIGKILLed runner, SKIP LOCKED between processes, NOTIFY,
+the transactional enqueue with psycopg 2 and 3, the roles of docs/postgresql.md, stats and
+streamed listings on many rows. The server comes from tests/_pg.py (never skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import psycopg
+import pytest
+
+from _pg import fresh_location, fresh_schema, server_url, server_version, with_params
+from schwarz.mailqueue.errors import ClaimLost, QueueUnavailable
+from schwarz.mailqueue.queue import postgres
+from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW, QueuedMessage
+from schwarz.mailqueue.queue.locations import open_queue
+from schwarz.mailqueue.queue.postgres import (
+    PostgresQueue,
+    SchemaMissing,
+    enqueue_in_transaction,
+    init_schema,
+    schema_version,
+    split_location,
+)
+from schwarz.mailqueue.queue.schedule import RetryPolicy
+
+BODY = b'From: shop@example.org\r\nTo: customer@example.org\r\nSubject: order\r\n\r\nThanks\r\n'
+POLICY = RetryPolicy()
+CHILD = str(Path(__file__).with_name('_pg_child.py'))
+DOCS = Path(__file__).resolve().parents[1] / 'docs' / 'postgresql.md'
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def location() -> str:
+    return fresh_location()
+
+
+@pytest.fixture
+def stores(location: str) -> Iterator[Callable[..., PostgresQueue]]:
+    """Opens store instances (each one owner) on the test's queue; all closed afterwards."""
+    opened: List[PostgresQueue] = []
+
+    def make(where: str = location, **options: Any) -> PostgresQueue:
+        store = PostgresQueue(where, **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def sql(location: str, query: str, *params: Any) -> List[Any]:
+    """Run SQL on the test queue's schema (a separate connection, autocommit)."""
+    conninfo, ours = split_location(location)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'SET search_path = "{ours["schema"]}"')
+        cur = conn.execute(query, params or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+class Child:
+    """A runner process (tests/_pg_child.py)."""
+
+    def __init__(self, location: str, mode: str, limit: int) -> None:
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[1] / 'src')
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [src, env.get('PYTHONPATH')]))
+        self.proc = subprocess.Popen([sys.executable, CHILD, location, mode, str(limit)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+        assert self.line() == 'ready'
+
+    def line(self, timeout: float = 20) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, 'the child did not answer'
+        return self.proc.stdout.readline().decode().strip()
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b'go\n')
+        self.proc.stdin.flush()
+
+    def ids(self) -> List[str]:
+        words = self.line().split()
+        assert words[:1] == ['ids'], words
+        return words[1:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def children() -> Iterator[Callable[..., Child]]:
+    started: List[Child] = []
+
+    def start(location: str, mode: str, limit: int) -> Child:
+        child = Child(location, mode, limit)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.kill()
+
+
+# --- locations --------------------------------------------------------------------------------
+
+
+def test_our_parameters_are_removed_before_libpq_sees_the_uri() -> None:
+    conninfo, ours = split_location('postgresql://u@h/db?sslmode=require&mq_schema=mq2&mq_lease=30&application_name=x')
+    assert conninfo == 'postgresql://u@h/db?sslmode=require&application_name=x'
+    assert ours == {'schema': 'mq2', 'lease': '30'}
+    assert split_location('postgresql://h/db?mq_schema=s') == ('postgresql://h/db', {'schema': 's'})
+    with pytest.raises(ValueError, match='mq_nonsense'):
+        split_location('postgresql://h/db?mq_nonsense=1')
+    with pytest.raises(ValueError, match='schema'):
+        PostgresQueue('postgresql://h/db?mq_schema=Robert%27);DROP')
+    with pytest.raises(ValueError, match='mq_lease'):
+        PostgresQueue('postgresql://h/db?mq_lease=1')
+    with pytest.raises(ValueError, match='mq_pooling'):
+        PostgresQueue('postgresql://h/db?mq_pooling=statement')
+
+
+def test_location_hides_the_password_and_open_queue_shares_one_store() -> None:
+    store = PostgresQueue('postgresql://mq:secret@db.example.org/mail?password=other&mq_schema=q1')
+    assert 'secret' not in store.location and 'other' not in store.location
+    assert store.schema == 'q1' and store.kind == 'postgresql'
+    first = open_queue('postgresql://db.example.org/mail?mq_schema=q2')
+    assert isinstance(first, PostgresQueue)
+    assert open_queue('postgres://db.example.org/mail?mq_schema=q2') is not first  # another URI
+    assert open_queue('postgresql://db.example.org/mail?mq_schema=q2') is first
+
+
+def test_opening_does_not_connect() -> None:
+    store = open_queue('postgresql://nobody@127.0.0.1:9/none?connect_timeout=1&mq_schema=x', create=False)
+    with pytest.raises(QueueUnavailable, match='cannot connect'):
+        store.stats()
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def test_init_is_idempotent_and_versioned() -> None:
+    location = fresh_location(init=False)
+    assert schema_version(location) is None
+    assert init_schema(location) == (0, postgres.SCHEMA_VERSION)
+    assert init_schema(location) == (postgres.SCHEMA_VERSION, postgres.SCHEMA_VERSION)
+    assert schema_version(location) == postgres.SCHEMA_VERSION
+    store = PostgresQueue(location)
+    try:
+        store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+        assert init_schema(location) == (postgres.SCHEMA_VERSION, postgres.SCHEMA_VERSION)
+        assert store.stats()[NEW].count == 1  # nothing lost by a second init
+    finally:
+        store.close()
+
+
+def test_init_from_several_hosts_at_once() -> None:
+    location = fresh_location(init=False)
+    results: List[Any] = []
+
+    def init() -> None:
+        try:
+            results.append(init_schema(location))
+        except Exception as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=init) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [(0, 1)] + [(1, 1)] * 3
+
+
+def test_a_missing_schema_names_mq_queue_init(stores: Callable[..., PostgresQueue]) -> None:
+    store = stores(fresh_location(init=False))
+    for action in (lambda: store.enqueue(BODY, 'a@example.org', ['b@example.org']), store.check,
+                   lambda: store.claim_due(5, now=now(), policy=POLICY), store.stats, store.recover):
+        with pytest.raises(SchemaMissing, match='mq-queue init') as info:
+            action()
+        assert isinstance(info.value, QueueUnavailable)
+        assert store.schema in str(info.value)
+
+
+def test_an_older_schema_names_mq_queue_init(location: str, stores: Callable[..., PostgresQueue],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres, 'SCHEMA_VERSION', postgres.SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaMissing, match=r'at version 1, this version needs 2; run `mq-queue init`'):
+        stores().stats()
+
+
+def test_a_newer_schema_asks_for_an_upgrade_of_the_software(location: str,
+                                                            stores: Callable[..., PostgresQueue]) -> None:
+    sql(location, 'INSERT INTO schema_version (version) VALUES (%s)', postgres.SCHEMA_VERSION + 1)
+    with pytest.raises(QueueUnavailable, match='upgrade mailqueue-runner') as info:
+        stores().stats()
+    assert not isinstance(info.value, SchemaMissing)
+    with pytest.raises(QueueUnavailable, match='upgrade mailqueue-runner'):
+        init_schema(location)
+
+
+# --- leases -----------------------------------------------------------------------------------
+
+
+def test_no_transaction_stays_open_while_a_message_is_claimed(stores: Callable[..., PostgresQueue]) -> None:
+    name = f'mqtest-{os.getpid()}-{time.monotonic_ns()}'
+    store = stores(with_params(fresh_location(), application_name=name))
+    for _ in range(3):
+        store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    claimed = store.claim_due(10, now=now(), policy=POLICY)
+    assert len(claimed) == 3
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        states = [row[0] for row in conn.execute(
+            'SELECT state FROM pg_stat_activity WHERE application_name = %s', [name]).fetchall()]
+    assert states and 'idle in transaction' not in states, states
+    for msg in claimed:
+        store.complete(msg)
+
+
+def test_a_lost_lease_touches_nothing(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    runner, other = stores(), stores()
+    msg_id = runner.enqueue(BODY, 'shop@example.org', ['a@example.org', 'b@example.org'])
+    (msg,) = runner.claim_due(5, now=now(), policy=POLICY)
+    # the runner was cut off for longer than a lease: its deadline passed, the other one recovers
+    sql(location, "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = %s", msg_id)
+    assert other.recover() == 1
+    theirs = other.claim(msg_id)
+    assert theirs is not None
+    before = sql(location, 'SELECT state, recipients, retries, lease_token FROM messages')
+    actions = [
+        lambda: runner.complete(msg),
+        lambda: runner.defer(msg, ['b@example.org'], '451', now(), now() + timedelta(hours=1)),
+        lambda: runner.fail(msg, '550'),
+        lambda: runner.move(msg, HELD),
+        lambda: runner.rewrite(msg, recipients=['z@example.org']),
+        lambda: runner.release(msg),
+    ]
+    stale = msg.token
+    for action in actions:
+        msg.token = stale  # each change tried with the stale token, against the database
+        with pytest.raises(ClaimLost):
+            action()
+        assert sql(location, 'SELECT state, recipients, retries, lease_token FROM messages') == before
+    assert not msg.is_claimed
+    other.complete(theirs)
+    assert other.view(msg_id) is None
+
+
+def test_a_forged_token_is_a_lost_lease(stores: Callable[..., PostgresQueue]) -> None:
+    import uuid
+
+    store = stores()
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    msg = store.claim(msg_id)
+    assert msg is not None
+    real = msg.token
+    msg.token = uuid.uuid4()
+    with pytest.raises(ClaimLost):
+        store.complete(msg)
+    msg.token = real
+    store.complete(msg)
+
+
+def _race(runner: PostgresQueue, msg: QueuedMessage, rescuer: PostgresQueue) -> Tuple[bool, Any]:
+    """The runner completes ``msg`` while the rescuer recovers and claims it; (completed, rescuer's claim)."""
+    start = threading.Barrier(2)
+    result: Dict[str, Any] = {}
+
+    def complete() -> None:
+        start.wait()
+        try:
+            runner.complete(msg)
+            result['completed'] = True
+        except ClaimLost:
+            result['completed'] = False
+
+    def rescue() -> None:
+        start.wait()
+        rescuer.recover()
+        result['taken'] = rescuer.claim(msg.msg_id)
+
+    threads = [threading.Thread(target=complete), threading.Thread(target=rescue)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return result['completed'], result['taken']
+
+
+def test_a_stale_lease_races_a_completion(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    """Completion and a recovery-and-reclaim at the same instant: exactly one side wins."""
+    runner, rescuer = stores(), stores()
+    outcomes: Counter[str] = Counter()
+    for _ in range(25):
+        msg_id = runner.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+        msg = runner.claim(msg_id)
+        assert msg is not None
+        sql(location, "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = %s", msg_id)
+        completed, taken = _race(runner, msg, rescuer)
+        assert completed != (taken is not None), (completed, taken)
+        if taken is not None:
+            rescuer.complete(taken)
+            outcomes['rescued'] += 1
+        else:
+            outcomes['completed'] += 1
+        assert runner.view(msg_id) is None
+    assert sum(outcomes.values()) == 25
+    print(f'\nstale lease against completion: {dict(outcomes)}')
+
+
+def test_the_heartbeat_renews_live_leases(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    store = stores(lease=6)  # heartbeat every second
+    assert store.heartbeat_interval == 1
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    msg = store.claim(msg_id)
+    assert msg is not None
+    sql(location, "UPDATE messages SET lease_until = now() + interval '1.5 seconds'")
+    time.sleep(2.2)
+    (remaining,) = sql(location, 'SELECT extract(epoch FROM lease_until - now()) FROM messages')[0]
+    assert float(remaining) > 3.5, remaining
+    assert store.renew_leases() == 1
+    store.complete(msg)
+    assert store.renew_leases() == 0
+
+
+def test_a_dropped_claim_is_not_renewed(stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    msg = store.claim(msg_id)
+    assert store.renew_leases() == 1
+    del msg  # forgotten without complete/release: its lease runs out after one lease
+    assert store.renew_leases() == 0
+
+
+# --- crash recovery ---------------------------------------------------------------------------
+
+
+def test_claims_of_a_killed_runner_come_back_within_a_second(location: str, children: Callable[..., Child],
+                                                             stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    queued = sorted(store.enqueue(BODY, 'shop@example.org', ['customer@example.org']) for _ in range(5))
+    child = children(location, 'hold', 10)
+    child.go()
+    assert sorted(child.ids()) == queued
+    assert store.recover() == 0  # its runner is alive
+    entries = list(store.entries())
+    assert {(entry.state, entry.active) for entry in entries} == {(CLAIMED, True)}
+    killed = time.monotonic()
+    child.proc.send_signal(signal.SIGKILL)
+    recovered = 0
+    while recovered < len(queued) and time.monotonic() - killed < 5:
+        recovered += store.recover()
+        time.sleep(0.005)
+    elapsed = time.monotonic() - killed
+    assert recovered == len(queued)
+    assert elapsed < 1.0, f'recovered after {elapsed:.3f} s'
+    print(f'\nrecovered {recovered} claims {elapsed * 1000:.0f} ms after SIGKILL')
+    assert sorted(msg.msg_id for msg in store.claim_due(10, now=now(), policy=POLICY)) == queued
+
+
+def test_without_session_locks_the_deadline_decides(location: str, children: Callable[..., Child],
+                                                     stores: Callable[..., PostgresQueue]) -> None:
+    """``mq_pooling=transaction`` (PgBouncer): no advisory lock, so only the lease deadline frees a claim."""
+    pooled = with_params(location, mq_pooling='transaction')
+    store = stores(pooled)
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    child = children(pooled, 'hold', 10)
+    child.go()
+    assert child.ids() == [msg_id]
+    child.kill()
+    time.sleep(0.2)
+    assert store.recover() == 0  # cannot tell a dead runner from a live one
+    assert sql(location, 'SELECT lease_key FROM messages') == [(None,)]
+    sql(location, "UPDATE messages SET lease_until = now() - interval '1 second'")
+    assert store.recover() == 1
+    started = time.monotonic()
+    assert store.wait_for_work(0.2) is True  # no LISTEN: polling
+    assert time.monotonic() - started >= 0.15
+    msg = store.claim(msg_id)
+    assert msg is not None
+    store.complete(msg)
+
+
+# --- several runner processes -----------------------------------------------------------------
+
+
+def test_runner_processes_deliver_every_message_exactly_once(location: str, children: Callable[..., Child],
+                                                             stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    queued = set()
+    with psycopg.connect(split_location(location)[0]) as conn:
+        for _ in range(600):
+            queued.add(enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'],
+                                              schema=store.schema))
+    runners = [children(location, 'drain', 4) for _ in range(4)]
+    for child in runners:
+        child.go()
+    delivered: Counter[str] = Counter()
+    per_runner = []
+    for child in runners:
+        ids = child.ids()
+        per_runner.append(len(ids))
+        delivered.update(ids)
+        assert child.proc.wait(20) == 0
+    assert set(delivered) == queued
+    assert [msg_id for msg_id, n in delivered.items() if n > 1] == []
+    assert store.stats()[NEW].count == 0
+    assert sum(1 for n in per_runner if n) >= 2, per_runner  # they really ran side by side
+
+
+# --- wake-up ----------------------------------------------------------------------------------
+
+
+def _wake_up_after(store: PostgresQueue, enqueue: Callable[[], None]) -> float:
+    woke: List[float] = []
+    listening = threading.Event()
+
+    def wait() -> None:
+        listening.set()
+        if store.wait_for_work(10):
+            woke.append(time.monotonic())
+
+    store._listener()  # LISTEN before the enqueue (as a daemon does between passes)
+    thread = threading.Thread(target=wait)
+    thread.start()
+    listening.wait()
+    time.sleep(0.1)
+    sent = time.monotonic()
+    enqueue()
+    thread.join(15)
+    assert woke, 'no wake-up'
+    return woke[0] - sent
+
+
+def test_notify_wakes_a_listener_at_once(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    listener, sender = stores(), stores()
+    latency = _wake_up_after(listener, lambda: sender.enqueue(BODY, 'shop@example.org', ['customer@example.org']))
+    assert latency < 1.0
+    print(f'\nwoken {latency * 1000:.1f} ms after the enqueue')
+
+
+def test_notify_comes_with_the_commit(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    listener = stores()
+
+    def in_a_transaction() -> None:
+        with psycopg.connect(split_location(location)[0]) as conn:
+            for _ in range(3):  # one transaction, three messages: one notification
+                enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'],
+                                       schema=listener.schema)
+            time.sleep(0.3)  # the commit comes 0.3 s after the inserts: so does the wake-up
+
+    latency = _wake_up_after(listener, in_a_transaction)
+    assert 0.3 <= latency < 1.3
+    # a rolled-back insert wakes nobody
+    with psycopg.connect(split_location(location)[0]) as conn:
+        enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'], schema=listener.schema)
+        conn.rollback()
+    assert listener.wait_for_work(0.3) is False
+
+
+# --- transactional enqueue --------------------------------------------------------------------
+
+
+def _connect_with(driver: str, location: str) -> Any:
+    conninfo = split_location(location)[0]
+    if driver == 'psycopg2':
+        import psycopg2  # in the test extra: never skipped
+
+        return psycopg2.connect(conninfo)
+    return psycopg.connect(conninfo)
+
+
+@pytest.mark.parametrize('driver', ['psycopg', 'psycopg2'])
+def test_transactional_enqueue(driver: str, location: str, stores: Callable[..., PostgresQueue]) -> None:
+    runner = stores()
+    conn = _connect_with(driver, location)
+    try:
+        cur = conn.cursor()
+        cur.execute('CREATE TEMPORARY TABLE orders (n integer)')
+        cur.execute('INSERT INTO orders VALUES (1)')
+        rolled_back = enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'],
+                                             schema=runner.schema)
+        assert runner.view(rolled_back) is None  # not visible before the commit
+        conn.rollback()
+        assert runner.view(rolled_back) is None
+        assert runner.claim_due(10, now=now(), policy=POLICY) == []
+
+        cur = conn.cursor()
+        cur.execute('CREATE TEMPORARY TABLE orders (n integer)')
+        cur.execute('INSERT INTO orders VALUES (2)')
+        committed = enqueue_in_transaction(conn, BODY, '', ['customer@example.org', 'office@example.org'],
+                                           schema=runner.schema, extra={'X-Queue-Origin': 'shop'})
+        conn.commit()
+    finally:
+        conn.close()
+    (msg,) = runner.claim_due(10, now=now(), policy=POLICY)
+    assert (msg.msg_id, msg.msg_bytes, msg.from_addr, msg.to_addrs) == (
+        committed, BODY, '', ['customer@example.org', 'office@example.org'])
+    assert msg.meta.extra['X-Queue-Origin'] == 'shop'
+    runner.complete(msg)
+
+
+@pytest.mark.parametrize('driver', ['psycopg', 'psycopg2'])
+def test_transactional_enqueue_without_a_schema_aborts_the_transaction(driver: str) -> None:
+    location = fresh_location(init=False)
+    conn = _connect_with(driver, location)
+    try:
+        with pytest.raises(SchemaMissing, match='mq-queue init'):
+            enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'],
+                                   schema=split_location(location)[1]['schema'])
+        cur = conn.cursor()
+        with pytest.raises(Exception, match='aborted'):
+            cur.execute('SELECT 1')  # the application's changes cannot commit without their mail
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+def test_transactional_enqueue_refuses_bad_input_before_touching_the_connection() -> None:
+    class Untouchable:
+        def cursor(self) -> None:  # pragma: no cover - must not be called
+            raise AssertionError('touched')
+
+    with pytest.raises(ValueError):
+        enqueue_in_transaction(Untouchable(), BODY, 'shop@example.org', [])
+    with pytest.raises(ValueError):
+        enqueue_in_transaction(Untouchable(), BODY, 'shop@example.org', ['a@example.org\r\nRCPT TO:<x@y.org>'])
+
+
+# --- roles (the SQL of docs/postgresql.md) ----------------------------------------------------
+
+
+def _doc_sql(first_line: str) -> str:
+    text = DOCS.read_text(encoding='utf-8')
+    for block in re.findall(r'```sql\n(.*?)```', text, flags=re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f'no sql block starting with {first_line!r} in {DOCS}')
+
+
+def test_the_roles_of_the_docs(stores: Callable[..., PostgresQueue]) -> None:
+    schema = fresh_schema()
+    suffix = schema.split('_', 1)[1]
+    roles = {name: f'{name}_{suffix}' for name in ('mq_admin', 'mq_runner', 'mq_app')}
+
+    def adapted(block: str) -> str:
+        block = re.sub(r'\bmailqueue\b(?=[.;\s])', schema, block)
+        for name, real in roles.items():
+            block = re.sub(rf'\b{name}\b', real, block)
+        return block
+
+    base = server_url()
+    as_role = {name: with_params(base, user=real, mq_schema=schema) for name, real in roles.items()}
+    with psycopg.connect(base, autocommit=True) as conn:
+        if not conn.execute('SELECT rolsuper FROM pg_roles WHERE rolname = current_user').fetchone()[0]:
+            pytest.fail('the test server must let the tests create roles (a superuser)')
+        conn.execute(adapted(_doc_sql('-- roles for the queue')))
+    try:
+        assert init_schema(as_role['mq_admin']) == (0, postgres.SCHEMA_VERSION)
+        with psycopg.connect(with_params(base, user=roles['mq_admin']), autocommit=True) as conn:
+            conn.execute(adapted(_doc_sql('-- grants on the queue tables')))
+
+        app, runner = stores(as_role['mq_app']), stores(as_role['mq_runner'])
+        queued = app.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+        with psycopg.connect(with_params(base, user=roles['mq_app'])) as conn:
+            in_transaction = enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'],
+                                                    schema=schema)
+        for action in (app.check, lambda: app.claim_due(5, now=now(), policy=POLICY), app.stats,
+                       lambda: app.view(queued)):
+            with pytest.raises(QueueUnavailable, match='permission denied|may not'):
+                action()
+
+        runner.check()
+        claimed = runner.claim_due(5, now=now(), policy=POLICY)
+        assert sorted(msg.msg_id for msg in claimed) == sorted([queued, in_transaction])
+        assert runner.recover() == 0
+        runner.defer(claimed[0], claimed[0].to_addrs, '451', now(), now())
+        runner.complete(claimed[1])
+        assert runner.stats()[NEW].count == 1
+        assert init_schema(as_role['mq_admin']) == (postgres.SCHEMA_VERSION, postgres.SCHEMA_VERSION)
+    finally:
+        for store in (locals().get('app'), locals().get('runner')):
+            if store is not None:
+                store.close()
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            for real in roles.values():
+                if conn.execute('SELECT 1 FROM pg_roles WHERE rolname = %s', [real]).fetchone():
+                    conn.execute(f'DROP OWNED BY "{real}"')
+                    conn.execute(f'DROP ROLE "{real}"')
+
+
+# --- many rows --------------------------------------------------------------------------------
+
+
+def test_stats_and_listing_of_many_rows(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    rows = 30_000
+    sql(location, """
+        INSERT INTO messages (id, state, sender, recipients, msg, size, queue_date)
+        SELECT 'bulk' || n, (ARRAY['new', 'hold', 'failed'])[1 + mod(n, 3)], 'a@example.org', ARRAY['b@example.org'],
+               convert_to(repeat('x', 100 + mod(n, 50)), 'UTF8'), 100 + mod(n, 50),
+               timestamptz '2026-01-01 00:00:00+00' + n * interval '1 second'
+          FROM generate_series(1, %s) AS n""", rows)
+    sql(location, 'ANALYZE messages')
+    started = time.monotonic()
+    stats = store.stats()
+    took = time.monotonic() - started
+    assert sum(count.count for count in stats.values()) == rows
+    assert stats[NEW].count == rows // 3 and stats[CLAIMED].count == 0
+    assert stats[HELD].oldest == datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+    expected_size = sql(location, "SELECT sum(octet_length(msg)) FROM messages WHERE state = 'failed'")[0][0]
+    assert stats[FAILED].size == expected_size
+    assert took < 2.0
+    print(f'\nstats of {rows} rows: {took * 1000:.0f} ms')
+
+    stream = store.entries([HELD])
+    first = next(stream)
+    assert first.state == HELD
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        cursors = conn.execute("SELECT state, query FROM pg_stat_activity "
+                               "WHERE query LIKE 'FETCH FORWARD%%mq_stream_%%'").fetchall()
+    assert any(state == 'idle in transaction' for state, _ in cursors), cursors  # a server-side cursor
+    assert 1 + sum(1 for _ in stream) == rows // 3
+    assert sum(1 for _ in store.ids([NEW, FAILED])) == rows - rows // 3
+    assert len(store.resolve('bulk1000')) == 11  # bulk1000, bulk10000..10009
+
+
+def test_claim_latency(stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    for _ in range(200):
+        store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    timings = []
+    claimed: List[QueuedMessage] = []
+    while True:
+        started = time.perf_counter()
+        batch = store.claim_due(4, now=now(), policy=POLICY)
+        timings.append(time.perf_counter() - started)
+        if not batch:
+            break
+        claimed.extend(batch)
+    for msg in claimed:
+        store.complete(msg)
+    timings.sort()
+    median = timings[len(timings) // 2]
+    print(f'\nclaim_due(4): median {median * 1000:.2f} ms, max {timings[-1] * 1000:.2f} ms '
+          f'(PostgreSQL {server_version()})')
+    assert len(claimed) == 200
+    assert median < 0.05
