@@ -8,7 +8,10 @@ DKIM signatures and the exact header folding survive.
 from __future__ import annotations
 
 import re
-from typing import IO, Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+from .addresses import InvalidAddressError, parse_address
+from .addresses import parse_address_list as _parse_address_list
 
 __all__ = [
     'InvalidAddressError',
@@ -33,26 +36,15 @@ _LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
 _FIELD_NAME = re.compile(rb'^[\x21-\x39\x3b-\x7e]+$')
 
 
-class InvalidAddressError(ValueError):
-    """An envelope address that would break or inject into the SMTP dialog."""
+def validate_address(address: str, *, allow_empty: bool = False, allow_local: bool = False) -> str:
+    """``address`` unchanged if it is a valid envelope address; else ``InvalidAddressError``.
 
-
-def validate_address(address: str, *, allow_empty: bool = False) -> str:
-    """Refuse addresses that could inject SMTP commands or command-line options."""
+    A thin wrapper around ``addresses.parse_address`` for code that works with plain
+    strings: ``allow_empty`` accepts the null sender, ``allow_local`` a name without ``@``.
+    """
     if address is None:
-        raise InvalidAddressError('missing address')
-    if not address:
-        if allow_empty:
-            return address
-        raise InvalidAddressError('empty address')
-    if any(ch in address for ch in '\r\n\x00'):
-        raise InvalidAddressError(f'address contains a line break or NUL: {address!r}')
-    if address.startswith('-'):
-        raise InvalidAddressError(f'address starts with "-": {address!r}')
-    # (a comma could not be stored in a queue file's Envelope-to)
-    if any(ch in address for ch in '<>,') or address != address.strip() or ' ' in address:
-        raise InvalidAddressError(f'malformed address: {address!r}')
-    return address
+        raise InvalidAddressError('', 'missing address')
+    return str(parse_address(address, allow_null=allow_empty, allow_local=allow_local))
 
 
 def message_bytes_from(msg: MessageSource) -> bytes:
@@ -163,106 +155,27 @@ def add_header(data: bytes, name: str, value: str) -> bytes:
     return name.encode('ascii') + b': ' + value.encode('utf-8') + eol + data
 
 
-def _split_top_level(value: str, separator: str) -> List[str]:
-    """Split at ``separator`` outside "quoted strings", (comments) and <angle brackets>."""
-    items: List[str] = []
-    current: List[str] = []
-    depth_comment = 0
-    in_quote = in_angle = escaped = False
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif ch == '\\' and (in_quote or depth_comment):
-            escaped = True
-        elif in_quote:
-            in_quote = ch != '"'
-        elif ch == '"' and not depth_comment:
-            in_quote = True
-        elif ch == '(':
-            depth_comment += 1
-        elif ch == ')' and depth_comment:
-            depth_comment -= 1
-        elif not depth_comment and ch == '<':
-            in_angle = True
-        elif not depth_comment and ch == '>':
-            in_angle = False
-        elif ch == separator and not (in_quote or in_angle or depth_comment):
-            items.append(''.join(current))
-            current = []
-            continue
-        current.append(ch)
-    items.append(''.join(current))
-    return items
-
-
-def _strip_comments(text: str) -> str:
-    out: List[str] = []
-    depth = 0
-    in_quote = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-            if not depth:
-                out.append(ch)
-            continue
-        if ch == '\\' and (in_quote or depth):
-            escaped = True
-            if not depth:
-                out.append(ch)
-            continue
-        if depth:
-            depth += 1 if ch == '(' else -1 if ch == ')' else 0
-            continue
-        if ch == '"':
-            in_quote = not in_quote
-        elif ch == '(' and not in_quote:
-            depth = 1
-            continue
-        out.append(ch)
-    return ''.join(out)
-
-
-def parse_address_list(value: str) -> List[str]:
-    """The addresses in one To/Cc/Bcc value; ``InvalidAddressError`` for an item that is not one address.
+def parse_address_list(value: str, *, allow_local: bool = True) -> List[str]:
+    """The addresses in one To/Cc/Bcc value; ``InvalidAddressError`` unless every item is one address.
 
     Stricter than ``email.utils.getaddresses``, which turns ``John Smith`` into
     ``JohnSmith`` and ``a@x.example b`` into ``a@x.exampleb``: sending to an
-    address invented from a typo is worse than refusing the message.
+    address invented from a typo is worse than refusing the message. Local names
+    (``To: root``) are accepted by default because ``sendmail -t`` resolves them.
     """
-    addresses: List[str] = []
-    for item in _split_top_level(value, ','):
-        item = item.strip()
-        # group syntax: "undisclosed-recipients:;" or "team: a@x, b@y;" (the ';' ends the group)
-        head, colon, rest = item.partition(':')
-        if colon and '<' not in head and '@' not in head and '"' not in head:
-            item = rest.strip()
-        item = item.rstrip(';').strip()
-        if not item:
-            continue
-        bare = _strip_comments(item).strip()
-        if '<' in bare:
-            address = bare[bare.rindex('<') + 1:]
-            if not address.endswith('>'):
-                raise InvalidAddressError(f'malformed address: {item!r}')
-            address = address[:-1].strip()
-        else:
-            address = bare
-        if not address or any(ch.isspace() for ch in address) or address.count('@') > 1 and '"' not in address:
-            raise InvalidAddressError(f'malformed address: {item!r}')
-        if '@' in address and (address.startswith('@') or address.endswith('@')):
-            raise InvalidAddressError(f'malformed address: {item!r}')
-        addresses.append(validate_address(address))
-    return addresses
+    return [str(addr) for addr in _parse_address_list(value, allow_local=allow_local)]
 
 
 def extract_recipients(data: bytes, header_names: Sequence[str] = ('To', 'Cc', 'Bcc')) -> List[str]:
     """Addresses from To/Cc/Bcc, in order, without duplicates (for ``sendmail -t``)."""
     result: List[str] = []
-    seen = set()
+    seen: Set[Tuple[str, str]] = set()
     for name in header_names:
         for value in get_header(data, name):
-            for addr in parse_address_list(value):
-                if addr.lower() not in seen:
-                    seen.add(addr.lower())
-                    result.append(addr)
+            for addr in _parse_address_list(value, allow_local=True):
+                # the local part is case-sensitive (RFC 5321 2.4), the domain is not
+                key = (addr.local_part, addr.domain.lower())
+                if key not in seen:
+                    seen.add(key)
+                    result.append(str(addr))
     return result

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any, Dict, List, Optional, Sequence, Union
 
+from ..addresses import InvalidAddressError, parse_address
 from ..message import message_bytes_from
 
 __all__ = [
     'META_END',
     'QueueFileError',
     'QueueMeta',
+    'check_envelope',
     'format_date',
     'parse_date',
     'parse_message_envelope',
@@ -120,10 +122,22 @@ def _clean(value: str) -> str:
     return _UNSAFE.sub(' ', value)
 
 
+def check_envelope(from_addr: str, to_addrs: Sequence[str]) -> None:
+    """The envelope rules of the whole package; ``InvalidAddressError`` (a ValueError) if broken.
+
+    The same check on writing and on reading: nothing that could not have been queued
+    by us (a line break, ``> NOTIFY=NEVER``, a local name) reaches the SMTP dialog.
+    """
+    parse_address(from_addr, allow_null=True)
+    for addr in to_addrs:
+        parse_address(addr)
+
+
 def serialize_meta(meta: QueueMeta) -> bytes:
-    for addr in [meta.from_addr, *meta.to_addrs]:
-        if _UNSAFE.search(addr) or ',' in addr:
-            raise ValueError(f'address cannot be stored in a queue file: {addr!r}')
+    try:
+        check_envelope(meta.from_addr, meta.to_addrs)
+    except InvalidAddressError as exc:
+        raise InvalidAddressError(exc.address, f'cannot be stored in a queue file: {exc.reason}') from None
     lines = [
         f'Return-path: <{meta.from_addr}>',
         f'Envelope-to: {",".join(meta.to_addrs)}',
@@ -177,11 +191,18 @@ def _parse_meta_lines(lines: List[bytes]) -> QueueMeta:
             raise QueueFileError(f'malformed meta line {line[:60]!r}')
         key = name.strip().lower()
         value = value.strip()
+        if key in ('return-path', 'envelope-to'):
+            try:
+                # addresses must not be repaired: U+FFFD in place of a bad byte would be delivered
+                # (only blanks are stripped: other white space or controls make the address invalid)
+                value = raw.decode('utf-8').partition(':')[2].strip(' \t')
+            except UnicodeDecodeError:
+                raise QueueFileError(f'{name.strip()} is not UTF-8') from None
         try:
             if key == 'return-path':
                 from_addr = value[1:-1] if value.startswith('<') and value.endswith('>') else value
             elif key == 'envelope-to':
-                to_addrs = [a.strip() for a in value.split(',') if a.strip()]
+                to_addrs = [a.strip(' \t') for a in value.split(',') if a.strip(' \t')]
             elif key == 'x-queue-date':
                 meta.queue_date = parse_date(value)
             elif key == 'x-last-attempt':
@@ -194,6 +215,10 @@ def _parse_meta_lines(lines: List[bytes]) -> QueueMeta:
             raise QueueFileError(f'bad value for {name.strip()}: {value[:60]!r} ({exc})') from None
     if from_addr is None or to_addrs is None:
         raise QueueFileError('missing Return-path or Envelope-to')
+    try:
+        check_envelope(from_addr, to_addrs)
+    except InvalidAddressError as exc:
+        raise QueueFileError(f'invalid envelope address: {exc}') from None
     meta.from_addr = from_addr
     meta.to_addrs = to_addrs
     return meta
