@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Callable, Optional, Union
 
+from .addresses import InvalidAddressError, parse_address
+
 __all__ = [
     'AliasesError',
     'UnresolvableRecipientError',
@@ -350,16 +352,20 @@ def resolve_recipients(
       ``default_domain`` they raise ``UnresolvableRecipientError`` listing all
       of them -- mail must never be dropped silently.
     * Pipes (``|cmd``), files (``/path``), unexpanded ``:include:`` targets,
-      aliases without targets and malformed addresses raise ``AliasesError``
-      because we relay only to an SMTP smarthost.
+      aliases without targets and malformed addresses or local names (the rules
+      of ``addresses.parse_address``) raise ``AliasesError``: we relay only valid
+      addresses to an SMTP smarthost.
     * Expanding more than ``max_depth`` nested aliases raises ``AliasesError``.
     """
     if max_depth < 1:
         raise ValueError(f'max_depth must be at least 1, got {max_depth}')
     if default_domain is not None:
         default_domain = default_domain.strip()
-        if not default_domain or '@' in default_domain or any(ch.isspace() for ch in default_domain):
-            raise ValueError(f'invalid default_domain {default_domain!r}')
+        try:
+            # the package-wide address rules; a local part is needed to check a domain with them
+            parse_address(f'postmaster@{default_domain}')
+        except InvalidAddressError:
+            raise ValueError(f'invalid default_domain {default_domain!r}') from None
 
     result: list[str] = []
     result_keys: set[str] = set()
@@ -368,15 +374,22 @@ def resolve_recipients(
     expanded: set[str] = set()
 
     def add_address(address: str, owner: Optional[str]) -> None:
-        local_part, _, domain = address.rpartition('@')
-        if not local_part or not domain:
-            raise AliasesError(f'malformed address {address!r}{_via(owner)}')
-        key = f'{local_part}@{domain.lower()}'
+        try:
+            parsed = parse_address(address)
+        except InvalidAddressError as exc:
+            raise AliasesError(f'{exc}{_via(owner)}') from None
+        # the local part is case-sensitive (RFC 5321 2.4), the domain is not
+        key = f'{parsed.local_part}@{parsed.domain.lower()}'
         if key not in result_keys:
             result_keys.add(key)
             result.append(address)
 
     def add_local(name: str, owner: Optional[str]) -> None:
+        try:
+            # a name that is no valid local part ("a b" from a quoted target) is never qualified
+            parse_address(name, allow_local=True)
+        except InvalidAddressError as exc:
+            raise AliasesError(f'{exc}{_via(owner)}') from None
         if default_domain is not None:
             add_address(f'{name}@{default_domain}', owner)
         elif name.lower() not in unresolved_keys:
@@ -399,7 +412,12 @@ def resolve_recipients(
             if owner is None:
                 continue  # empty command-line argument, nothing to deliver
             raise AliasesError(f'empty target{_via(owner)}')
-        kind, value = _classify(target)
+        if owner is None and '@' in target and _is_address(target):
+            # a valid address given by the caller is final, also when it starts like a pipe
+            # ("|a@example.org") or a file; only aliases files name pipes and files
+            kind, value = _Kind.ADDRESS, target
+        else:
+            kind, value = _classify(target)
         if kind is _Kind.ADDRESS:
             add_address(value, owner)
         elif kind is _Kind.LOCAL_NO_ALIAS:
@@ -437,6 +455,14 @@ def resolve_recipients(
     if unresolved:
         raise UnresolvableRecipientError(unresolved)
     return result
+
+
+def _is_address(text: str) -> bool:
+    try:
+        parse_address(text)
+    except InvalidAddressError:
+        return False
+    return True
 
 
 def _via(owner: Optional[str]) -> str:

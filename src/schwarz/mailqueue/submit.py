@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+from .addresses import parse_address
 from .config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,14 +177,18 @@ class Submitter:
 
         ``default_domain`` if configured; otherwise the configured ``from``
         (the address the smarthost accepts from us); otherwise ``name@host``.
+        Raises ``InvalidAddressError`` when the result is not a valid address.
         """
         if not name or '@' in name:
             return name
         if self.settings.default_domain:
-            return f'{name}@{self.settings.default_domain}'
-        if self.settings.from_addr:
+            qualified = f'{name}@{self.settings.default_domain}'
+        elif self.settings.from_addr:
             return self.settings.from_addr
-        return f'{name}@{_hostname()}'
+        else:
+            qualified = f'{name}@{_hostname()}'
+        # LOGNAME or the host name may hold what no address can (spaces, "_"): refuse, never send it
+        return str(parse_address(qualified))
 
     def default_sender(self) -> str:
         """Envelope sender when the caller gave none: ``from``, else the local user, qualified."""

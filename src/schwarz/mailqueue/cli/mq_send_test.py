@@ -59,7 +59,8 @@ def _address(value: str, what: str) -> str:
     from ..message import InvalidAddressError, validate_address
 
     try:
-        return validate_address(value)
+        # a local name is resolved through the aliases (--to) or qualified (--from), as by mq-sendmail
+        return validate_address(value, allow_local=True)
     except InvalidAddressError as exc:
         fail(f'invalid {what}: {exc}', EX_USAGE)
 
@@ -85,7 +86,10 @@ def _body(args: Sequence[str]) -> int:
             to = settings.from_addr
         host = f'{settings.smtp_hostname or "localhost"}:{settings.smtp_port or "default port"}'
         with Submitter(settings, plugins=app.plugins, app=PROG, queue=False) as submitter:
-            sender = submitter.qualify_sender(from_addr) if from_addr else submitter.default_sender()
+            try:
+                sender = submitter.qualify_sender(from_addr) if from_addr else submitter.default_sender()
+            except ValueError as exc:  # InvalidAddressError: LOGNAME or the host name make no address
+                fail(f'invalid sender: {exc} (use --from with a full address, or set "from")', EX_USAGE)
             now = format_date()
             body = (f'This is a test message sent by mq-send-test (mailqueue-runner)\n'
                     f'from host {socket.gethostname()} via {host} at {now}.\n').encode()

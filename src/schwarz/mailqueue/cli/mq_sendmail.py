@@ -292,40 +292,37 @@ def _hostname() -> str:
 
 
 def _check_sender(value: str) -> str:
-    """``-f`` value: ``<>``/empty is the null sender; angle brackets are accepted around an address."""
-    from ..message import InvalidAddressError, validate_address
+    """``-f`` value: ``<>``/empty is the null sender; else one address (``a@b``, ``<a@b>``,
+    ``Name <a@b>``) or a local name that is qualified later."""
+    from ..addresses import InvalidAddressError, check_text, parse_mailbox
 
-    if any(ch in value for ch in '\r\n\x00'):
-        fail(f'invalid sender (-f/-r): contains a line break or NUL: {value!r}', EX_USAGE)
-    text = value.strip()
-    if text.startswith('<') and text.endswith('>'):
-        text = text[1:-1]
     try:
-        return validate_address(text, allow_empty=True)
+        check_text(value)
+        text = value.strip(' ')
+        if text in ('', '<>'):
+            return ''
+        return str(parse_mailbox(text, allow_local=True).address)
     except InvalidAddressError as exc:
         fail(f'invalid sender (-f/-r): {exc}', EX_USAGE)
 
 
 def _split_recipient_args(args: Sequence[str]) -> List[str]:
-    """Recipients from the command line; ``"Name <a@b>"`` and ``a@b,c@d`` are accepted as sendmail does."""
-    from ..message import InvalidAddressError, validate_address
+    """Recipients from the command line, each a valid address or local name; ``CLIError`` (64) if not.
+
+    mutt and mailx pass ``Name <a@b>`` and ``a@b, c@d`` as arguments, so each argument is
+    read as an address list, with the parser used for ``To:`` headers (never guessing).
+    A TAB or line break is refused even where header syntax would take it for white space:
+    no caller puts one in an argument by intent.
+    """
+    from ..addresses import InvalidAddressError, check_text, parse_address_list
 
     result: List[str] = []
     for arg in args:
-        if any(ch in arg for ch in '\r\n\x00'):
-            fail(f'invalid recipient: contains a line break or NUL: {arg!r}', EX_USAGE)
-        addresses = [arg]
-        if any(ch in arg for ch in ',<>"('):
-            from email.utils import getaddresses
-
-            addresses = [addr for _, addr in getaddresses([arg])]
-            if not addresses or not all(addresses):
-                fail(f'invalid recipient: {arg!r}', EX_USAGE)
-        for addr in addresses:
-            try:
-                result.append(validate_address(addr))
-            except InvalidAddressError as exc:
-                fail(f'invalid recipient: {exc}', EX_USAGE)
+        try:
+            check_text(arg)
+            result.extend(str(addr) for addr in parse_address_list(arg, allow_local=True))
+        except InvalidAddressError as exc:
+            fail(f'invalid recipient: {exc}', EX_USAGE)
     return result
 
 
@@ -340,16 +337,17 @@ def _header_recipients(data: bytes) -> List[str]:
 
 
 def _header_sender(data: bytes) -> Optional[str]:
+    """--read-envelope-from: the first address in From:; a malformed From: is bad data (65)."""
+    from ..addresses import InvalidAddressError, parse_address_list
     from ..message import get_header
 
-    values = get_header(data, 'From')
-    if not values:
-        return None
-    from email.utils import getaddresses
-
-    for _, addr in getaddresses(values):
-        if addr:
-            return addr
+    for value in get_header(data, 'From'):
+        try:
+            addresses = parse_address_list(value, allow_local=True)
+        except InvalidAddressError as exc:
+            fail(f'invalid From: address for --read-envelope-from: {exc}', EX_DATAERR)
+        if addresses:
+            return str(addresses[0])
     return None
 
 
@@ -397,19 +395,20 @@ def _report(result: Any, submitter: Any) -> int:
 
 
 def _choose_sender(opts: SendmailOptions, submitter: Any, data: bytes) -> str:
-    if opts.sender is not None:
-        sender = _check_sender(opts.sender)
-        return submitter.qualify_sender(sender) if sender else ''
-    if opts.read_envelope_from:
-        from ..message import InvalidAddressError, validate_address
+    from ..addresses import InvalidAddressError
 
-        header_from = _header_sender(data)
-        if header_from:
-            try:
-                return str(submitter.qualify_sender(validate_address(header_from)))
-            except InvalidAddressError as exc:
-                fail(f'invalid From: address for --read-envelope-from: {exc}', EX_DATAERR)
-    return str(submitter.default_sender())
+    try:
+        if opts.sender is not None:
+            sender = _check_sender(opts.sender)
+            return str(submitter.qualify_sender(sender)) if sender else ''
+        if opts.read_envelope_from:
+            header_from = _header_sender(data)
+            if header_from:
+                return str(submitter.qualify_sender(header_from))
+        return str(submitter.default_sender())
+    except InvalidAddressError as exc:
+        # a local name that qualification could not turn into a valid address (say, the host name)
+        fail(f'invalid sender: {exc} (use -f with a full address, or set "from")', EX_USAGE)
 
 
 def _deliver_stdin(opts: SendmailOptions) -> int:
@@ -468,6 +467,7 @@ class StdioSMTPSession:
         self.deliver = deliver
         self.resolve = resolve
         self.sender: Optional[str] = None
+        self.smtputf8 = False  # MAIL FROM carried SMTPUTF8: non-ASCII addresses are allowed
         self.recipients: List[str] = []
         self.errors = 0
         self.closing = False
@@ -480,6 +480,7 @@ class StdioSMTPSession:
 
     def _reset(self) -> None:
         self.sender = None
+        self.smtputf8 = False
         self.recipients = []
 
     def _error(self, code: int, text: str) -> None:
@@ -528,65 +529,61 @@ class StdioSMTPSession:
         self._reset()
         self.reply(250, self.hostname)
 
-    @staticmethod
-    def _parse_path(arg: str, keyword: str) -> Optional[Tuple[str, str]]:
-        if arg[:len(keyword)].upper() != keyword:
-            return None
-        rest = arg[len(keyword):].lstrip()
-        if rest.startswith('<'):
-            end = rest.find('>')
-            if end < 0:
-                return None
-            return rest[1:end], rest[end + 1:].strip()
-        address, _, params = rest.partition(' ')
-        return address, params.strip()
-
     def smtp_MAIL(self, arg: str) -> None:
-        from ..message import InvalidAddressError, validate_address
+        from ..addresses import InvalidAddressError, parse_smtp_path
 
         if self.sender is not None:
             self._error(503, '5.5.1 nested MAIL command')
             return
-        parsed = self._parse_path(arg, 'FROM:')
-        if parsed is None:
+        if arg[:5].upper() != 'FROM:':
             self._error(501, '5.5.4 syntax: MAIL FROM:<address>')
             return
-        address, params = parsed
+        try:
+            # a local name is qualified like -f's; "<>" is the null sender
+            address, params = parse_smtp_path(arg[5:], allow_null=True, allow_local=True)
+        except InvalidAddressError as exc:
+            self._error(553, f'5.1.7 bad sender address: {exc}')
+            return
+        smtputf8 = False
         for param in params.split():
             name = param.partition('=')[0].upper()
             if name not in ('SIZE', 'BODY', 'SMTPUTF8'):
                 self._error(555, f'5.5.4 unsupported MAIL parameter {param}')
                 return
-        try:
-            self.sender = validate_address(address, allow_empty=True)
-        except InvalidAddressError as exc:
-            self._error(553, f'5.1.7 bad sender address: {exc}')
+            smtputf8 = smtputf8 or name == 'SMTPUTF8'
+        if address.needs_smtputf8 and not smtputf8:
+            self._error(553, '5.6.7 a non-ASCII sender address needs the SMTPUTF8 parameter')
             return
+        self.sender = str(address)
+        self.smtputf8 = smtputf8
         self.reply(250, '2.1.0 Ok')
 
     def smtp_RCPT(self, arg: str) -> None:
-        from ..message import InvalidAddressError, validate_address
+        from ..addresses import InvalidAddressError, parse_smtp_path
 
         if self.sender is None:
             self._error(503, '5.5.1 need MAIL before RCPT')
             return
-        parsed = self._parse_path(arg, 'TO:')
-        if parsed is None:
+        if arg[:3].upper() != 'TO:':
             self._error(501, '5.5.4 syntax: RCPT TO:<address>')
             return
-        address, params = parsed
+        try:
+            # local names (RCPT TO:<root>) go through the aliases, as on the command line
+            address, params = parse_smtp_path(arg[3:], allow_local=True)
+        except InvalidAddressError as exc:
+            self._error(553, f'5.1.3 bad recipient address: {exc}')
+            return
         if params:
             self._error(555, f'5.5.4 unsupported RCPT parameters {params}')
+            return
+        if address.needs_smtputf8 and not self.smtputf8:
+            self._error(553, '5.6.7 a non-ASCII recipient address needs SMTPUTF8 in MAIL FROM')
             return
         if len(self.recipients) >= _MAX_RECIPIENTS:
             self.reply(452, '4.5.3 too many recipients')
             return
         try:
-            validate_address(address)
-            resolved = self.resolve(address)
-        except InvalidAddressError as exc:
-            self._error(553, f'5.1.3 bad recipient address: {exc}')
-            return
+            resolved = self.resolve(str(address))
         except ValueError as exc:
             code, text = exc.args
             self._error(code, text)
@@ -658,6 +655,7 @@ def _bs_reply(outcome: Any) -> Tuple[int, str]:
 
 
 def _smtp_session(opts: SendmailOptions) -> int:
+    from ..addresses import InvalidAddressError
     from ..aliases import AliasesError, UnresolvableRecipientError
     from ..config import ConfigError
     from ..submit import summarize
@@ -683,7 +681,10 @@ def _smtp_session(opts: SendmailOptions) -> int:
                     raise ValueError(451, '4.3.0 aliases file problem, try again later') from None
 
             def deliver(sender: str, recipients: List[str], data: bytes) -> Tuple[int, str]:
-                envelope_from = submitter.qualify_sender(sender) if sender else ''
+                try:
+                    envelope_from = submitter.qualify_sender(sender) if sender else ''
+                except InvalidAddressError as exc:
+                    return 553, f'5.1.7 cannot qualify the sender: {exc}'
                 data = edit_message(data, opts, sender=envelope_from, recipients=recipients,
                                     hostname=lambda: hostname)
                 try:
