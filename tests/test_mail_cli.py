@@ -177,3 +177,37 @@ def test_python_dash_m_and_help(smtp_server: SMTPTestServer, tmp_path: Path) -> 
                    r'-b ADDRESS', r'-S VAR\[=VALUE\]', r'-E', r'-C( FILE)?, --config FILE', r'--aliases FILE',
                    r'-v, --verbose'):
         assert re.search(option, proc.stdout.decode()), option
+
+
+@pytest.mark.parametrize('args', [
+    ['bob"@partner.example'],
+    ['alice@example.org', 'a@b@c'],
+    ['alice@example.org, a@b..c'],
+    ['-c', '@example.org', 'alice@example.org'],
+    ['-b', 'a@[1.2.3.4', 'alice@example.org'],
+    ['-r', 'bob"@partner.example', 'alice@example.org'],
+    ['al\tice@example.org'],
+    ['John Smith'],
+])
+def test_malformed_addresses_exit_64_and_send_nothing(smtp_server: SMTPTestServer, tmp_path: Path,
+                                                      args: list) -> None:
+    config = write_config(tmp_path, smtp_server, default_domain='site.example')
+    proc = run_tool(mail('-C', str(config), '-s', 'x', *args), input=b'body\n', home=tmp_path)
+    assert proc.returncode == 64
+    text = proc.stderr.decode()
+    assert text.startswith('mq-mail: ') and text.count('\n') == 1 and 'malformed address' in text, text
+    assert smtp_server.commands == []
+
+
+def test_sender_and_recipients_in_header_syntax(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(mail('-C', str(config), '-s', 'x', '-r', 'Backup Job <backup@site.example>',
+                         '-c', '"john smith"@example.org', 'Alice <alice@example.org>, root'),
+                    input=b'body\n', home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, b'')
+    [received] = smtp_server.received
+    assert received.mail_from == 'backup@site.example'
+    assert received.rcpt_tos == ['alice@example.org', 'admin@example.org', '"john smith"@example.org']
+    lines, _ = headers_and_body(received)
+    assert header(lines, 'From') == 'Backup Job <backup@site.example>'
+    assert header(lines, 'Cc') == '"john smith"@example.org'

@@ -16,15 +16,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from _addr import envelope_addresses
 from schwarz.mailqueue.cli.common import EX_USAGE, CLIError
 from schwarz.mailqueue.cli.mq_sendmail import SendmailOptions, parse_args
 from schwarz.mailqueue.config import KNOWN_KEYS, ConfigError, Settings, parse_config_text
-from schwarz.mailqueue.message import (
-    InvalidAddressError,
-    dot_stuff,
-    normalize_line_endings,
-    validate_address,
-)
+from schwarz.mailqueue.message import dot_stuff, normalize_line_endings
 from schwarz.mailqueue.queue.format import (
     FAILED_REASON,
     HOLD_REASON,
@@ -44,28 +40,9 @@ from _hyp import examples
 
 # --- strategies ---------------------------------------------------------------------------
 
-# Characters an address may contain: anything printable except what the queue file and the
-# SMTP dialog use as delimiters (validate_address refuses the rest, ',' separates Envelope-to).
-_addr_chars = st.one_of(
-    st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters=',<>'),
-    st.characters(blacklist_categories=('Cs', 'Cc', 'Zs', 'Zl', 'Zp'), blacklist_characters=',<>'),
-    st.sampled_from(['\t', '\x0b', '\x0c', '\x1f', '\x7f', '\x85', '\u2028', '\xa0', '%', '"', '\\']),
-)
-
-
-def _is_storable(address: str) -> bool:
-    try:
-        validate_address(address)
-    except InvalidAddressError:
-        return False
-    return ',' not in address
-
-
-addresses = st.builds(
-    lambda local, domain: f'{local}@{domain}',
-    st.text(_addr_chars, min_size=1, max_size=16),
-    st.text(_addr_chars, min_size=1, max_size=16),
-).filter(_is_storable)
+# Valid envelope addresses of every shape (dot-strings, quoted local parts, Unicode, IP literals),
+# composed from the RFC 5321 grammar in _addr: what the queue must store and give back unchanged.
+addresses = envelope_addresses
 senders = st.one_of(st.just(''), addresses)
 
 # Fixed offsets in whole minutes (what an RFC 5322 date can carry), UTC among them.

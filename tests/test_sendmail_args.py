@@ -145,3 +145,14 @@ def test_session_sends_too_noisy_clients_away() -> None:
 def test_session_ends_quietly_on_eof_mid_data() -> None:
     replies, delivered = run_session(b'HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b.example>\r\nDATA\r\nSubject: x\r\n')
     assert replies[-1].startswith('354') and delivered == []
+
+
+def test_session_non_ascii_addresses_need_smtputf8() -> None:
+    replies, delivered = run_session(
+        'EHLO c\r\nMAIL FROM:<jörg@bücher.example>\r\nMAIL FROM:<jörg@bücher.example> SMTPUTF8\r\n'
+        'RCPT TO:<ü@example.org>\r\nDATA\r\nx\r\n.\r\n'
+        'MAIL FROM:<a@example.org>\r\nRCPT TO:<ü@example.org>\r\nRCPT TO:<bob"@partner.example>\r\n'
+        'RCPT TO:<"john smith"@example.org>\r\nRSET\r\n'.encode())
+    assert [r[:3] for r in replies if not r.startswith('250-')] == [
+        '220', '250', '553', '250', '250', '354', '250', '250', '553', '553', '250', '250']
+    assert delivered == [('jörg@bücher.example', ['ü@example.org'], b'x\r\n')]

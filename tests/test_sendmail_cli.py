@@ -408,3 +408,63 @@ def test_t_with_a_malformed_to_header_is_refused(smtp_server: SMTPTestServer, tm
                     home=tmp_path)
     assert proc.returncode == 65, proc.stderr
     assert b'malformed address' in proc.stderr and smtp_server.received == []
+
+
+# --- one address parser for arguments and headers ------------------------------------------------
+
+MALFORMED_RECIPIENTS = ['bob"@partner.example', 'a@b@c', 'a@', '@', '@example.org', 'a@b..c', 'a@[1.2.3.4',
+                        'al\tice@example.org', 'alice@example.org\t']
+
+
+def test_a_quote_in_a_recipient_never_turns_it_into_a_local_name(smtp_server: SMTPTestServer,
+                                                                  tmp_path: Path) -> None:
+    # (it used to go to bob@<our domain>, exit 0)
+    config = write_config(tmp_path, smtp_server, default_domain='site.example')
+    proc = run_tool(sendmail('-C', str(config), 'bob"@partner.example'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 64
+    assert_one_line_error(proc.stderr, 'invalid recipient', 'bob"@partner.example', 'double quote')
+    assert smtp_server.commands == []
+
+
+@pytest.mark.parametrize('recipient', MALFORMED_RECIPIENTS)
+def test_malformed_recipient_arguments_exit_64_and_send_nothing(smtp_server: SMTPTestServer, tmp_path: Path,
+                                                                recipient: str) -> None:
+    config = write_config(tmp_path, smtp_server, default_domain='site.example')
+    proc = run_tool(sendmail('-C', str(config), '-i', '--', 'alice@example.org', recipient), input=MESSAGE,
+                    home=tmp_path)
+    assert proc.returncode == 64
+    assert_one_line_error(proc.stderr, 'invalid recipient', 'malformed address')
+    assert smtp_server.commands == []
+
+
+# (a TAB after an address is folding white space in a header, not part of the address)
+@pytest.mark.parametrize('recipient', [r for r in MALFORMED_RECIPIENTS if not r.endswith('\t')])
+def test_the_same_addresses_in_headers_with_t_exit_65_and_send_nothing(smtp_server: SMTPTestServer,
+                                                                       tmp_path: Path, recipient: str) -> None:
+    config = write_config(tmp_path, smtp_server, default_domain='site.example')
+    message = b'To: alice@example.org, ' + recipient.encode() + b'\nSubject: x\n\nbody\n'
+    proc = run_tool(sendmail('-C', str(config), '-t', '-i'), input=message, home=tmp_path)
+    assert proc.returncode == 65
+    assert_one_line_error(proc.stderr, 'malformed address')
+    assert smtp_server.commands == []
+
+
+def test_recipient_arguments_in_header_syntax(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    # mutt and mailx pass display names and comma lists; quoted local parts stay quoted on the wire
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-i', '--', 'Alice <alice@example.org>, "Smith, J" <j@example.org>',
+                             '"john smith"@example.org', 'team'), input=MESSAGE, home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, b'')
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ['alice@example.org', 'j@example.org', '"john smith"@example.org',
+                                 'bob@example.org']
+
+
+@pytest.mark.parametrize('sender', ['bob"@partner.example', 'a@b@c', '@example.org', 'a\t@example.org', 'A <a@x'])
+def test_malformed_sender_exits_64_and_sends_nothing(smtp_server: SMTPTestServer, tmp_path: Path,
+                                                     sender: str) -> None:
+    config = write_config(tmp_path, smtp_server)
+    proc = run_tool(sendmail('-C', str(config), '-f', sender, 'alice@example.org'), input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 64
+    assert_one_line_error(proc.stderr, 'invalid sender (-f/-r)')
+    assert smtp_server.commands == []
