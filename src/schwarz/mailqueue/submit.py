@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .addresses import parse_address
+from .bootstrap import build_transports  # here too: callers and tests know it from this module
 from .config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,18 +41,6 @@ DEFAULT_ALIASES = '/etc/aliases'
 STATUS_OK = 'ok'
 STATUS_REFUSED = 'refused'
 STATUS_TEMPFAIL = 'tempfail'
-
-
-def build_transports(settings: Settings, *, queue: bool = True) -> List[Any]:
-    """SMTP to the smarthost, then (with ``queue`` and a ``queue_dir``) the durable queue."""
-    from .config import init_smtp_mailer
-
-    transports: List[Any] = [init_smtp_mailer(settings)]
-    if queue and settings.queue_dir:
-        from .queue.maildir import MaildirBackend
-
-        transports.append(MaildirBackend(settings.queue_dir))
-    return transports
 
 
 def local_user() -> str:
@@ -137,7 +126,9 @@ class Submitter:
 
     @property
     def queue_configured(self) -> bool:
-        return self.queue and bool(self.settings.queue_dir)
+        from .bootstrap import queue_location
+
+        return self.queue and bool(queue_location(self.settings))
 
     # --- addresses ------------------------------------------------------------------------
 

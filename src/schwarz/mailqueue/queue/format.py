@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any, Dict, List, Optional, Sequence, Union
 
 from ..addresses import InvalidAddressError, parse_address
+from ..errors import CorruptMessage
 from ..message import message_bytes_from
 
 __all__ = [
@@ -47,8 +48,8 @@ FAILED_REASON = 'X-Queue-Failed-Reason'
 HOLD_REASON = 'X-Queue-Hold-Reason'
 
 
-class QueueFileError(ValueError):
-    """Not a queue file, or a truncated/corrupt one."""
+class QueueFileError(CorruptMessage, ValueError):
+    """Not a queue file, or a truncated/corrupt one (a ``ValueError`` too, as in 1.x)."""
 
 
 @dataclass
