@@ -35,6 +35,7 @@ How it works (docs/postgresql.md has the operator's view):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -184,6 +185,10 @@ def _connect_kwargs(conninfo: str, pooling: str) -> Dict[str, Any]:
 # --- SQL --------------------------------------------------------------------------------------
 
 
+# the sort key of the due index: rows without a recorded next attempt come first
+_DUE_KEY = "coalesce(next_attempt, '-infinity'::timestamptz)"
+
+
 def _q(schema: str) -> str:
     return '"' + _check_schema_name(schema) + '"'
 
@@ -213,11 +218,15 @@ CREATE TABLE {s}.messages (
     lease_until  timestamptz,
     pass_id      uuid,
     CONSTRAINT lease_iff_claimed CHECK ((state = 'cur') = (lease_token IS NOT NULL AND lease_until IS NOT NULL))
-) WITH (toast_tuple_target = 128, autovacuum_vacuum_scale_factor = 0.02,
-        autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02,
+        autovacuum_vacuum_cost_delay = 0);
 ALTER TABLE {s}.messages ALTER COLUMN msg SET STORAGE EXTERNAL;
 COMMENT ON TABLE {s}.messages IS 'mailqueue-runner: queued mail (completion deletes the row)';
-CREATE INDEX messages_due ON {s}.messages (next_attempt NULLS FIRST, queue_date, id) WHERE state = 'new';
+-- due and ready: never tried (or due by the policy) first, then by next attempt; the claim's range scan
+CREATE INDEX messages_due ON {s}.messages (({_DUE_KEY}), queue_date, id) WHERE state = 'new';
+-- due although the next attempt lies ahead: the lifetime ran out, or a clock was wrong when it was written
+CREATE INDEX messages_expiry ON {s}.messages (queue_date) WHERE state = 'new';
+CREATE INDEX messages_skew ON {s}.messages (last_attempt) WHERE state = 'new' AND last_attempt IS NOT NULL;
 CREATE INDEX messages_leased ON {s}.messages (lease_token) WHERE state = 'cur';
 CREATE FUNCTION {s}.notify_new() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -239,7 +248,7 @@ _LIVE_KEYS = """(SELECT (l.classid::int8 << 32) | l.objid::int8 FROM pg_catalog.
 _ABANDONED = f"(lease_until <= now() OR (lease_key IS NOT NULL AND lease_key NOT IN {_LIVE_KEYS}))"
 _META = 'sender, recipients, queue_date, last_attempt, retries, next_attempt, last_error, extra'
 _ENTRY = (f"id, state, size, changed_at, {_META}, "
-          f"CASE WHEN state = 'cur' THEN NOT {_ABANDONED} END AS active")
+          f"CASE WHEN state = 'cur' THEN NOT {_ABANDONED} END AS active, lease_owner")
 _STATE_ORDER = "CASE state WHEN 'new' THEN 0 WHEN 'cur' THEN 1 WHEN 'hold' THEN 2 ELSE 3 END"
 _CLEAR_LEASE = ('claimed_from = NULL, lease_owner = NULL, lease_key = NULL, lease_token = NULL, '
                 'lease_until = NULL, changed_at = now()')
@@ -247,6 +256,9 @@ _SET_LEASE = ("lease_token = gen_random_uuid(), lease_key = %(key)s, lease_owner
               "lease_until = now() + %(lease)s * interval '1 second', changed_at = now()")
 
 # Due at %(now)s under the caller's RetryPolicy: exactly contract.is_due, as one predicate.
+# claim_due splits it in two index range scans: rows whose due key (next attempt, or -infinity
+# without one) is not after now, checked with the whole predicate; and the few rows whose next
+# attempt lies ahead but that are due all the same (_DUE_AHEAD).
 _DUE = """(
     (next_attempt IS NOT NULL AND next_attempt <= %(now)s)
     OR (next_attempt IS NULL AND (retries <= 0 OR last_attempt IS NULL
@@ -255,6 +267,13 @@ _DUE = """(
     OR last_attempt > %(now)s + %(skew)s * interval '1 second'
     OR queue_date + %(lifetime)s * interval '1 second' <= %(now)s
     OR (%(max_attempts)s::integer IS NOT NULL AND retries >= %(max_attempts)s::integer)
+)"""
+
+
+# (both ranges have an index of their own; a policy with max_attempts adds a condition without one)
+_DUE_AHEAD = """(
+    queue_date <= %(now)s - %(lifetime)s * interval '1 second'
+    OR last_attempt > %(now)s + %(skew)s * interval '1 second'{max_attempts}
 )"""
 
 
@@ -376,6 +395,63 @@ def _init_lock_key(schema: str) -> int:
     return int.from_bytes(('mqinit:' + schema).encode()[:8].ljust(8, b'\0'), 'big') >> 1
 
 
+# --- owners on this machine -------------------------------------------------------------------
+#
+# A lease names its owner as 'host:pid:machine:start' (machine: boot id and PID namespace;
+# start: the process's start time). The owner's advisory lock is the truth for every host, but
+# its server session ends a moment after the process: on the owner's own machine a process that
+# no longer exists (or whose pid now belongs to a younger process) is known dead at once, as
+# the kernel releases a dead process's flock at once.
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding='ascii', errors='replace') as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _machine() -> str:
+    """This machine and PID namespace ('' where /proc cannot tell: no shortcut there)."""
+    boot = _read('/proc/sys/kernel/random/boot_id')
+    try:
+        namespace = os.stat('/proc/self/ns/pid').st_ino
+    except OSError:
+        return ''
+    if not boot:
+        return ''
+    return hashlib.sha256(f'{boot.strip()}:{namespace}'.encode()).hexdigest()[:16]
+
+
+def _start_time(pid: int) -> Optional[str]:
+    stat = _read(f'/proc/{pid}/stat')
+    if stat is None:
+        return None
+    fields = stat.rpartition(')')[2].split()
+    if len(fields) <= 19 or fields[0] in ('Z', 'X'):  # a zombie has ended: only its parent has not looked yet
+        return None
+    return fields[19]  # field 22 of proc(5): starttime
+
+
+_MACHINE = _machine()
+
+
+def _owner_name() -> str:
+    pid = os.getpid()
+    return f'{socket.gethostname()}:{pid}:{_MACHINE}:{_start_time(pid) or ""}'
+
+
+def _owner_gone(owner: Optional[str]) -> bool:
+    """True only for an owner on this machine whose process has ended; False when unsure."""
+    if not owner or not _MACHINE:
+        return False
+    parts = owner.rsplit(':', 3)
+    if len(parts) != 4 or parts[2] != _MACHINE or not parts[1].isdigit() or not parts[3]:
+        return False
+    return _start_time(int(parts[1])) != parts[3]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -442,6 +518,14 @@ class PostgresQueue:
         self._table = f'{_q(self.schema)}.messages'
         self.channel = self.schema  # NOTIFY channel of inserts into new
         self._lock = threading.Lock()
+        order = f'{_DUE_KEY}, queue_date, id'  # the due index
+        self._sql_claim_all = self._claim_sql('TRUE', order)
+        self._sql_claim_due = self._claim_sql(f'{_DUE_KEY} <= %(now)s AND {_DUE}', order)
+        self._sql_claim_ahead = self._claim_sql(
+            f"next_attempt > %(now)s AND {_DUE_AHEAD.format(max_attempts='')}", 'queue_date, id')
+        self._sql_claim_ahead_attempts = self._claim_sql(
+            f"next_attempt > %(now)s AND {_DUE_AHEAD.format(max_attempts=' OR retries >= %(max_attempts)s')}",
+            'queue_date, id')
         self._reset()
 
     def _reset(self) -> None:
@@ -452,7 +536,7 @@ class PostgresQueue:
         self._owner_lock = threading.Lock()
         self._owner_conn: Optional[psycopg.Connection[Any]] = None
         self._owner_key: Optional[int] = None
-        self._owner_name = f'{socket.gethostname()}:{os.getpid()}'
+        self._owner_name = _owner_name()
         self._heartbeat: Optional[threading.Thread] = None
         self._stop = threading.Event()
         # lease token -> claimed message; a message dropped without ending its claim stops being
@@ -618,7 +702,7 @@ class PostgresQueue:
 
     def _insert(self, conn: psycopg.Connection[Any], state: str, msg_bytes: bytes, meta: QueueMeta,
                 lease: Optional[Dict[str, Any]] = None) -> Tuple[str, Optional[uuid.UUID]]:
-        check_envelope(meta.from_addr, meta.to_addrs)
+        """Insert a row (the callers have checked the envelope); ``(id, lease token or None)``."""
         rest, last_error, next_attempt = _split_extra(meta.extra)
         for _ in range(5):
             msg_id = _new_id()
@@ -678,6 +762,15 @@ class PostgresQueue:
 
     # --- claiming ---------------------------------------------------------------------------
 
+    def _claim_sql(self, due: str, order: str) -> str:
+        """One statement: pick and lease up to %(limit)s rows matching ``due``, skipping rows others lock."""
+        return (f"UPDATE {self._table} AS m SET state = 'cur', claimed_from = 'new', pass_id = %(pass)s, "
+                f"{_SET_LEASE} FROM (SELECT id FROM {self._table} WHERE state = 'new' "
+                f"AND pass_id IS DISTINCT FROM %(pass)s AND {due} ORDER BY {order} "
+                f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due "
+                f"WHERE m.id = due.id RETURNING m.id, m.lease_token, m.msg, "
+                + ', '.join(f'm.{column.strip()}' for column in _META.split(',')))
+
     def claim_due(self, limit: int, *, now: datetime, policy: RetryPolicy,
                   force: bool = False) -> ClaimBatch:
         batch = ClaimBatch()
@@ -685,19 +778,21 @@ class PostgresQueue:
             return batch
         params = self._lease_params()
         params.update({
-            'pass': self._pass_id, 'limit': int(limit), 'force': bool(force), 'now': _utc(now),
+            'pass': self._pass_id, 'limit': int(limit), 'now': _utc(now),
             'min_delay': _seconds(policy.min_delay), 'max_delay': _seconds(policy.max_delay),
             'lifetime': _seconds(policy.max_queue_lifetime), 'skew': CLOCK_SKEW_TOLERANCE.total_seconds(),
             'max_attempts': policy.max_attempts,
         })
-        sql = (f"UPDATE {self._table} AS m SET state = 'cur', claimed_from = 'new', pass_id = %(pass)s, {_SET_LEASE} "
-               f"FROM (SELECT id FROM {self._table} WHERE state = 'new' AND pass_id IS DISTINCT FROM %(pass)s "
-               f"AND (%(force)s OR {_DUE}) ORDER BY next_attempt NULLS FIRST, queue_date, id "
-               f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due "
-               f"WHERE m.id = due.id RETURNING m.id, m.lease_token, m.msg, "
-               + ', '.join(f'm.{column.strip()}' for column in _META.split(',')))
         with self._conn() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            if force:
+                rows = conn.execute(self._sql_claim_all, params).fetchall()
+            else:
+                rows = conn.execute(self._sql_claim_due, params).fetchall()
+                if len(rows) < limit:
+                    # the end of the due range: what is due although its next attempt lies ahead
+                    params['limit'] = limit - len(rows)
+                    ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
+                    rows += conn.execute(ahead, params).fetchall()
         rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
         for row in rows:
             msg_id, token, msg_bytes = row[0], row[1], row[2]
@@ -737,9 +832,9 @@ class PostgresQueue:
             else:
                 # take over an abandoned claim: first find its token (liveness read after the
                 # snapshot), then change the row only if that lease is still the same one
-                found = conn.execute(f"SELECT lease_token FROM {self._table} WHERE id = %(id)s "
-                                     f"AND state = 'cur' AND {_ABANDONED}", params).fetchone()
-                if found is None:
+                found = conn.execute(f"SELECT lease_token, {_ABANDONED}, lease_owner FROM {self._table} "
+                                     f"WHERE id = %(id)s AND state = 'cur'", params).fetchone()
+                if found is None or not (found[1] or _owner_gone(found[2])):
                     return None
                 params['old'] = found[0]
                 row = conn.execute(f"UPDATE {self._table} SET claimed_from = 'new', {_SET_LEASE} "
@@ -900,7 +995,9 @@ class PostgresQueue:
 
     @staticmethod
     def _entry_from(row: Sequence[Any]) -> QueueEntry:
-        msg_id, state, size, changed_at, *meta_columns, active = row
+        msg_id, state, size, changed_at, *meta_columns, active, owner = row
+        if active and _owner_gone(owner):
+            active = False
         return QueueEntry(msg_id, state, int(size), changed_at.timestamp(), _meta_from(meta_columns),
                           active=active)
 
@@ -964,12 +1061,12 @@ class PostgresQueue:
             if state != CLAIMED:
                 cur = conn.execute(f'DELETE FROM {self._table} WHERE id = %s AND state = %s', [msg_id, state])
                 return True if cur.rowcount == 1 else None
-            found = conn.execute(f"SELECT lease_token, {_ABANDONED} FROM {self._table} "
+            found = conn.execute(f"SELECT lease_token, {_ABANDONED}, lease_owner FROM {self._table} "
                                  f"WHERE id = %s AND state = 'cur'", [msg_id]).fetchone()
             if found is None:
                 return None
-            token, abandoned = found
-            if not abandoned:
+            token, abandoned, owner = found
+            if not (abandoned or _owner_gone(owner)):
                 return False
             cur = conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
                                [msg_id, token])
@@ -998,8 +1095,10 @@ class PostgresQueue:
         with self._conn() as conn:
             # liveness is read after the statement's snapshot: every lease it sees was taken
             # while its owner already held the lock, so a live owner is never taken for dead
-            dead = conn.execute(f"SELECT id, lease_token FROM {self._table} WHERE state = 'cur' AND {_ABANDONED}"
-                                ).fetchall()
+            leases = conn.execute(f"SELECT id, lease_token, {_ABANDONED}, lease_owner FROM {self._table} "
+                                  f"WHERE state = 'cur'").fetchall()
+            dead = [(msg_id, token) for msg_id, token, abandoned, owner in leases
+                    if abandoned or _owner_gone(owner)]
             if not dead:
                 return 0
             cur = conn.execute(
