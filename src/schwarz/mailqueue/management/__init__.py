@@ -1,0 +1,1 @@
+"""Django management commands of ``schwarz.mailqueue`` (INSTALLED_APPS = [..., 'schwarz.mailqueue'])."""
