@@ -36,6 +36,7 @@ import email.policy
 import ipaddress
 import logging
 import os
+import queue
 import shutil
 import socket
 import ssl
@@ -137,6 +138,23 @@ class ReceivedMessage:
         msg = email.message_from_bytes(self.data, policy=email.policy.default)
         assert isinstance(msg, email.message.EmailMessage)
         return msg
+
+    # The attribute names of mailqueue-runner 1.0.0's test server (users' own tests read them).
+    @property
+    def smtp_from(self) -> str:
+        return self.mail_from
+
+    @property
+    def smtp_to(self) -> List[str]:
+        return self.rcpt_tos
+
+    @property
+    def username(self) -> Optional[str]:
+        return self.auth_login
+
+    @property
+    def msg_bytes(self) -> bytes:
+        return self.data
 
 
 @dataclass
@@ -580,6 +598,9 @@ class SMTPTestServer:
         self._lock = threading.RLock()
         self._messages_changed = threading.Condition(self._lock)
         self._received: List[ReceivedMessage] = []
+        self.received_messages: queue.Queue[ReceivedMessage] = queue.Queue()
+        """Every accepted message, in order, as in mailqueue-runner 1.0.0 (``.get(timeout=...)``);
+        ``reset()`` empties it. ``received`` / ``wait_for_messages()`` are the newer way."""
         self._commands: List[str] = []
         self._auth_logins: List[str] = []
         self._connection_count = 0
@@ -821,6 +842,8 @@ class SMTPTestServer:
         """Forget received messages, commands and logins, and clear all faults."""
         with self._lock:
             self._received.clear()
+            while not self.received_messages.empty():
+                self.received_messages.get_nowait()
             self._commands.clear()
             self._auth_logins.clear()
         self.clear_faults()
@@ -988,6 +1011,7 @@ class SMTPTestServer:
         )
         with self._messages_changed:
             self._received.append(message)
+            self.received_messages.put(message)
             self._messages_changed.notify_all()
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
