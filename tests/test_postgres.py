@@ -358,6 +358,27 @@ def test_a_dropped_claim_is_not_renewed(stores: Callable[..., PostgresQueue]) ->
     assert store.renew_leases() == 0
 
 
+def test_lost_connections_are_replaced(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    """A server restart or a killed session: the next operation works, the lease keeps its owner key."""
+    store, other = stores(), stores()
+    store.ping_after = 0.0
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    msg = store.claim(msg_id)
+    assert msg is not None
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'mailqueue-runner' AND pid <> pg_backend_pid() "
+                              "AND query NOT LIKE '%%pg_terminate_backend%%' AND backend_type = 'client backend' "
+                              "AND datname = current_database() AND pid = ANY(%s)",
+                              [[c.info.backend_pid for c, _ in store._idle]
+                               + [store._owner_conn.info.backend_pid]]).fetchall()  # type: ignore[union-attr]
+    assert len(killed) == 2
+    assert store.view(msg_id) is not None  # a fresh connection instead of the dead pooled one
+    assert store.renew_leases() == 1  # the heartbeat reconnects and takes the same lock again
+    assert other.recover() == 0
+    store.complete(msg)
+
+
 # --- crash recovery ---------------------------------------------------------------------------
 
 

@@ -18,16 +18,18 @@ pooling=...)``.
 How it works (docs/postgresql.md has the operator's view):
 
 - one table ``messages`` per schema; a message's state, envelope, schedule and lease are
-  columns, its bytes a ``bytea`` that is never rewritten (it lives in TOAST, so updates of the
-  small columns do not copy it);
+  columns, its bytes a ``bytea`` that is never rewritten (out of line and uncompressed once a
+  row exceeds about 2 kB, so updates of the small columns do not copy it);
 - ``claim_due`` is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` statement
   that sets a lease (owner, random token, deadline); every statement runs in autocommit, so
   no transaction stays open while SMTP talks;
 - every later change is conditional on the lease token: zero rows changed means the lease
   was lost (``ClaimLost``), and nothing was touched;
-- each store instance holds a session advisory lock while it holds leases; a lease whose
-  owner's lock is free belongs to a dead owner and ``recover()`` takes it back at once. A
-  heartbeat thread extends the deadlines of the leases this instance holds;
+- each store instance holds a session advisory lock from its first claim; a lease whose
+  owner's lock is free belongs to a dead owner and ``recover()`` takes it back at once (on the
+  owner's own machine, an ended owner process is recognised even before the server notices).
+  A heartbeat thread extends the deadlines of the leases this instance holds every sixth of
+  the lease; the deadline alone decides behind a transaction pooler;
 - inserts into ``new`` ``NOTIFY`` (a trigger; PostgreSQL folds repeated notifications of one
   transaction into one), ``wait_for_work`` ``LISTEN``\\ s;
 - ``complete`` deletes the row.
@@ -508,6 +510,8 @@ class PostgresQueue:
     """
 
     kind = 'postgresql'
+    #: seconds: a pooled connection idle for longer is checked before use
+    ping_after = 10.0
 
     def __init__(self, location: str, *, schema: Optional[str] = None, lease: Optional[object] = None,
                  pooling: Optional[str] = None, **ignored: object) -> None:
@@ -531,7 +535,7 @@ class PostgresQueue:
     def _reset(self) -> None:
         """Fresh per-process state (also in a forked child: the parent's connections are not ours)."""
         self._pid = os.getpid()
-        self._idle: List[psycopg.Connection[Any]] = []
+        self._idle: List[Tuple[psycopg.Connection[Any], float]] = []  # (connection, idle since)
         self._checked = False
         self._owner_lock = threading.Lock()
         self._owner_conn: Optional[psycopg.Connection[Any]] = None
@@ -542,6 +546,7 @@ class PostgresQueue:
         # lease token -> claimed message; a message dropped without ending its claim stops being
         # renewed and its lease runs out (the counterpart of a garbage-collected file lock)
         self._leases: weakref.WeakValueDictionary[uuid.UUID, QueuedMessage] = weakref.WeakValueDictionary()
+        self._leases_lock = threading.Lock()
         self._pass_id = uuid.uuid4()
         self._listen_lock = threading.Lock()
         self._listen_conn: Optional[psycopg.Connection[Any]] = None
@@ -564,28 +569,41 @@ class PostgresQueue:
         except psycopg.Error as exc:
             raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot connect: {_first_line(exc)}') from None
 
+    def _pooled(self) -> Optional[psycopg.Connection[Any]]:
+        """An idle connection that still works (one idle for a while is asked first: the server
+        may have restarted, and a statement sent on a dead connection cannot tell whether it ran)."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                conn, since = self._idle.pop()
+            if conn.closed:
+                continue
+            if time.monotonic() - since < self.ping_after:
+                return conn
+            try:
+                conn.execute('SELECT 1')
+                return conn
+            except psycopg.Error:
+                conn.close()
+
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection; database errors become queue errors."""
         self._forked()
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
-        reusable = False
+        conn = self._pooled() or self._connect()
         try:
             with self._translated():
                 if not self._checked:
                     self._check_version(conn)
                 yield conn
-            reusable = True
         finally:
             kept = False
-            if (reusable and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            if (not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
                     and os.getpid() == self._pid):
                 with self._lock:
                     if len(self._idle) < _MAX_IDLE:
-                        self._idle.append(conn)
+                        self._idle.append((conn, time.monotonic()))
                         kept = True
             if not kept and os.getpid() == self._pid:
                 conn.close()
@@ -659,25 +677,30 @@ class PostgresQueue:
 
     def renew_leases(self) -> int:
         """Extend the deadline of every lease this instance holds; how many (the heartbeat calls it)."""
-        tokens = list(self._leases.keys())
+        with self._leases_lock:
+            tokens = list(self._leases.keys())
         if self.pooling == 'transaction':
             if not tokens:
                 return 0
             with self._conn() as pooled:
                 return self._renew(pooled, tokens)
-        with self._owner_lock:
-            conn = self._owner_conn
-        if conn is None or conn.closed:
-            self._owner()  # reconnect and lock again
+        for attempt in (1, 2):
+            self._owner()  # (re)connects and takes the lock again when the session was lost
             with self._owner_lock:
                 conn = self._owner_conn
-        if conn is None:
-            return 0  # closed meanwhile
-        with self._owner_lock, self._translated():
-            if not tokens:
-                conn.execute('SELECT 1')  # notice a dead connection early
-                return 0
-            return self._renew(conn, tokens)
+                if conn is None:
+                    return 0  # closed meanwhile
+                try:
+                    with self._translated():
+                        if not tokens:
+                            conn.execute('SELECT 1')  # notice a lost session early
+                            return 0
+                        return self._renew(conn, tokens)
+                except QueueUnavailable:
+                    if attempt == 2 or not conn.closed:
+                        raise
+                    self._owner_conn = None  # the session is gone, and its lock with it: once more
+        return 0  # pragma: no cover - the loop returns or raises
 
     def _renew(self, conn: psycopg.Connection[Any], tokens: List[uuid.UUID]) -> int:
         cur = conn.execute(f"UPDATE {self._table} SET lease_until = now() + %s * interval '1 second' "
@@ -689,14 +712,16 @@ class PostgresQueue:
 
     def _claimed(self, msg_id: str, token: uuid.UUID, meta: QueueMeta, msg_bytes: bytes) -> QueuedMessage:
         msg = QueuedMessage(self, msg_id, meta, bytes(msg_bytes), token)
-        self._leases[token] = msg
+        with self._leases_lock:
+            self._leases[token] = msg
         return msg
 
     def _ended(self, msg: QueuedMessage) -> None:
         token = msg.token
         msg.token = None
         if isinstance(token, uuid.UUID):
-            self._leases.pop(token, None)
+            with self._leases_lock:
+                self._leases.pop(token, None)
 
     # --- writing new messages ---------------------------------------------------------------
 
@@ -1169,7 +1194,7 @@ class PostgresQueue:
             self._drop_listener()
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
 
