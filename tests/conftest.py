@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import pytest
 
 from schwarz.mailqueue.testutils import SMTPTestServer, smtp_server_fixture
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _checkout_reachable_by_other_users() -> Iterator[None]:
+    """Tests that drop to ``nobody`` run our installed scripts from this checkout.
+
+    A checkout in a private directory (``mktemp -d`` is 0700, as CI's may be) would make
+    them fail with "Permission denied" before our code runs. Directories of ours on the
+    way get o+x (search only, no listing) for the session, and are restored afterwards.
+    """
+    import os
+    import stat
+    from pathlib import Path
+
+    changed = []
+    if os.getuid() == 0:
+        here = Path(__file__).resolve().parent
+        for directory in [here, *here.parents, Path(sys.prefix).resolve(), *Path(sys.prefix).resolve().parents]:
+            try:
+                st = directory.stat()
+            except OSError:
+                continue
+            if st.st_uid == 0 and not st.st_mode & stat.S_IXOTH and str(directory) not in ('/', '/root'):
+                os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+                changed.append((directory, stat.S_IMODE(st.st_mode)))
+    yield
+    for directory, mode in changed:
+        try:
+            os.chmod(directory, mode)
+        except OSError:
+            pass
 
 
 @pytest.fixture
