@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from _addr import envelope_addresses
 from schwarz.mailqueue.cli.common import EX_USAGE, CLIError
-from schwarz.mailqueue.cli.mq_sendmail import SendmailOptions, parse_args
+from schwarz.mailqueue.cli.sendmail_options import SendmailOptions, parse_args
 from schwarz.mailqueue.config import KNOWN_KEYS, ConfigError, Settings, parse_config_text
 from schwarz.mailqueue.message import dot_stuff, normalize_line_endings
 from schwarz.mailqueue.queue.format import (

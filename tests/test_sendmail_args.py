@@ -8,7 +8,10 @@ from typing import List, Tuple
 import pytest
 
 from schwarz.mailqueue.cli.common import CLIError
-from schwarz.mailqueue.cli.mq_sendmail import StdioSMTPSession, parse_args, read_message
+from schwarz.mailqueue.cli.sendmail_message import read_message
+from schwarz.mailqueue.cli.sendmail_options import parse_args
+from schwarz.mailqueue.cli.sendmail_smtp import SessionReply, StdioSMTPSession
+from schwarz.mailqueue.result import Reply
 
 
 def test_cronie_arguments() -> None:
@@ -94,15 +97,17 @@ def run_session(commands: bytes) -> Tuple[List[str], List[Tuple[str, List[str], 
     """Feed a whole (pipelined) client script; returns the reply lines and the delivered messages."""
     delivered: List[Tuple[str, List[str], bytes]] = []
 
-    def deliver(sender: str, recipients: List[str], data: bytes) -> Tuple[int, str]:
+    def deliver(sender: str, recipients: List[str], data: bytes) -> Reply:
         delivered.append((sender, list(recipients), data))
-        return 250, '2.0.0 Ok: delivered'
+        if b'refuse me' in data:
+            raise SessionReply(Reply(554, '5.6.0 refused by the test'))
+        return Reply(250, '2.0.0 Ok: delivered')
 
     def resolve(address: str) -> List[str]:
         if address == 'team':
             return ['a@example.org', 'b@example.org']
         if '@' not in address:
-            raise ValueError(550, f'5.1.1 <{address}>: no such local user or alias')
+            raise SessionReply(Reply(550, f'5.1.1 <{address}>: no such local user or alias'))
         return [address]
 
     out = io.BytesIO()
@@ -134,6 +139,17 @@ def test_session_errors_and_limits() -> None:
     assert [r[:3] for r in replies] == ['220', '501', '553', '250', '503', '550', '554', '555', '503', '250', '503',
                                         '503', '500', '252', '500', '250']
     assert delivered == []
+
+
+def test_session_refusals_are_typed_replies() -> None:
+    """A callback refuses with SessionReply: its reply goes to the client and the session goes on."""
+    replies, delivered = run_session(
+        b'HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<nobody>\r\nRCPT TO:<a@b.example>\r\nDATA\r\nrefuse me\r\n.\r\n'
+        b'MAIL FROM:<>\r\nRCPT TO:<a@b.example>\r\nDATA\r\nfine\r\n.\r\nQUIT\r\n')
+    assert replies[3:8] == ['550 5.1.1 <nobody>: no such local user or alias', '250 2.1.5 Ok',
+                            '354 End data with <CR><LF>.<CR><LF>', '554 5.6.0 refused by the test', '250 2.1.0 Ok']
+    assert replies[-2:] == ['250 2.0.0 Ok: delivered', '221 2.0.0 host.example closing connection']
+    assert [data for _, _, data in delivered] == [b'refuse me\r\n', b'fine\r\n']
 
 
 def test_session_sends_too_noisy_clients_away() -> None:

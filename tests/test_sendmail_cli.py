@@ -6,14 +6,19 @@ test server on 127.0.0.1 and check what the server received.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Optional, Sequence, Tuple
 
 import pytest
 
 from schwarz.mailqueue.queue.format import parse_queue_bytes
+from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.testutils import SMTPTestServer
 from test_cli_helpers import full_queue_dir, queue_files, run_tool, script, write_config
 
@@ -363,6 +368,91 @@ def test_q_runs_the_queue_once(smtp_server: SMTPTestServer, tmp_path: Path) -> N
     [received] = smtp_server.received
     assert (received.mail_from, received.rcpt_tos) == ('me@site.example', ['alice@example.org'])
     assert os.listdir(tmp_path / 'queue' / 'new') == []
+
+
+def test_bp_lists_the_queue_at_queue_url(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = queue_one(smtp_server, tmp_path)
+    [queue_id] = os.listdir(tmp_path / 'queue' / 'new')
+    # queue_url wins over queue_dir, as for every other tool: queue_dir now names a queue that is not there
+    url_config = write_config(tmp_path, smtp_server, name='url.conf', queue_url=f'maildir://{tmp_path / "queue"}',
+                              queue_dir=str(tmp_path / 'elsewhere'))
+    listing = run_tool(sendmail('-C', str(url_config), '-bp'), home=tmp_path)
+    reference = run_tool([script('mq-queue'), '-C', str(config), 'list'], home=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert queue_id[:8] in listing.stdout.decode()
+    ticking = re.compile(rb'\b(\d+[smhd])+\b')
+    assert ticking.sub(b'#', listing.stdout) == ticking.sub(b'#', reference.stdout)
+
+
+# -q is mq-run: the same queue problem gives the same exit code and the same message.
+
+# setpriv rather than a preexec_fn with os.setuid(): the latter cannot exec the venv's interpreter here.
+AS_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
+
+
+def _without_prog(stderr: bytes, prog: str) -> str:
+    text = stderr.decode()
+    assert text.startswith(f'{prog}: '), text
+    return text[len(prog) + 2:]
+
+
+def assert_q_behaves_like_mq_run(config: Path, home: Path, as_user: Sequence[str] = (), *,
+                                 cwd: Optional[Path] = None) -> Tuple[int, str]:
+    run = run_tool([*as_user, script('mq-run'), '-C', str(config)], home=home, cwd=cwd)
+    q = run_tool([*as_user, *sendmail('-C', str(config), '-q')], home=home, cwd=cwd)
+    assert q.returncode == run.returncode, (q.stderr, run.stderr)
+    assert _without_prog(q.stderr, 'mq-sendmail') == _without_prog(run.stderr, 'mq-run')
+    assert 'Traceback' not in q.stderr.decode() and q.stderr.count(b'\n') == 1
+    return q.returncode, _without_prog(q.stderr, 'mq-sendmail')
+
+
+@pytest.mark.parametrize('where', ['queue_dir', 'below'])
+def test_q_and_mq_run_agree_on_a_queue_dir_that_is_a_file(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a queue')
+    queue_dir = blocker if where == 'queue_dir' else blocker / 'q'
+    config = write_config(tmp_path, None, queue_dir=str(queue_dir))
+    code, message = assert_q_behaves_like_mq_run(config, tmp_path)
+    assert code == 75 and message.startswith(f'queue {queue_dir}: '), message
+    assert blocker.read_text() == 'not a queue'
+
+
+def test_q_and_mq_run_agree_on_a_bad_queue_url(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None, queue_url='nosuchstore://x')
+    code, message = assert_q_behaves_like_mq_run(config, tmp_path)
+    assert code == 78 and 'queue_url' in message, message
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which('setpriv'), reason='needs root and setpriv')
+def test_q_and_mq_run_agree_on_a_queue_owned_by_another_user(smtp_server: SMTPTestServer) -> None:
+    base = Path(tempfile.mkdtemp(prefix='mq-sendmail-q-'))  # tmp_path is 0700 root: nobody could not reach it
+    try:
+        os.chmod(base, 0o755)
+        queue_dir = base / 'queue'
+        MaildirQueue(str(queue_dir)).enqueue(MESSAGE, 'me@site.example', ['alice@example.org'])
+        for path in [queue_dir, *queue_dir.iterdir()]:
+            os.chmod(path, 0o755)  # nobody finds the queue but cannot write to it
+        before = {state: sorted(os.listdir(queue_dir / state)) for state in ('new', 'cur', 'failed')}
+        config = write_config(base, smtp_server, queue_dir=str(queue_dir))
+        config.chmod(0o644)
+        code, message = assert_q_behaves_like_mq_run(config, base, AS_NOBODY, cwd=base)
+        assert code == 75
+        assert message == f'queue {queue_dir}: cannot write to new/ ({os.strerror(errno.EACCES)}); ' \
+                          'nothing can be delivered\n'
+        assert {state: sorted(os.listdir(queue_dir / state)) for state in ('new', 'cur', 'failed')} == before
+        assert smtp_server.connection_count == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_q_reports_dead_letters_like_mq_run(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    queue_dir = tmp_path / 'queue'
+    MaildirQueue(str(queue_dir)).enqueue(MESSAGE, 'me@site.example', ['gone@example.org'])
+    smtp_server.set_recipient_reply('gone@example.org', 550, 'no such user')
+    config = write_config(tmp_path, smtp_server, queue_dir=str(queue_dir))
+    proc = run_tool(sendmail('-C', str(config), '-q'), home=tmp_path)
+    assert (proc.returncode, proc.stderr) == (
+        0, b'mq-sendmail: 1 message(s) moved to failed/ (see: mq-queue list --state failed)\n')
 
 
 def test_bv_shows_alias_resolution_without_sending(smtp_server: SMTPTestServer, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     'Outcome',
     'Submitter',
     'build_transports',
+    'local_hostname',
     'local_user',
     'submit_message',
     'summarize',
@@ -57,7 +58,8 @@ def local_user() -> str:
         return 'nobody'
 
 
-def _hostname() -> str:
+def local_hostname() -> str:
+    """This host's name, for local names without a domain (``root@host``) and Message-IDs."""
     import socket
 
     # gethostname(), not getfqdn(): the latter may wait for DNS on every mail.
@@ -177,7 +179,7 @@ class Submitter:
         elif self.settings.from_addr:
             return self.settings.from_addr
         else:
-            qualified = f'{name}@{_hostname()}'
+            qualified = f'{name}@{local_hostname()}'
         # LOGNAME or the host name may hold what no address can (spaces, "_"): refuse, never send it
         return str(parse_address(qualified))
 
