@@ -19,6 +19,7 @@ __all__ = [
     'SendResult',
     'SMTPMailer',
     'TLSMode',
+    'Transport',
     'enqueue_message',
     'guess_config_path',
     'init_app',
@@ -40,6 +41,7 @@ _WHERE = {
     'SendResult': 'result',
     'SMTPMailer': 'smtp.transport',
     'TLSMode': 'smtp.client',
+    'Transport': 'protocols',
     'enqueue_message': 'queue.transport',
     'open_queue': 'queue.locations',
     'guess_config_path': 'config',
@@ -52,9 +54,31 @@ _WHERE = {
 }
 
 
+# mailqueue-runner 1.0.0 names with a replacement in 2.x: still importable, with a DeprecationWarning
+# naming the replacement (schwarz.mailqueue.compat; docs/upgrading.md). Not in __all__: a star import
+# does not warn.
+_DEPRECATED = frozenset({
+    'BaseMsg', 'InMemoryMsg', 'MsgInfo', 'PluginLoader', 'autogenerate_headers', 'create_maildir_directories',
+    'default_tls_mode', 'default_tls_verify', 'dt_now', 'lock_file', 'move_message', 'parse_list_str',
+    'required_tls_mode',
+})
+
+
+def _deprecated(name: str) -> Any:
+    import warnings
+
+    from . import compat
+
+    warnings.warn(f'schwarz.mailqueue.{name} is deprecated (mailqueue-runner 1.0.0); use {compat.DEPRECATED[name]}',
+                  DeprecationWarning, stacklevel=3)
+    return getattr(compat, name)
+
+
 def __getattr__(name: str) -> Any:
     module_name = _WHERE.get(name)
     if module_name is None:
+        if name in _DEPRECATED:
+            return _deprecated(name)
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
     module = importlib.import_module(f'{__name__}.{module_name}')
     return getattr(module, name)
@@ -71,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import MailQueueError
     from .handler import DebugMailer, MessageHandler
     from .plugins import MQAction, MQSignal, registry
+    from .protocols import Transport
     from .queue.format import parse_message_envelope, serialize_message_with_queue_data
     from .queue.locations import open_queue
     from .queue.transport import MaildirBackend, enqueue_message
