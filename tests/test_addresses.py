@@ -216,6 +216,8 @@ def test_local_names_in_header_lists_only_when_allowed() -> None:
 
 def test_parse_mailbox_wants_exactly_one() -> None:
     assert parse_mailbox('Me <me@site.example>') == ('Me', Address('me', 'site.example'))
+    assert parse_mailbox('a@b.example') == (None, Address('a', 'b.example'))
+    assert parse_mailbox('"Doe, John" <a@b.example>') == ('Doe, John', Address('a', 'b.example'))
     for bad in ('', 'a@x, b@x', 'group:;'):
         with pytest.raises(InvalidAddressError):
             parse_mailbox(bad)

@@ -26,7 +26,6 @@ from schwarz.mailqueue.headers import (
     format_address_list,
     format_date,
     make_message_id,
-    parse_mailbox,
     prepend_header,
 )
 
@@ -132,12 +131,6 @@ def test_address_list_folds_after_commas() -> None:
     value = format_address_list(addresses, name_length=4)
     assert all(len(line) <= 78 for line in ('To: ' + value).split('\r\n'))
     assert [a for _, a in email.utils.getaddresses([value.replace('\r\n', '')])] == addresses
-
-
-def test_parse_mailbox() -> None:
-    assert parse_mailbox('a@b.example') == (None, 'a@b.example')
-    assert parse_mailbox('Name <a@b.example>') == ('Name', 'a@b.example')
-    assert parse_mailbox('"Doe, John" <a@b.example>') == ('Doe, John', 'a@b.example')
 
 
 def test_prepend_header_keeps_the_messages_line_endings() -> None:

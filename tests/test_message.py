@@ -4,7 +4,6 @@ import pytest
 
 from schwarz.mailqueue.message import (
     InvalidAddressError,
-    add_header,
     dot_stuff,
     extract_recipients,
     get_header,
@@ -41,13 +40,6 @@ def test_remove_headers_keeps_other_bytes_identical() -> None:
 def test_extract_recipients_from_to_cc_bcc() -> None:
     data = b'To: A <a@x>, b@x\nCc: c@x\nBcc: d@x, a@x\nSubject: hi\n\nbody'
     assert extract_recipients(data) == ['a@x', 'b@x', 'c@x', 'd@x']
-
-
-def test_add_header_uses_message_line_endings() -> None:
-    assert add_header(b'Subject: x\n\nbody', 'Date', 'now') == b'Date: now\nSubject: x\n\nbody'
-    assert add_header(b'Subject: x\r\n\r\nbody', 'Date', 'now') == b'Date: now\r\nSubject: x\r\n\r\nbody'
-    with pytest.raises(ValueError):
-        add_header(b'', 'Subject', 'a\r\nBcc: evil@x')
 
 
 @pytest.mark.parametrize('address', ['a@x\r\nRCPT TO:<evil@x>', '-oQ/tmp@x', 'a b@x', '<a@x>', ''])

@@ -26,7 +26,6 @@ __all__ = [
     'format_address_list',
     'format_date',
     'make_message_id',
-    'parse_mailbox',
     'prepend_header',
 ]
 
@@ -38,7 +37,6 @@ _LINE_BREAK = re.compile(rb'\r\n|\r|\n')
 _LINES = rb'\r\n|\n'
 # RFC 5322 atext plus the space between words: a display name made of these needs no quotes.
 _PLAIN_PHRASE = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\- ]+$"
-_MAILBOX = r'^\s*(.*?)\s*<([^<>]*)>\s*$'
 # RFC 2047 2: a line holding encoded words is at most 76 characters long.
 _MAX_ENCODED_LINE = 76
 _MAX_LINE = 78
@@ -207,18 +205,6 @@ def prepend_header(data: bytes, name: str, value: str) -> bytes:
     eol = first_break.group() if first_break else b'\r\n'
     field = f'{name}: {value}'.encode().replace(b'\r\n', eol)
     return field + eol + data
-
-
-def parse_mailbox(value: str) -> Tuple[Optional[str], str]:
-    """``'Name <a@b>'`` -> ``('Name', 'a@b')``; ``'a@b'`` -> ``(None, 'a@b')``. No validation of the address."""
-    check_header_text('address', value)
-    match = re.match(_MAILBOX, value, re.DOTALL)
-    if match is None:
-        return None, value.strip()
-    name = match.group(1).strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = re.sub(r'\\(.)', r'\1', name[1:-1])
-    return (name or None), match.group(2).strip()
 
 
 def ensure_header_separator(data: bytes, header_end: int) -> bytes:

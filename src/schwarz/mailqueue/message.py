@@ -16,7 +16,6 @@ from .addresses import parse_address_list as _parse_address_list
 __all__ = [
     'InvalidAddressError',
     'MessageSource',
-    'add_header',
     'dot_stuff',
     'extract_recipients',
     'parse_address_list',
@@ -144,15 +143,6 @@ def remove_headers(data: bytes, names: Sequence[str]) -> bytes:
     unwanted = {n.lower().encode('ascii') for n in names}
     kept = [raw for field_name, raw in _iter_fields(header_block) if field_name not in unwanted]
     return b''.join(kept) + body
-
-
-def add_header(data: bytes, name: str, value: str) -> bytes:
-    """Prepend one header field, using the line ending the message already uses."""
-    if any(ch in value for ch in '\r\n'):
-        raise ValueError(f'header value for {name} contains a line break')
-    first_break = _LINE_BREAK.search(data)
-    eol = first_break.group() if first_break else b'\r\n'
-    return name.encode('ascii') + b': ' + value.encode('utf-8') + eol + data
 
 
 def parse_address_list(value: str, *, allow_local: bool = True) -> List[str]:

@@ -40,7 +40,7 @@ from ..logs import QUEUE_LOG, log_event
 from .contract import CLAIMED, FAILED, HELD, NEW, NEXT_ATTEMPT, STATES, QueuedMessage, QueueEntry, due_time, is_due
 from .format import FAILED_REASON, HOLD_REASON, LAST_ERROR, META_END, QueueMeta, format_date, parse_date
 from .locations import open_queue
-from .schedule import RetryPolicy
+from .schedule import RetryPolicy, utcnow
 
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import QueueStore
@@ -106,10 +106,6 @@ ACTIVE = 'active'
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.05
 _LENIENT_READ = 64 * 1024
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -444,7 +440,7 @@ class QueueAdmin:
     """Inspect and change a queue; every change happens under the message's claim."""
 
     def __init__(self, store: Union[QueueStore, str], policy: Optional[RetryPolicy] = None, *,
-                 wait: float = 5.0, app: str = 'mq-queue', clock: Callable[[], datetime] = _utcnow,
+                 wait: float = 5.0, app: str = 'mq-queue', clock: Callable[[], datetime] = utcnow,
                  queue_log: Optional[logging.Logger] = None, abbrev_limit: Optional[int] = ABBREV_NAME_LIMIT) -> None:
         self.store = open_queue(store)
         self.abbrev_limit = abbrev_limit
