@@ -379,6 +379,26 @@ def test_lost_connections_are_replaced(location: str, stores: Callable[..., Post
     store.complete(msg)
 
 
+def test_a_forked_child_opens_connections_of_its_own(stores: Callable[..., PostgresQueue]) -> None:
+    """Pre-fork servers: a child never talks over its parent's connections."""
+    store = stores()
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    assert store.stats()[NEW].count == 1  # the parent has a pooled connection now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os._exit(0 if store.claim(msg_id) is not None else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert store.stats()[CLAIMED].count == 1  # the parent's connection still works
+    assert store.recover() == 1  # the child has ended
+    msg = store.claim(msg_id)
+    assert msg is not None
+    store.complete(msg)
+
+
 # --- crash recovery ---------------------------------------------------------------------------
 
 
@@ -511,6 +531,15 @@ def test_notify_comes_with_the_commit(location: str, stores: Callable[..., Postg
         enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'], schema=listener.schema)
         conn.rollback()
     assert listener.wait_for_work(0.3) is False
+
+
+def test_mail_queued_during_a_pass_wakes_the_wait_after_it(stores: Callable[..., PostgresQueue]) -> None:
+    daemon, application = stores(), stores()
+    assert daemon.claim_due(5, now=now(), policy=POLICY) == []  # a pass: it listens from here on
+    application.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    started = time.monotonic()
+    assert daemon.wait_for_work(5) is True
+    assert time.monotonic() - started < 0.5
 
 
 # --- transactional enqueue --------------------------------------------------------------------

@@ -801,6 +801,7 @@ class PostgresQueue:
         batch = ClaimBatch()
         if limit <= 0:
             return batch
+        self._listen_early()
         params = self._lease_params()
         params.update({
             'pass': self._pass_id, 'limit': int(limit), 'now': _utc(now),
@@ -1161,6 +1162,19 @@ class PostgresQueue:
                 self._drop_listener()
                 time.sleep(timeout)
                 return True
+
+    def _listen_early(self) -> None:
+        """LISTEN from the start of a pass (a daemon waits after it: nothing enqueued meanwhile is missed)."""
+        self._forked()
+        if self.pooling == 'transaction' or (self._listen_conn is not None and os.getpid() == self._pid):
+            return
+        if self._listen_lock.acquire(blocking=False):  # a waiting thread listens already
+            try:
+                self._listener()
+            except (psycopg.Error, QueueUnavailable):
+                self._drop_listener()  # wait_for_work tries again, or polls
+            finally:
+                self._listen_lock.release()
 
     def _listener(self) -> psycopg.Connection[Any]:
         conn = self._listen_conn
