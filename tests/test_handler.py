@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime, timezone
 
 import pytest
 
@@ -51,8 +52,12 @@ def test_queued_when_server_down(tmp_path) -> None:
     [name] = listing(queue_dir, 'new')
     meta, body = MaildirQueue(queue_dir).read_message('new', name)
     assert meta.to_addrs == ['b@x', 'c@x'] and body == MSG
-    # why it is waiting is visible at once; the first mq-run still tries it right away
-    assert 'Connection refused' in (meta.last_error or '') and meta.retries == 0
+    # why it is waiting is visible at once, the attempt is counted; the first mq-run still tries it right away
+    assert 'Connection refused' in (meta.last_error or '') and meta.retries == 1
+    from schwarz.mailqueue.queue.contract import is_due
+    from schwarz.mailqueue.queue.schedule import RetryPolicy
+
+    assert is_due(meta, RetryPolicy(), datetime.now(timezone.utc))
 
 
 def test_partial_refusal_nobody_gets_duplicates_nothing_lost(smtp_server: SMTPTestServer, tmp_path) -> None:

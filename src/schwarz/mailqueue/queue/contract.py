@@ -188,8 +188,14 @@ class QueueStore(Protocol):
     # --- writing new messages ---------------------------------------------------------------
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
-                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
-        """Store durably in ``new``; the id. ``QueueUnavailable`` when nothing could be stored."""
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
+                attempted: Optional[datetime] = None) -> str:
+        """Store durably in ``new``; the id. ``QueueUnavailable`` when nothing could be stored.
+
+        ``attempted``: the caller already tried to deliver it at that time (one attempt counted,
+        so the queue, ``mq-queue`` and the delivery log agree on the number of attempts); it is
+        due again at once all the same (the first runner pass tries it).
+        """
         ...
 
     def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,

@@ -243,10 +243,14 @@ class MaildirQueue:
         return target
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
-                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
+                attempted: Optional[datetime] = None) -> str:
         """Store a message durably in new/; its id."""
         meta = QueueMeta(from_addr=sender or '', to_addrs=list(recipients),
-                         queue_date=queue_date or datetime.now(timezone.utc), extra=dict(extra or {}))
+                         queue_date=queue_date or datetime.now(timezone.utc), extra=dict(extra or {}),
+                         last_delivery_attempt=attempted, retries=1 if attempted is not None else 0)
+        if attempted is not None:
+            meta.extra[NEXT_ATTEMPT] = format_date(attempted)
         if not meta.to_addrs:
             raise ValueError('cannot queue a message without recipients')
         msg_id = _new_id()

@@ -114,11 +114,14 @@ class MemoryQueue:
     # --- writing new messages ---------------------------------------------------------------
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
-                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
+                attempted: Optional[datetime] = None) -> str:
         if not recipients:
             raise ValueError('cannot queue a message without recipients')
         meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc),
-                         extra=dict(extra or {}))
+                         attempted, 1 if attempted is not None else 0, extra=dict(extra or {}))
+        if attempted is not None:
+            meta.extra[NEXT_ATTEMPT] = format_date(attempted)
         return self._add(NEW, msg_bytes, meta)[0]
 
     def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,

@@ -6,7 +6,7 @@ the 1.0.0 name, kept for the README's examples.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Optional, Sequence, Union
 
 from ..errors import QueueError
@@ -50,8 +50,10 @@ class QueueTransport:
              last_error: Optional[str] = None) -> SendResult:
         try:
             store = self.store
+            # after a failed attempt (last_error), that attempt counts: 1 in the queue as in the log
             msg_id = store.enqueue(msg_bytes, from_addr, list(to_addrs),
-                                   extra={LAST_ERROR: last_error} if last_error else None)
+                                   extra={LAST_ERROR: last_error} if last_error else None,
+                                   attempted=datetime.now(timezone.utc) if last_error else None)
         except QueueError as exc:
             return SendResult(transport=self._kind_or_queue(), queued=False, error=str(exc),
                               deferred={a: (451, str(exc)) for a in to_addrs})
