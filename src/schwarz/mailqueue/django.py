@@ -36,7 +36,8 @@ from .config import ConfigError
 from .frameworks import BackendConfig, MailSender, QueueingBackendMixin, RecipientsFailed, build_config
 from .result import SendResult
 
-__all__ = ['EmailBackend', 'RecipientsFailed', 'backend_config', 'database_location', 'queue_location']
+__all__ = ['EmailBackend', 'RecipientsFailed', 'backend_config', 'command_config', 'database_location',
+           'location_for_database', 'queue_location']
 
 SETTING = 'MAILQUEUE'
 BACKEND_PATH = 'schwarz.mailqueue.django.EmailBackend'
@@ -58,6 +59,14 @@ def _improperly_configured(exc: ConfigError, alias: Optional[str]) -> Improperly
     return ImproperlyConfigured(str(exc))
 
 
+def _has_invalid_mailer() -> bool:
+    try:
+        from django.core.mail import InvalidMailer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _setting() -> Dict[str, Any]:
     value = getattr(django_settings, SETTING, None)
     if value is None:
@@ -77,7 +86,10 @@ def backend_config(options: Optional[Mapping[str, Any]] = None, *, alias: Option
     configuration, as Django asks of every backend; otherwise the ``MAILQUEUE`` setting,
     with ``options`` (``get_connection(**options)``) on top.
     """
-    where = f'MAILERS[{alias!r}]' if alias is not None else f'settings.{SETTING}'
+    if alias is None:
+        where = f'settings.{SETTING}'
+    else:  # Django 6.1's InvalidMailer names the MAILERS entry itself
+        where = 'OPTIONS' if _has_invalid_mailer() else f'MAILERS[{alias!r}] OPTIONS'
     sources = [dict(options or {})] if alias is not None else [_setting(), dict(options or {})]
     try:
         database = next((s['database'] for s in reversed(sources) if s.get('database') is not None), None)
@@ -125,7 +137,11 @@ def database_location(alias: str = 'default', schema: str = DEFAULT_SCHEMA) -> s
     """
     from django.db import connections
 
-    db = connections.settings[alias]
+    return location_for_database(connections.settings[alias], schema)
+
+
+def location_for_database(db: Mapping[str, Any], schema: str = DEFAULT_SCHEMA) -> str:
+    """``database_location`` for one ``settings.DATABASES`` entry; libpq parameters from ``OPTIONS`` are kept."""
     params: List[Tuple[str, str]] = []
     for key, value in (db.get('OPTIONS') or {}).items():
         if key not in _DJANGO_DB_OPTIONS and isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -222,6 +238,9 @@ class EmailBackend(QueueingBackendMixin, BaseEmailBackend):
     """
 
     def __init__(self, fail_silently: bool = False, *, alias: Optional[str] = None, **options: Any) -> None:
+        # Django 6.1's get_connection(**kwargs) with MAILERS marks the kwargs it added (username,
+        # password, fail_silently); all of them are options here.
+        options.pop('_ignore_unknown_kwargs', None)
         if alias is not None:
             super().__init__(alias=alias)
         else:
