@@ -225,6 +225,17 @@ def test_a_newer_schema_asks_for_an_upgrade_of_the_software(location: str,
         init_schema(location)
 
 
+def test_enqueue_after_an_attempt_counts_it_and_is_due_at_once(stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    tried = now().replace(microsecond=0)
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'], attempted=tried,
+                           extra={'X-Queue-Last-Error': '451 busy'})
+    entry = store.entry(msg_id)
+    assert entry is not None and entry.meta is not None
+    assert (entry.meta.retries, entry.meta.last_delivery_attempt, entry.meta.last_error) == (1, tried, '451 busy')
+    assert [msg.msg_id for msg in store.claim_due(5, now=tried, policy=POLICY)] == [msg_id]
+
+
 # --- leases -----------------------------------------------------------------------------------
 
 

@@ -735,12 +735,14 @@ class PostgresQueue:
                 'id': msg_id, 'state': state, 'sender': meta.from_addr, 'recipients': list(meta.to_addrs),
                 'msg': msg_bytes, 'size': len(msg_bytes), 'queue_date': _utc(meta.queue_date),
                 'last_error': last_error, 'extra': json.dumps(rest), 'next_attempt': next_attempt,
+                'last_attempt': _utc(meta.last_delivery_attempt), 'retries': int(meta.retries),
             }
             if lease is None:
                 sql = (f'INSERT INTO {self._table} (id, state, sender, recipients, msg, size, queue_date, '
-                       f'last_error, extra, next_attempt) VALUES (%(id)s, %(state)s, %(sender)s, '
-                       f'%(recipients)s::text[], %(msg)s, %(size)s, %(queue_date)s, %(last_error)s, '
-                       f'%(extra)s::jsonb, %(next_attempt)s)')  # no RETURNING: an enqueue-only role may not SELECT
+                       f'last_error, extra, next_attempt, last_attempt, retries) VALUES (%(id)s, %(state)s, '
+                       f'%(sender)s, %(recipients)s::text[], %(msg)s, %(size)s, %(queue_date)s, %(last_error)s, '
+                       f'%(extra)s::jsonb, %(next_attempt)s, %(last_attempt)s, %(retries)s)')
+                # no RETURNING here: an enqueue-only role may not SELECT
             else:
                 params.update(lease)
                 sql = (f'INSERT INTO {self._table} (id, state, sender, recipients, msg, size, queue_date, '
@@ -758,11 +760,14 @@ class PostgresQueue:
         raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot find a free message id')
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
-                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
+                queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
+                attempted: Optional[datetime] = None) -> str:
         if not recipients:
             raise ValueError('cannot queue a message without recipients')
         meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc),
-                         extra=dict(extra or {}))
+                         attempted, 1 if attempted is not None else 0, extra=dict(extra or {}))
+        if attempted is not None:
+            meta.extra[NEXT_ATTEMPT] = format_date(attempted)  # one attempt counted, due again at once
         check_envelope(meta.from_addr, meta.to_addrs)  # refused before connecting
         with self._conn() as conn:
             return self._insert(conn, NEW, bytes(msg_bytes), meta)[0]
