@@ -483,6 +483,35 @@ def test_newaliases_checks_the_aliases_file(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout.decode()) == (0, f'{tmp_path / "aliases"}: 3 aliases\n')
 
 
+# --- start-up: mq-sendmail runs once per cron mail --------------------------------------------------
+
+# Modules one plain delivery must not import (docs/benchmarks.md, "mq-sendmail start-up"): the queue
+# stores and the runner (a message is queued only after a temporary failure), the aliases parser (only
+# full addresses here), the email package, TLS when the server offers none, and the standard library's
+# heavier modules that the SMTP client, the plugins and the token handling need only sometimes.
+NOT_ON_THE_PLAIN_PATH = (
+    'email', 'smtplib', 'ssl', 'dataclasses', 'inspect', 'json', 'hashlib', 'asyncio', 'concurrent',
+    'importlib.metadata', 'schwarz.mailqueue.runner', 'schwarz.mailqueue.aliases',
+    'schwarz.mailqueue.queue.contract', 'schwarz.mailqueue.queue.maildir', 'schwarz.mailqueue.queue.memory',
+    'schwarz.mailqueue.queue.postgres', 'schwarz.mailqueue.queue.locations', 'schwarz.mailqueue.queue.transport',
+    'schwarz.mailqueue.queue.format', 'schwarz.mailqueue.cli.mq_queue', 'schwarz.mailqueue.cli.mq_run',
+    'schwarz.mailqueue.cli.sendmail_smtp',
+)
+
+
+def test_one_plain_delivery_imports_nothing_it_does_not_need(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path, smtp_server, **{'from': 'cron@site.example'})
+    proc = run_tool([sys.executable, '-X', 'importtime', script('mq-sendmail'), '-C', str(config), '-FCronDaemon',
+                     '-i', '-oem', 'root@example.org'], input=MESSAGE, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(smtp_server.received) == 1
+    imported = {line.rpartition('|')[2].strip() for line in proc.stderr.decode().splitlines()
+                if line.startswith('import time:')}
+    unwanted = sorted(name for name in imported
+                      if any(name == bad or name.startswith(bad + '.') for bad in NOT_ON_THE_PLAIN_PATH))
+    assert not unwanted, f'imported for one plain mq-sendmail delivery (import them where they are needed): {unwanted}'
+
+
 def test_message_without_final_newline_is_completed(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
     config = write_config(tmp_path, smtp_server)
     proc = run_tool(sendmail('-C', str(config), 'alice@example.org'), input=b'Subject: x\n\nno newline',
