@@ -8,7 +8,6 @@ cron mail and every import shows up in its start-up time.
 
 from __future__ import annotations
 
-import binascii
 import os
 import re
 import time
@@ -91,6 +90,8 @@ def _word_length(raw_length: int) -> int:
 
 
 def _encoded_word(text: str) -> str:
+    import binascii  # here: only non-ASCII text needs it, and mq-sendmail usually sees none
+
     return '=?utf-8?b?' + binascii.b2a_base64(text.encode('utf-8'), newline=False).decode('ascii') + '?='
 
 
@@ -242,6 +243,8 @@ def body_transfer_encoding(body: bytes) -> Tuple[str, str, bytes]:
     needs_qp = (b'\x00' in body or b'\r' in body.replace(b'\r\n', b'')
                 or max(len(line) for line in lines) > _SMTP_MAX_LINE)
     if needs_qp:
+        import binascii
+
         # Line breaks are ours (CRLF); everything inside a line, bare CR included, gets encoded.
         # b2a_qp ends soft line breaks with a bare LF (every LF of the text itself is encoded).
         encoded = b'\r\n'.join(binascii.b2a_qp(line, quotetabs=False, istext=False, header=False)

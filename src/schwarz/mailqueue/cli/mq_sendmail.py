@@ -14,6 +14,7 @@ mail, so every module is imported only by the mode that needs it.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .common import (
     EX_CONFIG,
@@ -29,14 +30,11 @@ from .common import (
 )
 from .sendmail_options import PROG, USAGE, SendmailOptions, parse_args, recipient_args
 
-TYPE_CHECKING = False  # typing is not imported at run time: it costs every cron mail start-up time
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import List, Optional, Sequence
-
     from ..app import AppContext
     from ..submit import Submitter
 
-# USAGE, SendmailOptions and parse_args: known from here to callers of 1.x and the tests
+# USAGE, SendmailOptions and parse_args stay importable from here (tests and earlier callers use them)
 __all__ = ['USAGE', 'SendmailOptions', 'main', 'parse_args']
 
 

@@ -8,10 +8,9 @@ way sendmail's options ask and turns bad input into one-line errors (``CLIError`
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing is not imported at run time: it costs every cron mail start-up time
-if TYPE_CHECKING:  # pragma: no cover
-    from typing import IO, Callable, List, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Callable, List, Optional, Sequence
 
+if TYPE_CHECKING:  # pragma: no cover
     from ..submit import Submitter
     from .sendmail_options import SendmailOptions
 

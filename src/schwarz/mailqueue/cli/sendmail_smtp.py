@@ -9,12 +9,11 @@ with the reply to send; nothing else crosses between the dialog and the library.
 
 from __future__ import annotations
 
+from typing import IO, TYPE_CHECKING, Callable, List, Optional
+
 from ..result import Reply
 
-TYPE_CHECKING = False  # typing is not imported at run time: it costs every cron mail start-up time
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import IO, Callable, List, Optional
-
     from ..submit import Outcome, Submitter
     from .sendmail_options import SendmailOptions
 
