@@ -140,6 +140,21 @@ def import_breakdown(argv: Sequence[str], stdin: bytes, env: Dict[str, str]) -> 
     return sorted(rows, key=lambda row: -row[1])
 
 
+def measured_sources(env: Dict[str, str]) -> str:
+    """Which code the current rows run: this checkout's commit (and whether src/ has changes), or a path."""
+    code = 'import os, schwarz.mailqueue as m; print(os.path.dirname(m.__file__))'
+    where = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    checkout = Path(where).resolve().parent.parent.parent
+    if not (checkout / '.git').exists():
+        return f'the sources in {where}'
+    commit = subprocess.run(['git', '-C', str(checkout), 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    changed = subprocess.run(['git', '-C', str(checkout), 'status', '--porcelain', '--', 'src'], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    return f'commit {commit}' + (' with uncommitted changes in src/' if changed else '')
+
+
 def msmtp_command(msmtp: str, port: int) -> List[str]:
     """msmtp for the same sink, configured entirely on its command line (no ~/.msmtprc or /etc/msmtprc)."""
     return [msmtp, '--file=/dev/null', '--host=127.0.0.1', f'--port={port}', '--from=cron@example.org',
@@ -151,13 +166,13 @@ def ms(seconds: float) -> str:
 
 
 def report(results: Dict[str, List[Run]], breakdown: List[Tuple[str, int]], runs: int,
-           msmtp_argv: Optional[List[str]], baselines: List[str]) -> str:
+           msmtp_argv: Optional[List[str]], baselines: List[str], sources: str) -> str:
     wall = {name: statistics.median(r.wall for r in values) for name, values in results.items()}
     cpu = {name: statistics.median(r.cpu for r in values) for name, values in results.items()}
     cpu_ratio = cpu[TOOL_ROW] / cpu[BASE_ROW]
     lines = [
         f'`python bench/bench_sendmail_startup.py --runs {runs}{"".join(f" --baseline {b}" for b in baselines)}` '
-        f'({cpu_info()}; {time.strftime("%Y-%m-%d")}).',
+        f'({cpu_info()}; {time.strftime("%Y-%m-%d")}; mq-sendmail at {sources}).',
         f'Medians of {runs} interleaved rounds; mq-sendmail and msmtp each deliver the same small cron message',
         'over SMTP to a sink in its own process on 127.0.0.1 (bytecode cached, as after `pip install`;',
         'PuzzlePluginSystem installed, so plugin discovery is included). CPU is user + system time of the',
@@ -251,7 +266,7 @@ def main() -> None:
     if sink.received != expected:
         sys.exit(f'sink received {sink.received} messages, expected {expected}')
 
-    text = report(results, breakdown, args.runs, msmtp_argv, baselines)
+    text = report(results, breakdown, args.runs, msmtp_argv, baselines, measured_sources(env))
     print(text)
     if args.write_docs:
         replace_section(ROOT / 'docs' / 'benchmarks.md', HEADING, text)
