@@ -443,6 +443,90 @@ def test_claims_of_a_killed_runner_come_back_within_a_second(location: str, chil
     assert sorted(msg.msg_id for msg in store.claim_due(10, now=now(), policy=POLICY)) == queued
 
 
+def test_a_waiting_daemon_wakes_up_for_claims_of_a_killed_runner(location: str, children: Callable[..., Child],
+                                                                  stores: Callable[..., PostgresQueue]) -> None:
+    """No new mail, but a runner died holding some: the others' wait ends within about a second."""
+    daemon = stores()
+    msg_id = daemon.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    child = children(location, 'hold', 10)
+    child.go()
+    assert child.ids() == [msg_id]
+    sql(location, 'UPDATE messages SET lease_owner = %s', OTHER_HOST)  # only its lock tells
+    assert daemon.wait_for_work(1.5) is False  # alive: nothing to do
+    woke: List[float] = []
+    thread = threading.Thread(target=lambda: woke.append(time.monotonic()) if daemon.wait_for_work(10) else None)
+    thread.start()
+    time.sleep(0.2)
+    killed = time.monotonic()
+    child.proc.send_signal(signal.SIGKILL)
+    thread.join(15)
+    assert woke and woke[0] - killed < 1.5, woke
+    assert daemon.recover() == 1
+    print(f'\na waiting daemon noticed the dead runner after {(woke[0] - killed) * 1000:.0f} ms')
+
+
+HANGING_RUNNER = """
+import sys, time
+from schwarz.mailqueue.queue.locations import open_queue
+from schwarz.mailqueue.runner import QueueRunner
+
+class Hang:  # an SMTP server that never answers
+    def send(self, *args, **kwargs):
+        print('sending', flush=True)
+        time.sleep(3600)
+
+    def close(self):
+        pass
+
+QueueRunner(open_queue(sys.argv[1]), mailer=Hang(), workers=4).run_once()
+"""
+
+
+def test_a_runner_killed_mid_delivery_is_replaced_within_two_seconds(location: str) -> None:
+    """Two runners; one is SIGKILLed in the middle of four deliveries; the other delivers them."""
+    from schwarz.mailqueue.handler import DebugMailer
+    from schwarz.mailqueue.runner import QueueRunner
+
+    store = PostgresQueue(location)
+    queued = sorted(store.enqueue(BODY, 'shop@example.org', ['customer@example.org']) for _ in range(4))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / 'src'),
+                                                      env.get('PYTHONPATH')]))
+    hanging = subprocess.Popen([sys.executable, '-c', HANGING_RUNNER, location], stdout=subprocess.PIPE, env=env)
+    mailer = DebugMailer()
+    runner = QueueRunner(store, mailer=mailer, workers=2)
+    thread = threading.Thread(target=runner.run_forever, kwargs={'poll_interval': 1.0, 'full_scan_interval': 60.0})
+    try:
+        assert hanging.stdout is not None
+        started = 0
+        while started < 4:  # four deliveries under way (threads may print on one line)
+            line = hanging.stdout.readline()
+            assert line, 'the hanging runner exited'
+            started += line.count(b'sending')
+        thread.start()
+        time.sleep(1.2)
+        assert mailer.sent_mails == []  # claimed by the live runner
+        killed = time.monotonic()
+        hanging.send_signal(signal.SIGKILL)
+        while len(mailer.sent_mails) < 4 and time.monotonic() - killed < 10:
+            time.sleep(0.01)
+        elapsed = time.monotonic() - killed
+        assert len(mailer.sent_mails) == 4
+        assert elapsed < 2.0, elapsed
+        print(f'\nthe other runner delivered the killed runner\'s messages {elapsed * 1000:.0f} ms after SIGKILL')
+        assert store.stats()[NEW].count == store.stats()[CLAIMED].count == 0
+        assert len(queued) == 4
+    finally:
+        runner.stop()
+        if thread.is_alive():
+            thread.join(10)
+        hanging.kill()
+        hanging.wait()
+        if hanging.stdout is not None:
+            hanging.stdout.close()
+        store.close()
+
+
 def test_without_session_locks_the_deadline_decides(location: str, children: Callable[..., Child],
                                                      stores: Callable[..., PostgresQueue]) -> None:
     """``mq_pooling=transaction`` (PgBouncer): no advisory lock, so only the lease deadline frees a claim."""
@@ -584,7 +668,7 @@ def test_transactional_enqueue(driver: str, location: str, stores: Callable[...,
         cur.execute('CREATE TEMPORARY TABLE orders (n integer)')
         cur.execute('INSERT INTO orders VALUES (2)')
         committed = enqueue_in_transaction(conn, BODY, '', ['customer@example.org', 'office@example.org'],
-                                           schema=runner.schema, extra={'X-Queue-Origin': 'shop'})
+                                           location=location, extra={'X-Queue-Origin': 'shop'})
         conn.commit()
     finally:
         conn.close()

@@ -463,15 +463,21 @@ def _first_line(exc: BaseException) -> str:
 
 
 def enqueue_in_transaction(connection: Any, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
-                           schema: str = DEFAULT_SCHEMA, queue_date: Optional[datetime] = None,
-                           extra: Optional[Dict[str, str]] = None) -> str:
+                           schema: Optional[str] = None, location: Optional[str] = None,
+                           queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None) -> str:
     """Queue a message through the application's own DB-API connection (psycopg 2 or 3); the id.
 
     Nothing is committed here: the message exists if and only if the caller's transaction
     commits (transactional outbox). A runner is woken up at commit (the insert trigger's NOTIFY).
     A failing insert leaves the caller's transaction aborted, so the application's own
     changes cannot commit without their mail.
+
+    The queue's schema: ``schema``, else the ``mq_schema`` of ``location`` (a queue location;
+    only its schema is used, the connection is the caller's), else ``mailqueue``.
     """
+    if schema is None:
+        schema = split_location(location)[1].get('schema') if location else None
+    schema = _check_schema_name(schema or DEFAULT_SCHEMA)
     if not recipients:
         raise ValueError('cannot queue a message without recipients')
     sender = sender or ''
@@ -512,6 +518,8 @@ class PostgresQueue:
     kind = 'postgresql'
     #: seconds: a pooled connection idle for longer is checked before use
     ping_after = 10.0
+    #: seconds: how often ``wait_for_work`` looks for claims of dead runners while it waits
+    abandoned_check = 1.0
 
     def __init__(self, location: str, *, schema: Optional[str] = None, lease: Optional[object] = None,
                  pooling: Optional[str] = None, **ignored: object) -> None:
@@ -550,6 +558,7 @@ class PostgresQueue:
         self._pass_id = uuid.uuid4()
         self._listen_lock = threading.Lock()
         self._listen_conn: Optional[psycopg.Connection[Any]] = None
+        self._checked_abandoned = 0.0  # monotonic time of wait_for_work's last look for dead runners
 
     def __repr__(self) -> str:
         return f'PostgresQueue({self.location!r})'
@@ -1147,26 +1156,44 @@ class PostgresQueue:
     def wait_for_work(self, timeout: float) -> bool:
         """``LISTEN`` for inserts into ``new``; True when one arrived within ``timeout`` seconds.
 
+        Every ``abandoned_check`` seconds of the wait it also looks for claims of dead runners:
+        True when there is one, so that the caller's next pass (``recover()``) takes them back
+        within a second or two of the crash, even while no new mail arrives.
+
         Without LISTEN (``mq_pooling=transaction``, or the connection is gone) it just waits
         and says True: the caller looks for due messages, which is the polling fallback.
         """
-        timeout = max(0.0, timeout)
+        deadline = time.monotonic() + max(0.0, timeout)
         if self.pooling == 'transaction':
-            time.sleep(timeout)
+            time.sleep(max(0.0, timeout))
             return True
         with self._listen_lock:
             self._forked()
             try:
                 conn = self._listener()
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    return True
-                return False
+                while True:
+                    remaining = deadline - time.monotonic()
+                    for _ in conn.notifies(timeout=max(0.0, min(remaining, self.abandoned_check)), stop_after=1):
+                        return True
+                    if time.monotonic() - self._checked_abandoned >= self.abandoned_check:
+                        self._checked_abandoned = time.monotonic()
+                        if self._abandoned_claims():
+                            return True
+                    if time.monotonic() >= deadline:
+                        return False
             except (psycopg.Error, QueueUnavailable) as exc:
                 log.warning('PostgreSQL queue %s: LISTEN failed (%s); polling instead', self.location,
                             _first_line(exc))
                 self._drop_listener()
-                time.sleep(timeout)
+                time.sleep(max(0.0, deadline - time.monotonic()))
                 return True
+
+    def _abandoned_claims(self) -> bool:
+        """Whether some claim belongs to a dead owner (or is past its deadline)."""
+        with self._conn() as conn:
+            leases = conn.execute(f"SELECT {_ABANDONED}, lease_owner FROM {self._table} WHERE state = 'cur'"
+                                  ).fetchall()
+        return any(abandoned or _owner_gone(owner) for abandoned, owner in leases)
 
     def _listen_early(self) -> None:
         """LISTEN from the start of a pass (a daemon waits after it: nothing enqueued meanwhile is missed)."""
