@@ -423,7 +423,11 @@ def pg_schema() -> Iterator[str]:
 
 
 def pg_count(schema: str) -> int:
-    return sum(queue_counts(database_location('default', schema)).values())
+    store = open_queue(database_location('default', schema))
+    try:
+        return sum(count.count for count in store.stats().values())
+    finally:
+        store.close()
 
 
 def test_transactional_mail_exists_exactly_when_the_transaction_commits(
@@ -492,3 +496,12 @@ def test_database_location_carries_djangos_connection_settings() -> None:
     assert conninfo_to_dict(conninfo) == {'user': 'mäx', 'password': 'p@ss:/w&x=1', 'dbname': 'app db',
                                           'host': '/var/run/postgresql', 'port': '5433', 'sslmode': 'require'}
     assert 'p@ss' not in __import__('schwarz.mailqueue.queue.locations', fromlist=['x']).describe_location(other)
+
+
+def test_the_test_example_of_docs_frameworks_md(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / 'docs' / 'frameworks.md').read_text()
+    start = text.index('```python\nfrom django.core import mail\nfrom django.core.management import call_command')
+    code = text[start + len('```python\n'):text.index('```', start + 3)]
+    namespace: Dict[str, Any] = {}
+    exec(compile(code, 'docs/frameworks.md', 'exec'), namespace)
+    namespace['test_order_mail_survives_a_smarthost_outage'](tmp_path)
