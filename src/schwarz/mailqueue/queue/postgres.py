@@ -1141,10 +1141,12 @@ class PostgresQueue:
                     if abandoned or _owner_gone(owner)]
             if not dead:
                 return 0
+            # rows someone else is changing right now are skipped (never a lock wait, so never a deadlock)
             cur = conn.execute(
                 f"UPDATE {self._table} AS m SET state = coalesce(m.claimed_from, 'new'), {_CLEAR_LEASE} "
-                f"FROM unnest(%s::text[], %s::uuid[]) AS dead(id, token) "
-                f"WHERE m.id = dead.id AND m.state = 'cur' AND m.lease_token = dead.token",
+                f"FROM (SELECT t.id FROM {self._table} AS t JOIN unnest(%s::text[], %s::uuid[]) AS dead(id, token) "
+                f"ON t.id = dead.id AND t.lease_token = dead.token WHERE t.state = 'cur' "
+                f"FOR UPDATE OF t SKIP LOCKED) AS dead WHERE m.id = dead.id",
                 [[row[0] for row in dead], [row[1] for row in dead]])
             recovered = cur.rowcount
             if recovered:
