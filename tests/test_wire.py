@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
 from typing import Iterator, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schwarz.mailqueue import SMTPMailer
-from schwarz.mailqueue.smtp.wire import ConnectionClosed, ProtocolError, SMTPWire
+from schwarz.mailqueue.smtp.wire import ConnectionClosed, ProtocolError, SMTPWire, is_loopback_address
+
+from _hyp import examples
 
 LOG = logging.getLogger('mailqueue.smtp')
 
@@ -103,3 +108,33 @@ def test_an_invalid_host_name_is_a_temporary_connection_failure() -> None:
     # a DNS label longer than 63 characters: the IDNA codec refuses it before any network traffic
     result = SMTPMailer('a' * 70 + '.example', 25, tls='none', timeout=2).send('a@x', ['b@x'], b'x')
     assert result.connection_failed and 'invalid host name' in (result.error or '')
+
+
+# --- is_loopback_address: inet_pton instead of ipaddress, with the same verdicts --------------------
+
+
+def _by_ipaddress(address: str) -> bool:
+    """The earlier implementation, as the oracle."""
+    try:
+        ip = ipaddress.ip_address(address.split('%', 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, 'ipv4_mapped', None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+@pytest.mark.parametrize('address', [
+    '127.0.0.1', '127.255.255.254', '127.1', '127.0.0.01', '0127.0.0.1', ' 127.0.0.1', '127.0.0.1 ', '128.0.0.1',
+    '126.255.255.255', '0.0.0.0', '1.2.3.4', '::1', '::1%lo', '0:0:0:0:0:0:0:1', '::', '::2', '::ffff:127.0.0.1',
+    '::ffff:7f00:1', '::ffff:127.9.8.7', '::ffff:10.0.0.1', '::127.0.0.1', 'fe80::1%eth0', '[::1]', 'localhost',
+    '', '127.0.0.1\x00', '\u0661\u0662\u0667.0.0.1', '127.0.0.\u00b9', '::g', '1::1::1', '127.0.0.1/8',
+])
+def test_is_loopback_address_examples(address: str) -> None:
+    assert is_loopback_address(address) == _by_ipaddress(address)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.one_of(st.ip_addresses().map(str), st.ip_addresses(v=6).map(lambda ip: ip.exploded),
+                 st.text(alphabet='0123456789abcdef.:%[]f ', max_size=45), st.text(max_size=20)))
+def test_is_loopback_address_agrees_with_ipaddress(address: str) -> None:
+    assert is_loopback_address(address) == _by_ipaddress(address)

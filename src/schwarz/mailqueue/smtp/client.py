@@ -40,6 +40,10 @@ from .wire import ProtocolError, SMTPWire, is_loopback_address
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
+    # SSL context per "is the peer loopback?": certificate checks are decided after resolution.
+    # For the type checker only: a quoted name in a run-time alias is compiled on every import.
+    ContextSource = Union[ssl.SSLContext, Callable[[bool], ssl.SSLContext], None]
+
 __all__ = ['SMTPConnection', 'TLSMode', 'build_ssl_context', 'is_local_host', 'transaction_budget']
 
 # A lost connection shows up as EOF (wire.ConnectionClosed), a reset, a timeout, garbage or a reply
@@ -141,10 +145,6 @@ def secret_forms(username: Optional[str], password: Optional[str]) -> List[str]:
     forms = {password, _b64(raw), _b64(b'\0' + user + b'\0' + raw)}
     forms |= {form.rstrip('=') for form in list(forms)}
     return sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)
-
-
-# SSL context per "is the peer loopback?": certificate checks are decided after resolution.
-ContextSource = Union['ssl.SSLContext', Callable[[bool], 'ssl.SSLContext'], None]
 
 
 class SMTPConnection:

@@ -19,7 +19,6 @@ Three things this layer guarantees to the client above it:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import select
 import socket
@@ -31,13 +30,16 @@ from ..result import Reply
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
+    # For the type checker only: a quoted name in a run-time alias is compiled on every import.
+    ContextChooser = Callable[[bool], ssl.SSLContext]
+
 __all__ = ['ConnectionClosed', 'DeadlineExceeded', 'ProtocolError', 'SMTPWire', 'is_loopback_address']
 
 _MAX_LINE = 8192
 _MAX_REPLY_LINES = 1000
 _CHUNK = 1 << 16
-
-ContextChooser = Callable[[bool], 'ssl.SSLContext']
+_IPV4_MAPPED = b'\0' * 10 + b'\xff\xff'
+_IPV6_LOOPBACK = b'\0' * 15 + b'\1'
 
 
 class ConnectionClosed(OSError):
@@ -53,13 +55,21 @@ class DeadlineExceeded(socket.timeout):
 
 
 def is_loopback_address(address: str) -> bool:
-    """True for a literal loopback IP (``127.0.0.0/8``, ``::1``, IPv4-mapped loopback); never for a name."""
-    try:
-        ip = ipaddress.ip_address(address.split('%', 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, 'ipv4_mapped', None)
-    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+    """True for a literal loopback IP (``127.0.0.0/8``, ``::1``, IPv4-mapped loopback); never for a name.
+
+    ``inet_pton`` rather than ``ipaddress``, whose import costs every mq-sendmail call about a
+    millisecond: this runs for each connection. Both refuse the same spellings (``127.1``, leading zeros).
+    """
+    text = address.split('%', 1)[0]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, text)
+        except (OSError, ValueError):  # not this family; NUL or non-ASCII text
+            continue
+        if packed[:12] == _IPV4_MAPPED:
+            packed = packed[12:]
+        return packed[0] == 127 if len(packed) == 4 else packed == _IPV6_LOOPBACK
+    return False
 
 
 class SMTPWire:
