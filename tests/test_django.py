@@ -328,6 +328,8 @@ def test_keyword_options_and_djangos_smtp_option_names(smtp_server: SMTPTestServ
     ({'ssl_certfile': '/x.pem'}, 'client certificates are not supported'),
     ({'database': 'default', 'mode': 'send'}, 'needs mode "queue"'),
     ({'database': 'other', 'mode': 'queue'}, "no database 'other'"),
+    ({'database': 'default', 'schema': 'Mail-Queue'}, 'invalid PostgreSQL schema name'),
+    ({'queue_dir': '/tmp/q', 'schema': 'mq'}, 'schema: only with database'),
 ])
 def test_a_bad_option_is_improperly_configured(options: Dict[str, Any], problem: str) -> None:
     with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE=options):

@@ -24,6 +24,7 @@ refused temporarily without a queue to take them, raise ``RecipientsFailed`` (an
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
@@ -97,6 +98,9 @@ def backend_config(options: Optional[Mapping[str, Any]] = None, *, alias: Option
                               default_mode='queue' if database else None)
         if config.extra.get('database'):
             _check_database(config, where)
+        elif config.extra.get('schema'):
+            raise ConfigError('only with database (the schema of the transactional queue; otherwise give it in '
+                              'queue_url as mq_schema=...)', where, 'schema')
     except ConfigError as exc:
         raise _improperly_configured(exc, alias) from None
     return config
@@ -109,6 +113,10 @@ def _check_database(config: BackendConfig, where: str) -> None:
     if config.mode != 'queue':
         raise ConfigError('a transactional queue (database) needs mode "queue": a message sent at once could '
                           'not be taken back when the transaction rolls back', where, 'mode')
+    schema = _schema(config)
+    if not re.fullmatch(r'[a-z_][a-z0-9_]{0,62}', schema):
+        raise ConfigError(f'invalid PostgreSQL schema name {schema!r} (lower-case letters, digits and _)', where,
+                          'schema')
     if alias not in connections.settings:
         raise ConfigError(f'no database {alias!r} in settings.DATABASES', where, 'database')
     vendor = connections[alias].vendor
