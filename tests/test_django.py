@@ -507,3 +507,33 @@ def test_the_test_example_of_docs_frameworks_md(tmp_path: Path) -> None:
     namespace: Dict[str, Any] = {}
     exec(compile(code, 'docs/frameworks.md', 'exec'), namespace)
     namespace['test_order_mail_survives_a_smarthost_outage'](tmp_path)
+
+
+def test_plugins_see_what_the_web_process_delivers(smtp_server: SMTPTestServer, queue_dir: str,
+                                                   tmp_path: Path) -> None:
+    """Plugins (entry points) are loaded once per process and get the signals of the backend's deliveries."""
+    from test_sendmail_plugins import install_recorder
+
+    env, log = install_recorder(tmp_path)
+    options = smtp_options(smtp_server, queue_dir=queue_dir)
+    code = textwrap.dedent(f'''
+        import django
+        from django.conf import settings
+        settings.configure(EMAIL_BACKEND={BACKEND!r}, MAILQUEUE={options!r})
+        django.setup()
+        from django.core import mail
+        assert mail.send_mail('one', 'b', 'web@example.org', ['a@example.org']) == 1
+        assert mail.send_mail('two', 'b', 'web@example.org', ['a@example.org', 'never@example.org'],
+                              fail_silently=True) == 1
+    ''')
+    smtp_server.set_recipient_reply('never@example.org', 550)
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([env['PYTHONPATH'],
+                                                                             os.environ.get('PYTHONPATH', '')])))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events == [
+        {'event': 'successful', 'to': ['a@example.org'], 'sender': 'web@example.org'},
+        {'event': 'failed', 'refused': ['never@example.org'], 'deferred': []},
+        {'event': 'terminated'},
+    ]

@@ -206,6 +206,36 @@ def message_bytes(email_message: Any) -> bytes:
     return bytes(build().as_bytes(linesep='\r\n'))
 
 
+_plugins_lock = threading.Lock()
+_plugins_loaded = False
+_plugins_registry: Any = None
+
+
+def process_plugins(settings: Settings) -> Any:
+    """The plugin registry of this process: plugins are loaded by the first backend that opens.
+
+    A web process sends many messages over its lifetime; its plugins (entry point group
+    ``mailqueue.plugins``, restricted by the ``plugins`` option) are initialised once and
+    terminated when the process exits. None without PuzzlePluginSystem or without installed plugins.
+    """
+    global _plugins_loaded, _plugins_registry
+    with _plugins_lock:
+        if not _plugins_loaded:
+            from .plugins import PluginManager
+
+            enabled = None
+            if settings.plugins is not None:
+                enabled = [name.strip() for name in settings.plugins.split(',') if name.strip()]
+            manager = PluginManager(enabled=enabled)
+            _plugins_registry = manager.load()
+            _plugins_loaded = True
+            if _plugins_registry is not None:
+                import atexit
+
+                atexit.register(manager.terminate)
+        return _plugins_registry
+
+
 class MailSender:
     """A ``MessageHandler`` built on ``open()`` and closed on ``close()``; SMTP connections live in between."""
 
@@ -241,8 +271,9 @@ class MailSender:
             return False
         from .handler import MessageHandler
 
-        self.handler = MessageHandler(self.transports(), app=self.app,
-                                      retry_policy=self.config.settings.retry_policy())
+        settings = self.config.settings
+        self.handler = MessageHandler(self.transports(), app=self.app, plugins=process_plugins(settings),
+                                      retry_policy=settings.retry_policy())
         return True
 
     def close(self) -> None:
