@@ -29,9 +29,12 @@ import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
-from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured
-from django.core.mail.backends.base import BaseEmailBackend
+try:
+    from django.conf import settings as django_settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.mail.backends.base import BaseEmailBackend
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"schwarz.mailqueue.django needs Django: pip install 'mailqueue-runner[django]' ({exc})") from exc
 
 from .config import ConfigError
 from .frameworks import BackendConfig, MailSender, QueueingBackendMixin, RecipientsFailed, build_config

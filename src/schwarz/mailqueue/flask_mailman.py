@@ -22,8 +22,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Mapping, Optional
 
-from flask import current_app
-from flask_mailman.backends.base import BaseEmailBackend
+try:
+    from flask import current_app
+    from flask_mailman.backends.base import BaseEmailBackend
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError('schwarz.mailqueue.flask_mailman needs Flask-Mailman: '
+                      f"pip install 'mailqueue-runner[flask]' ({exc})") from exc
 
 from .frameworks import BackendConfig, MailSender, QueueingBackendMixin, RecipientsFailed, build_config
 
