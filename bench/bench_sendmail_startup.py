@@ -166,13 +166,14 @@ def ms(seconds: float) -> str:
 
 
 def report(results: Dict[str, List[Run]], breakdown: List[Tuple[str, int]], runs: int,
-           msmtp_argv: Optional[List[str]], baselines: List[str], sources: str) -> str:
+           msmtp_argv: Optional[List[str]], baselines: List[str], sources: str, load: float) -> str:
     wall = {name: statistics.median(r.wall for r in values) for name, values in results.items()}
     cpu = {name: statistics.median(r.cpu for r in values) for name, values in results.items()}
     cpu_ratio = cpu[TOOL_ROW] / cpu[BASE_ROW]
     lines = [
         f'`python bench/bench_sendmail_startup.py --runs {runs}{"".join(f" --baseline {b}" for b in baselines)}` '
-        f'({cpu_info()}; {time.strftime("%Y-%m-%d")}; mq-sendmail at {sources}).',
+        f'({cpu_info()}; load average {load:.1f} at the start; {time.strftime("%Y-%m-%d")}; '
+        f'mq-sendmail at {sources}).',
         f'Medians of {runs} interleaved rounds; mq-sendmail and msmtp each deliver the same small cron message',
         'over SMTP to a sink in its own process on 127.0.0.1 (bytecode cached, as after `pip install`;',
         'PuzzlePluginSystem installed, so plugin discovery is included). CPU is user + system time of the',
@@ -244,6 +245,7 @@ def main() -> None:
         if args.write_docs:
             sys.exit('not writing docs/benchmarks.md without the msmtp comparison')
     env = child_env()
+    load = os.getloadavg()[0]  # other work on the machine stretches wall times far more than CPU times
     msmtp_argv: Optional[List[str]] = None
     with Sink() as sink, tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / 'mq.conf'
@@ -275,7 +277,7 @@ def main() -> None:
     if sink.received != expected:
         sys.exit(f'sink received {sink.received} messages, expected {expected}')
 
-    text = report(results, breakdown, args.runs, msmtp_argv, baselines, measured_sources(env))
+    text = report(results, breakdown, args.runs, msmtp_argv, baselines, measured_sources(env), load)
     print(text)
     if args.write_docs:
         replace_section(ROOT / 'docs' / 'benchmarks.md', HEADING, text)
