@@ -16,7 +16,7 @@ Some classes also derive from the built-in exception they replaced
 
 from __future__ import annotations
 
-__all__ = ['ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueUnavailable']
+__all__ = ['ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueUnavailable', 'StoreNotInitialised']
 
 
 class MailQueueError(Exception):
@@ -29,6 +29,11 @@ class QueueError(MailQueueError):
 
 class QueueUnavailable(QueueError):
     """The store cannot be used (cannot be written, reached, or created); nothing was half-done."""
+
+
+class StoreNotInitialised(QueueUnavailable):
+    """The store exists but is not set up for this version (a database schema missing or older):
+    a configuration problem an operator fixes with ``mq-queue init`` (exit 78, not 75)."""
 
 
 class CorruptMessage(QueueError):

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(common, defaults=False)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
 
+    sub.add_parser('init', parents=[common], help='create the queue, or create/upgrade its database schema')
     p = sub.add_parser('list', parents=[common], help='one line per message (streams; fine for huge queues)')
     p.add_argument('--json', action='store_true', help='one JSON object per line, full values')
     p.add_argument('--state', action='append', type=_state, metavar='STATE',
@@ -191,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store_error(exc: Exception) -> CLIError:
-    """A store that cannot be used: 66 when it is not there, 77 when we may not, else 74 (I/O) or 75."""
+    """A store that cannot be used: 66 when it is not there, 77 when we may not, 78 when it needs
+    ``mq-queue init``, else 74 (I/O) or 75."""
+    from ..errors import StoreNotInitialised
+
     code = getattr(exc, 'errno', None)
+    if isinstance(exc, StoreNotInitialised):
+        return CLIError(str(exc), EX_CONFIG)
     if code == errno.ENOENT:
         exit_code = EX_NOINPUT
     elif code in (errno.EACCES, errno.EPERM):
@@ -536,6 +542,29 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace, QueueAdmin, Any], int]] = {
 _READ_ONLY = ('list', 'show', 'stats')
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Create the queue, or create/upgrade a database schema (idempotent)."""
+    from ..bootstrap import queue_location
+    from ..errors import QueueError
+    from ..queue.locations import describe_location, init_store
+
+    ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=False)
+    try:
+        location = queue_location(ctx.settings, args.queue_dir)
+        if not location:
+            fail('no queue: use --queue-dir LOCATION or set queue_url or queue_dir in the configuration', EX_USAGE)
+        try:
+            done = init_store(location)
+        except ValueError as exc:
+            fail(str(exc), EX_USAGE)
+        except (QueueError, OSError) as exc:
+            raise _store_error(exc) from None
+        print(f'{describe_location(location)}: {done}')
+        return EX_OK
+    finally:
+        ctx.close()
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(list(argv))
@@ -564,6 +593,8 @@ def _body(argv: Sequence[str]) -> int:
     from ..errors import QueueError
 
     args = _parse(argv)
+    if args.command == 'init':
+        return _cmd_init(args)
     needs_plugins = args.command == 'retry' and args.now
     ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=needs_plugins)
     try:

@@ -58,7 +58,7 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
     """One pass (or the daemon) over the configured queue; ``mq-run`` and ``mq-sendmail -q`` both run this."""
     from ..bootstrap import build_runner, open_store, queue_location
     from ..config import ConfigError
-    from ..errors import QueueError
+    from ..errors import QueueError, StoreNotInitialised
     from ..queue.locations import describe_location
     from ..runner import terminal_or_none
 
@@ -73,12 +73,15 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
         store.check()
         runner = build_runner(settings, store, plugins=app.plugins, workers=workers, force=force,
                               progress=terminal_or_none() if progress and not (quiet or daemon) else None)
+        runner.intake = intake_for(settings, store, app=prog)
         if daemon:
             runner.serve()
             return EX_OK
         stats = runner.run_once()
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
+    except StoreNotInitialised as exc:
+        fail(f'queue {shown}: {exc}', EX_CONFIG)
     except QueueError as exc:  # read-only, permission denied, a symlinked queue directory, I/O errors
         fail(f'queue {shown}: {getattr(exc, "strerror", None) or exc}; nothing can be delivered', EX_TEMPFAIL)
     if stats.aborted and not quiet:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, Union
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import QueueStore
 
-__all__ = ['describe_location', 'known_schemes', 'open_queue', 'split_location']
+__all__ = ['describe_location', 'init_store', 'known_schemes', 'open_queue', 'split_location']
 
 # scheme -> (module, factory function taking the rest of the location)
 _OPENERS: Dict[str, Tuple[str, str]] = {
@@ -68,6 +68,24 @@ def open_queue(location: Union[str, QueueStore], **options: object) -> QueueStor
                          f'install mailqueue-runner[postgres]') from None
     factory: Callable[..., QueueStore] = getattr(module, factory_name)
     return factory(rest, **options)
+
+
+def init_store(location: str) -> str:
+    """Create or upgrade the store at ``location`` (``mq-queue init``); what was done, for humans.
+
+    Idempotent: running it on a current store changes nothing.
+    """
+    scheme, rest = split_location(location)
+    if scheme in ('postgresql', 'postgres'):
+        from .postgres import init_schema
+
+        before, after = init_schema(location)
+        if before == after:
+            return f'schema is current (version {after})'
+        return f'schema created (version {after})' if before == 0 else f'schema upgraded: version {before} -> {after}'
+    store = open_queue(location)  # the maildir creates its directories; memory needs nothing
+    store.check()
+    return 'ready'
 
 
 def describe_location(location: str) -> str:

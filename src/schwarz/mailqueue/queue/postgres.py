@@ -58,7 +58,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from ..errors import ClaimLost, CorruptMessage, QueueUnavailable
+from ..errors import ClaimLost, CorruptMessage, QueueUnavailable, StoreNotInitialised
 from .contract import (
     CLAIMED,
     FAILED,
@@ -100,7 +100,7 @@ _SCHEMA_NAME = re.compile(r'[a-z_][a-z0-9_]{0,62}\Z')
 _OUR_PARAMS = ('schema', 'lease', 'pooling')
 
 
-class SchemaMissing(QueueUnavailable):
+class SchemaMissing(StoreNotInitialised):
     """The queue schema does not exist or is older than this code needs: run ``mq-queue init``."""
 
 

@@ -1,0 +1,40 @@
+"""The command-line tools on a PostgreSQL queue: init, the missing-schema error (78), submit, deliver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schwarz.mailqueue.testutils import SMTPTestServer
+
+from _pg import fresh_location
+from helpers import run, script, write_config
+
+MSG = b'Subject: via postgres\r\n\r\nbody\r\n'
+
+
+def test_tools_on_a_postgres_queue(tmp_path: Path) -> None:
+    location = fresh_location(init=False)
+    with SMTPTestServer() as server:
+        config = write_config(tmp_path / 'mq.conf', server, queue_url=location)
+        # no schema yet: every tool says what to run, as a configuration error
+        for argv in ([script('mq-run'), '-C', config], [script('mq-queue'), '-C', config, 'list']):
+            proc = run(argv)
+            assert proc.returncode == 78, proc.stderr
+            assert b'mq-queue init' in proc.stderr and b'Traceback' not in proc.stderr
+        first = run([script('mq-queue'), '-C', config, 'init'])
+        again = run([script('mq-queue'), '-C', config, 'init'])
+        assert first.returncode == again.returncode == 0, (first.stderr, again.stderr)
+        assert b'created' in first.stdout and b'current' in again.stdout
+
+        server.set_reply('MAIL', 451)  # the smarthost says "later": mq-sendmail queues in PostgreSQL
+        proc = run([script('mq-sendmail'), '-C', config, 'rcpt@example.org'], input=MSG)
+        assert proc.returncode == 0, proc.stderr
+        listing = run([script('mq-queue'), '-C', config, 'list'])
+        assert b'rcpt@example.org' in listing.stdout and server.received == []
+
+        server.clear_reply('MAIL')
+        proc = run([script('mq-run'), '-C', config])
+        assert proc.returncode == 0, proc.stderr
+        [received] = server.received
+        assert received.rcpt_tos == ['rcpt@example.org'] and received.data.endswith(b'body\r\n')
+        assert b'rcpt@example.org' not in run([script('mq-queue'), '-C', config, 'list']).stdout
