@@ -2,7 +2,7 @@
 
 The same operations as tests/test_queue_admin.py (which also covers maildir oddities:
 corrupt files, symlinks, directories), here set up and checked through the contract only,
-against the maildir and the in-memory store.
+against the maildir, the in-memory and the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -50,10 +50,15 @@ def message(tag: str) -> bytes:
             f'Message-ID: <{tag}@example.org>\r\n\r\nbody of {tag}\r\n').encode()
 
 
-@pytest.fixture(params=['maildir', 'memory'])
+@pytest.fixture(params=['maildir', 'memory', 'postgresql'])
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[QueueStore]:
     if request.param == 'maildir':
         queue: QueueStore = MaildirQueue(str(tmp_path / 'queue'), fsync=False)
+    elif request.param == 'postgresql':
+        from _pg import fresh_location
+        from schwarz.mailqueue.queue.locations import open_queue
+
+        queue = open_queue(fresh_location())
     else:
         queue = MemoryQueue(f'admin-{uuid.uuid4().hex}')
     yield queue
