@@ -12,6 +12,7 @@ from schwarz.mailqueue.cli import mq_mail, mq_send_test, mq_sendmail
 from schwarz.mailqueue.config import KNOWN_KEYS, parse_config_text
 
 DOCS = Path(__file__).resolve().parent.parent / 'docs'
+PACKAGE_DATA = Path(__file__).resolve().parent.parent / 'src' / 'schwarz' / 'mailqueue' / 'data'
 
 
 def test_sample_config_parses_and_documents_every_key() -> None:
@@ -19,11 +20,21 @@ def test_sample_config_parses_and_documents_every_key() -> None:
     settings = parse_config_text(text, 'sample')
     assert settings.smtp_tls == 'starttls' and settings.queue_dir
     # with every commented-out setting switched on (and the password command instead of the password)
-    enabled = re.sub(r'(?m)^#(\w+ = )', r'\1', text).replace('\nsmtp_password = secret\n', '\n')
-    everything = parse_config_text(enabled, 'sample')
-    assert everything.smtp_password_command and everything.default_domain
+    everything = parse_config_text(re.sub(r'(?m)^#(\w+ = )', r'\1', text), 'sample')
+    assert everything.default_domain and everything.include == '/etc/mailqueue-runner.secret.conf'
+    assert settings.smtp_password is None  # the credentials are in the included file (issue 12)
+    # the credentials part, with the password command instead of the password
+    secret = (PACKAGE_DATA / 'mailqueue-runner.secret.conf.sample').read_text()
+    assert parse_config_text(secret, 'secret').smtp_password == 'secret'
+    enabled = re.sub(r'(?m)^#(\w+ = )', r'\1', secret).replace('\nsmtp_password = secret\n', '\n')
+    assert parse_config_text(enabled, 'secret').smtp_password_command
     for key in KNOWN_KEYS:
-        assert re.search(rf'(?m)^#?{key} = |\b{key}\b', text), key
+        assert re.search(rf'(?m)^#?{key} = |\b{key}\b', text + secret), key
+
+
+def test_the_sample_in_docs_is_the_one_in_the_wheel() -> None:
+    assert (DOCS / 'mailqueue-runner.conf.sample').read_text() == \
+        (PACKAGE_DATA / 'mailqueue-runner.conf.sample').read_text()
 
 
 def sendmail_help_options() -> List[str]:

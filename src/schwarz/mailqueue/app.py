@@ -68,6 +68,33 @@ def _formatter(settings: Settings) -> logging.Formatter:
     return logging.Formatter('%(asctime)s %(message)s')
 
 
+def _target_handler(settings: Settings, prog: str) -> Optional[logging.Handler]:
+    """The handler for ``log_target`` (besides the files): None for ``file``.
+
+    ``journal`` falls back to syslog when there is no journal socket; ``syslog`` without a
+    syslog socket logs nowhere but the files (a host without syslog must still send mail).
+    """
+    target = settings.log_target
+    handler: Optional[logging.Handler] = None
+    if target == 'journal':
+        from .logs import JournalHandler, journal_available
+
+        if journal_available():
+            handler = JournalHandler(identifier=prog)
+            handler.setFormatter(logging.Formatter('%(message)s'))
+            return handler
+        target = 'syslog'
+    if target == 'syslog':
+        from .logs import syslog_handler
+
+        handler = syslog_handler(prog)
+    elif target == 'stderr':
+        handler = logging.StreamHandler(sys.stderr)
+    if handler is not None:
+        handler.setFormatter(_formatter(settings) if target == 'stderr' else logging.Formatter('%(message)s'))
+    return handler
+
+
 def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False) -> None:
     """Console output on ``mailqueue``; optional delivery/queue log files; or a fileConfig."""
     if settings.logging_config:
@@ -94,6 +121,8 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
     # propagate here, and from cron every line on stderr becomes a mail.
     console.setLevel(console_level)
     root.setLevel(console_level)
+    prog = os.path.basename(sys.argv[0] or '') or 'mailqueue'
+    shared = _target_handler(settings, prog)
     for logger_name, path in ((DELIVERY_LOG, settings.delivery_log), (QUEUE_LOG, settings.queue_log)):
         logger = logging.getLogger(logger_name)
         # A wrapper calling init_app() once per run (one_shot_queue_run) must not stack a
@@ -102,23 +131,30 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
         stale = [h for h in logger.handlers if getattr(h, '_mq_logfile', False)]
         for old in stale:
             logger.removeHandler(old)
-            old.close()
-        if not path:
+            if old is not shared:
+                old.close()
+        handlers: List[logging.Handler] = [shared] if shared is not None else []
+        if path:
+            try:
+                file_handler = logging.FileHandler(path, encoding='utf-8')
+            except OSError as exc:
+                # A log file we cannot write must never stop mail. A user sending as themselves
+                # while the log belongs to the queue's owner is normal: said only with -v, never
+                # per mail; anything else (a missing directory) is a warning.
+                key = 'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log'
+                level = logging.DEBUG if isinstance(exc, PermissionError) else logging.WARNING
+                root.log(level, 'warning: %s: %s: cannot open %s (%s); not logging there',
+                         settings.path or 'configuration', key, path, exc.strerror or exc)
+            else:
+                file_handler.setFormatter(_formatter(settings))
+                handlers.append(file_handler)
+        if not handlers:
             if stale:
                 logger.setLevel(logging.NOTSET)  # back to what it was before we added the file
             continue
-        try:
-            handler = logging.FileHandler(path, encoding='utf-8')
-        except OSError as exc:
-            # A log file we cannot write must never stop mail (say, a user sending as themselves
-            # while the log belongs to the queue's owner): warn and go on.
-            key = 'delivery_log' if logger_name == DELIVERY_LOG else 'queue_log'
-            root.warning('warning: %s: %s: cannot open %s (%s); not logging there',
-                         settings.path or 'configuration', key, path, exc.strerror or exc)
-            continue
-        handler._mq_logfile = True  # type: ignore[attr-defined]
-        handler.setFormatter(_formatter(settings))
-        logger.addHandler(handler)
+        for handler in handlers:
+            handler._mq_logfile = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     if verbose < 1:
         logging.getLogger(SMTP_LOG).setLevel(logging.INFO)

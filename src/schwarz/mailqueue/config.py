@@ -103,6 +103,27 @@ def _queue_location(value: str) -> str:
     return value.strip()
 
 
+def _size(value: str) -> int:
+    """Bytes, with an optional k/M/G suffix (powers of 1024)."""
+    text = value.strip()
+    factor = {'k': 1024, 'm': 1024 ** 2, 'g': 1024 ** 3}.get(text[-1:].lower(), 1)
+    number = text[:-1] if factor != 1 else text
+    if not number.isdigit() or not 1024 <= int(number) * factor <= 1024 ** 4:
+        raise ValueError(f'expected a size from 1k to 1024G (e.g. 64M), got {value!r}')
+    return int(number) * factor
+
+
+def _names(value: str) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(item for item in value.replace(',', ' ').split()))
+
+
+def _log_target(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ('stderr', 'file', 'syslog', 'journal'):
+        raise ValueError(f'expected stderr, file, syslog or journal, got {value!r}')
+    return text
+
+
 def _log_format(value: str) -> str:
     text = value.strip().lower()
     if text not in ('logfmt', 'json'):
@@ -139,6 +160,16 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'stale_claim_timeout': ('stale_claim_timeout', limits.STALE_CLAIM),
     'aliases': ('aliases', _str),
     'default_domain': ('default_domain', _domain),
+    # headers MTAs add (each on by default)
+    'add_date_header': ('add_date_header', _bool),
+    'add_message_id_header': ('add_message_id_header', _bool),
+    'add_from_header': ('add_from_header', _bool),
+    'qualify_addresses': ('qualify_addresses', _bool),
+    # submissions of users who cannot use the queue (the drop area) and where logs go
+    'trusted_users': ('trusted_users', _names),
+    'drop_max_size': ('drop_max_size', _size),
+    'log_target': ('log_target', _log_target),
+    'include': ('include', _absolute_path),
 }
 
 
@@ -178,6 +209,18 @@ class Settings:
     stale_claim_timeout: Optional[timedelta] = None
     aliases: Optional[str] = None
     default_domain: Optional[str] = None
+    add_date_header: bool = True
+    add_message_id_header: bool = True
+    add_from_header: bool = True
+    qualify_addresses: bool = True
+    trusted_users: Tuple[str, ...] = ()
+    drop_max_size: int = 64 * 1024 * 1024
+    # stderr: only the console; file: delivery_log/queue_log; syslog: /dev/log; journal: systemd's journal
+    log_target: str = 'file'
+    # a second file (credentials, 0600) read after this one; None when it could not be read (see
+    # include_unreadable): then this user cannot send directly and hands mail to the queue
+    include: Optional[str] = None
+    include_unreadable: Optional[str] = None
 
     def __init__(self, path: Optional[str] = None, **values: Any) -> None:
         self.path = path
@@ -311,7 +354,33 @@ def load_config(path: str) -> Settings:
     if settings.smtp_password is not None and mode & (stat.S_IRGRP | stat.S_IROTH):
         settings.warnings.append(
             f'{path} holds smtp_password and is readable by other users; run: chmod 600 {path}')
+    if settings.include:
+        _merge_include(settings)
     return settings
+
+
+def _merge_include(settings: Settings) -> None:
+    """Read ``include`` (the credentials file of the split set-up) over ``settings``.
+
+    A file this user may not read is not an error: senders without access to the secrets
+    hand their mail to the queue (``include_unreadable``), the queue owner's runner sends it.
+    """
+    path = settings.include
+    assert path is not None
+    try:
+        included = load_config(path)
+    except ConfigError as exc:
+        if exc.problem == 'permission denied' and exc.key is None and exc.path == path:
+            settings.include_unreadable = path
+            return
+        raise
+    if included.include:
+        raise ConfigError('an included file cannot include another one', path, 'include')
+    for attr, value in vars(included).items():
+        if attr in ('path', 'warnings', 'include', 'include_unreadable'):
+            continue
+        setattr(settings, attr, value)
+    settings.warnings.extend(included.warnings)
 
 
 def guess_config_path(path: Optional[str] = None) -> Optional[str]:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, List, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, TextIO, Union
 
 from .errors import MailQueueError
 from .handler import MessageHandler
@@ -45,6 +45,7 @@ class RunStats:
     skipped: int = 0
     corrupt: int = 0
     recovered: int = 0
+    taken: int = 0  # submissions of unprivileged users taken from the drop area (intake)
     aborted: Optional[str] = None
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -117,6 +118,7 @@ class QueueRunner:
         progress: Optional[TextIO] = None,
         app: str = 'mq-run',
         abort_after_connection_failures: int = 3,
+        intake: Optional[Callable[[], int]] = None,
     ) -> None:
         if mailer is None and handler is None:
             raise ValueError('QueueRunner needs a mailer or a handler')
@@ -132,6 +134,8 @@ class QueueRunner:
         self.progress_stream = progress
         self.app = app
         self.abort_after = abort_after_connection_failures
+        # takes new submissions into the queue before each pass (the maildir's drop area, intake.py)
+        self.intake = intake
         self.stop_event = threading.Event()
         self._abort_pass = threading.Event()
         self.queue_log = logging.getLogger(QUEUE_LOG)
@@ -231,6 +235,8 @@ class QueueRunner:
         self._conn_failures = 0
         halted = lambda: self.stop_event.is_set() or self._abort_pass.is_set()  # noqa: E731
         stats.recovered = self.queue.recover()
+        if self.intake is not None:
+            stats.taken = self.intake()
         total = self.queue.stats()[NEW].count if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
         hand_off: queue_mod.Queue[Optional[QueuedMessage]] = queue_mod.Queue(maxsize=self.workers)

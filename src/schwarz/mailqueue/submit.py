@@ -195,8 +195,16 @@ class Submitter:
         if self._handler is None:
             from .handler import MessageHandler
 
-            self._handler = MessageHandler(build_transports(self.settings, queue=self.queue),
-                                           plugins=self.plugins, app=self.app)
+            if self.settings.include_unreadable and self.queue_configured:
+                # this user may not read the credentials (the split set-up): the queue owner's runner
+                # sends, and a queue this user may not write takes it through its drop area
+                from .bootstrap import queue_location
+                from .queue.transport import QueueTransport
+
+                transports: List[Any] = [QueueTransport(str(queue_location(self.settings)))]
+            else:
+                transports = build_transports(self.settings, queue=self.queue)
+            self._handler = MessageHandler(transports, plugins=self.plugins, app=self.app)
         return self._handler
 
     def send(self, msg_bytes: bytes, sender: str, recipients: Sequence[str]) -> SendResult:

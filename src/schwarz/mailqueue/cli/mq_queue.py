@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
 
     sub.add_parser('init', parents=[common], help='create the queue, or create/upgrade its database schema')
+    p = sub.add_parser('setup', parents=[common], help='install the sample configuration and the systemd units; '
+                       'create the queue (with --drop-area: submission for every local user)')
+    from .mq_setup import add_arguments
+
+    add_arguments(p)
     p = sub.add_parser('list', parents=[common], help='one line per message (streams; fine for huge queues)')
     p.add_argument('--json', action='store_true', help='one JSON object per line, full values')
     p.add_argument('--state', action='append', type=_state, metavar='STATE',
@@ -565,6 +570,23 @@ def _cmd_init(args: argparse.Namespace) -> int:
         ctx.close()
 
 
+def _cmd_setup(args: argparse.Namespace) -> int:
+    """Install the shipped files and create the queue (``cli/mq_setup.py``)."""
+    from ..bootstrap import queue_location
+    from ..queue.locations import split_location
+    from .mq_setup import run_setup
+
+    ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=False)
+    try:
+        location = queue_location(ctx.settings, args.queue_dir) or '/var/spool/mailqueue'
+    finally:
+        ctx.close()
+    scheme, path = split_location(location)
+    if scheme != 'maildir':
+        fail('setup works on a maildir queue (a directory)', EX_USAGE)
+    return run_setup(args, os.path.abspath(path))
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(list(argv))
@@ -595,6 +617,8 @@ def _body(argv: Sequence[str]) -> int:
     args = _parse(argv)
     if args.command == 'init':
         return _cmd_init(args)
+    if args.command == 'setup':
+        return _cmd_setup(args)
     needs_plugins = args.command == 'retry' and args.now
     ctx = load_app(args.config, {'verbose': args.verbose}, require_config=False, load_plugins=needs_plugins)
     try:

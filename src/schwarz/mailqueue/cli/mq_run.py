@@ -59,6 +59,7 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
     from ..bootstrap import build_runner, open_store, queue_location
     from ..config import ConfigError
     from ..errors import QueueError, StoreNotInitialised
+    from ..intake import intake_for
     from ..queue.locations import describe_location
     from ..runner import terminal_or_none
 

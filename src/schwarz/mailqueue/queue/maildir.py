@@ -182,8 +182,16 @@ class MaildirQueue:
             self._dir_fds.clear()
 
     def changed_marker(self) -> float:
-        """new/'s modification time: every enqueue, release or recovery renames a file into it."""
-        return os.stat(self._dir('new')).st_mtime_ns / 1e9
+        """new/'s modification time: every enqueue, release or recovery renames a file into it.
+
+        With a drop area (``maildir_drop``), a new drop counts too.
+        """
+        marker = os.stat(self._dir('new')).st_mtime_ns
+        try:
+            marker = max(marker, os.lstat(os.path.join(self.path, 'drop')).st_mtime_ns)
+        except OSError:
+            pass
+        return marker / 1e9
 
     def flush(self) -> None:
         """Wait until files removed by ``complete()`` are fully released."""

@@ -6,6 +6,7 @@ the 1.0.0 name, kept for the README's examples.
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime, timezone
 from typing import Optional, Sequence, Union
 
@@ -55,10 +56,31 @@ class QueueTransport:
                                    extra={LAST_ERROR: last_error} if last_error else None,
                                    attempted=datetime.now(timezone.utc) if last_error else None)
         except QueueError as exc:
+            dropped = self._drop(exc, from_addr, to_addrs, msg_bytes)
+            if dropped is not None:
+                return dropped
             return SendResult(transport=self._kind_or_queue(), queued=False, error=str(exc),
                               deferred={a: (451, str(exc)) for a in to_addrs})
         return SendResult(transport=store.kind, queued=True, queued_to=list(to_addrs), queue_id=str(msg_id),
                           host=store.location)
+
+    def _drop(self, exc: QueueError, from_addr: str, to_addrs: Sequence[str],
+              msg_bytes: bytes) -> Optional[SendResult]:
+        """A user who may not write the queue hands the message to its drop area (if it has one)."""
+        if getattr(exc, 'errno', None) not in (errno.EACCES, errno.EPERM) or not isinstance(self._location, str):
+            return None
+        scheme, path = split_location(self._location)
+        if scheme != 'maildir':
+            return None
+        from .maildir_drop import drop_message, has_drop_area
+
+        if not has_drop_area(path):
+            return None
+        try:
+            drop_id = drop_message(path, msg_bytes, from_addr, list(to_addrs))
+        except QueueError:
+            return None  # the first error says more (the queue is what was configured)
+        return SendResult(transport='drop', queued=True, queued_to=list(to_addrs), queue_id=drop_id, host=path)
 
     def _kind_or_queue(self) -> str:
         return self._store.kind if self._store is not None else 'queue'
