@@ -83,6 +83,9 @@ class SMTPWire:
         self.features: Dict[str, str] = {}
         self.deadline: Optional[float] = None
         self._buffer = bytearray()
+        # settimeout() and poll objects cost a system call each: only when something changes
+        self._sock_timeout: Optional[float] = None
+        self._poller: Optional[select.poll] = None
         self._secrets: List[str] = []
         try:
             self.peer_is_loopback = is_loopback_address(sock.getpeername()[0])
@@ -137,6 +140,11 @@ class SMTPWire:
             raise DeadlineExceeded(f'{self.peer} did not finish in time')
         return min(self.timeout, remaining)
 
+    def _set_timeout(self, value: Optional[float]) -> None:
+        if value != self._sock_timeout:
+            self.sock.settimeout(value)
+            self._sock_timeout = value
+
     # --- writing ----------------------------------------------------------------------------
 
     def send(self, data: bytes, *, secret: bool = False, summary: Optional[str] = None) -> None:
@@ -152,13 +160,13 @@ class SMTPWire:
         view = memoryview(data)
         for start in range(0, len(view), _CHUNK):
             # sendall's timeout covers the whole chunk; both limits apply per chunk
-            self.sock.settimeout(self._io_timeout())
+            self._set_timeout(self._io_timeout())
             self.sock.sendall(view[start:start + _CHUNK])
 
     # --- reading ----------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        self.sock.settimeout(self._io_timeout())
+        self._set_timeout(self._io_timeout())
         chunk = self.sock.recv(_CHUNK)
         if not chunk:
             raise ConnectionClosed(f'{self.peer} closed the connection')
@@ -189,14 +197,15 @@ class SMTPWire:
         if not (pending_tls is not None and pending_tls()):
             try:
                 # poll, not select: select() fails for descriptors above 1023 (busy runners)
-                poller = select.poll()
-                poller.register(self.sock, select.POLLIN | select.POLLPRI)
-                if not poller.poll(0):
+                if self._poller is None:
+                    self._poller = select.poll()
+                    self._poller.register(self.sock, select.POLLIN | select.POLLPRI)
+                if not self._poller.poll(0):
                     return False
             except (OSError, ValueError):
                 return True  # a socket we cannot look at is not one to trust with more commands
         try:
-            self.sock.settimeout(0)
+            self._set_timeout(0.0)
             chunk = self.sock.recv(_CHUNK)
         except OSError as exc:
             if isinstance(exc, BlockingIOError) or type(exc).__name__ == 'SSLWantReadError':
