@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import socket
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union

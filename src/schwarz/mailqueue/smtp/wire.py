@@ -271,6 +271,8 @@ class SMTPWire:
             raise ProtocolError(f'{self.peer} sent data after its reply to STARTTLS')
         self.sock.settimeout(self._io_timeout())
         self.sock = context.wrap_socket(self.sock, server_hostname=hostname)
+        self._sock_timeout = None  # a new socket object: set its timeout (and poll it) afresh
+        self._poller = None
         self.features = {}
 
     def abort(self) -> None:
