@@ -15,6 +15,7 @@ Byte-compatible with mailqueue-runner 1.0.0 queue files. Pure: bytes in, bytes o
 from __future__ import annotations
 
 import email.utils
+import functools
 import io
 import re
 from dataclasses import dataclass, field
@@ -129,9 +130,16 @@ def check_envelope(from_addr: str, to_addrs: Sequence[str]) -> None:
     The same check on writing and on reading: nothing that could not have been queued
     by us (a line break, ``> NOTIFY=NEVER``, a local name) reaches the SMTP dialog.
     """
-    parse_address(from_addr, allow_null=True)
+    _check_address(from_addr, True)
     for addr in to_addrs:
-        parse_address(addr)
+        _check_address(addr, False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_address(text: str, allow_null: bool) -> None:
+    # A runner reads the same few senders and recipients again and again: parse each once.
+    # (Only valid addresses are cached: a refusal raises, and lru_cache keeps no exceptions.)
+    parse_address(text, allow_null=allow_null)
 
 
 def serialize_meta(meta: QueueMeta) -> bytes:
