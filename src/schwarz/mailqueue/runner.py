@@ -274,7 +274,8 @@ class QueueRunner:
             thread.start()
         try:
             while not halted():
-                batch = self.queue.claim_due(self.workers, now=datetime.now(timezone.utc), policy=self.policy,
+                # twice the workers: claiming happens in this one thread, and workers must not wait for it
+                batch = self.queue.claim_due(self.workers * 2, now=datetime.now(timezone.utc), policy=self.policy,
                                              force=self.force)
                 stats.add('not_due', batch.not_due)
                 stats.add('corrupt', batch.corrupt)
