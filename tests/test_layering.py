@@ -21,6 +21,11 @@ ALLOWED |= {'queue/maildir_drop.py'}
 # Single lines that match a pattern but do not touch a queue file: (file, the stripped line) -> why.
 EXEMPT = {
     ('cli/mq_queue.py', 'os.replace(tmp, path)'): 'publishes the Prometheus textfile (--textfile), not a queue file',
+    # the OAuth2 token cache (a file of its own, never a queue file): locked while a token is
+    # fetched, so that two processes do not spend one refresh token; replaced atomically
+    ('smtp/token_cache.py', 'import fcntl'): 'locks the OAuth2 token cache, not a queue file',
+    ('smtp/token_cache.py', 'fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)'): 'locks the OAuth2 token cache',
+    ('smtp/token_cache.py', 'os.replace(tmp, self.path)'): 'writes the OAuth2 token cache atomically',
 }
 
 FORBIDDEN = [

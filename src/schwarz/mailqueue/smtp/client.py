@@ -27,6 +27,15 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 from ..message import dot_stuff, normalize_line_endings
 from ..result import Reply, SendResult
+from .auth import (
+    PASSWORD_MECHANISMS,
+    AuthInfo,
+    Token,
+    TokenSource,
+    choose_mechanism,
+    password_exchange,
+    token_exchange,
+)
 from .errors import (
     AuthenticationError,
     ConnectError,
@@ -34,7 +43,7 @@ from .errors import (
     TemporaryError,
     TLSError,
 )
-from .wire import ProtocolError, SMTPWire, is_loopback_address
+from .wire import ConnectionClosed, ProtocolError, SMTPWire, is_loopback_address
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
@@ -160,6 +169,8 @@ class SMTPConnection:
         timeout: float = 10,
         local_hostname: Optional[str] = None,
         dialog_log: Optional[logging.Logger] = None,
+        auth: str = 'auto',
+        token_source: Optional[TokenSource] = None,
     ) -> None:
         self.hostname = hostname
         self.port = port
@@ -171,6 +182,10 @@ class SMTPConnection:
         # socket.getfqdn() may wait for DNS; the plain host name is enough for EHLO.
         self.local_hostname = local_hostname or socket.gethostname() or 'localhost'
         self.log = dialog_log or logging.getLogger('mailqueue.smtp')
+        self.auth = auth
+        self.token_source = token_source
+        #: how this session authenticated (None: no AUTH), for mq-send-test
+        self.auth_info: Optional[AuthInfo] = None
         self._wire: Optional[SMTPWire] = None
         self.tls_active = False
         self.transactions = 0
@@ -197,10 +212,25 @@ class SMTPConnection:
         if self._wire is not None:
             return
         try:
+            self._open(refresh_allowed=True)
+        except _ReconnectWithNewToken:
+            # the server hung up after rejecting the token; a fresh one is fetched: once more
+            self._open(refresh_allowed=False)
+
+    def _open(self, refresh_allowed: bool) -> None:
+        token: Optional[Token] = None
+        if self.username and self.token_source is not None:
+            # Before connecting: a slow or dead token endpoint never holds (or fails) a connection,
+            # and TokenUnavailable is no reason to pass over this host.
+            token = self.token_source.token()
+        try:
             chooser = self._context if self.tls == TLSMode.IMPLICIT else None
             wire = self._wire = SMTPWire.connect(self.hostname, self.port, self.timeout, self.log, chooser)
             for secret in secret_forms(self.username, self._password):
                 wire.add_secret(secret)
+            if self.token_source is not None:
+                for secret in self.token_source.secrets():
+                    wire.add_secret(secret)
             wire.set_deadline(self.timeout * _SETUP_ROUND_TRIPS)
             reply = wire.read_reply()
             if reply.code != 220:
@@ -213,11 +243,11 @@ class SMTPConnection:
                 elif self.tls == TLSMode.STARTTLS:
                     raise TLSError(f'{self.peer} does not offer STARTTLS but TLS is required')
             if self.username:
-                self._authenticate()
+                self._authenticate(refresh_allowed, token)
             if wire.pending():
                 raise ProtocolError(f'{self.peer} sent more replies than commands')
             wire.set_deadline(None)
-        except SMTPError:
+        except (SMTPError, _ReconnectWithNewToken):
             self._abort()
             raise
         except UnicodeError:  # a host name the IDNA codec rejects
@@ -254,7 +284,7 @@ class SMTPConnection:
         self.tls_active = True
         self._ehlo()
 
-    def _authenticate(self) -> None:
+    def _authenticate(self, refresh_allowed: bool = True, token: Optional[Token] = None) -> None:
         wire = self._wire
         assert wire is not None
         if not self.tls_active and not wire.peer_is_loopback:
@@ -263,26 +293,44 @@ class SMTPConnection:
         if not wire.has('auth'):
             raise AuthenticationError(f'{self.peer} does not offer AUTH')
         offered = wire.features['auth'].upper().split()
-        # RFC 4616: PLAIN carries UTF-8, so any password works; LOGIN as the fallback.
-        user = (self.username or '').encode('utf-8')
-        password = (self._password or '').encode('utf-8')
-        if 'PLAIN' in offered:
-            credentials = _b64(b'\0' + user + b'\0' + password)
-            reply = wire.command(f'AUTH PLAIN {credentials}', summary='AUTH PLAIN ***')
-            if reply.code == 334:  # a server that wants the credentials after an empty challenge
-                reply = wire.command(credentials, secret=True)
-        elif 'LOGIN' in offered:
-            reply = wire.command('AUTH LOGIN')
-            if reply.code == 334:
-                reply = wire.command(_b64(user), secret=True)
-            if reply.code == 334:
-                reply = wire.command(_b64(password), secret=True)
-        else:
-            raise AuthenticationError(f'{self.peer} offers no AUTH mechanism we support '
-                                      f'(offered: {" ".join(offered) or "none"}; we speak PLAIN and LOGIN)')
+        username = self.username or ''
+        mechanism = choose_mechanism(self.auth, offered, token=self.token_source is not None, peer=self.peer)
+        if mechanism in PASSWORD_MECHANISMS:
+            if self.token_source is not None:
+                raise AuthenticationError(f'smtp_auth = {self.auth} needs a password, not an OAuth2 token')
+            reply = password_exchange(wire, mechanism, username, self._password or '')
+            self._check_auth_reply(reply, mechanism)
+            self.auth_info = AuthInfo(mechanism, username)
+            return
+        source = self.token_source
+        if source is None:
+            raise AuthenticationError(f'smtp_auth = {self.auth} needs an OAuth2 token (smtp_oauth2_*)')
+        if token is None:
+            token = source.token()  # TokenUnavailable / TokenRefused: temporary, the message is queued
+        reply = token_exchange(wire, mechanism, username, token.value, self.hostname, self.port)
+        refreshed = False
+        if reply.code >= 500 and refresh_allowed:
+            # Rejected: expired early, revoked, or our clock is off. Refresh once and try again.
+            log = logging.getLogger('mailqueue')
+            log.info('%s rejected the OAuth2 token (%s); getting a new one', self.peer, reply)
+            token = source.token(rejected=token.value)
+            refreshed = True
+            for secret in source.secrets():
+                wire.add_secret(secret)
+            wire.set_deadline(self.timeout * 2)  # the time spent at the token endpoint is not the server's
+            try:
+                if wire.pending():
+                    raise ProtocolError(f'{self.peer} sent more replies than commands')
+                reply = token_exchange(wire, mechanism, username, token.value, self.hostname, self.port)
+            except (ConnectionClosed, ConnectionError):
+                raise _ReconnectWithNewToken() from None
+        self._check_auth_reply(reply, mechanism)
+        self.auth_info = AuthInfo(mechanism, username, token.origin, refreshed)
+
+    def _check_auth_reply(self, reply: Reply, mechanism: str) -> None:
         _expect_classes(reply, 'AUTH', (2, 4, 5))
         if not 200 <= reply.code < 300:
-            raise AuthenticationError(f'authentication as {self.username!r} failed: {reply}', reply)
+            raise AuthenticationError(f'authentication as {self.username!r} ({mechanism}) failed: {reply}', reply)
 
     def _abort(self) -> None:
         wire, self._wire = self._wire, None
@@ -569,6 +617,10 @@ class SMTPConnection:
         result.smtp_response = reply
         result.error = f'{stage}: {reply}'
         return result
+
+
+class _ReconnectWithNewToken(Exception):
+    """The server closed the connection after rejecting a token; open it again with the new one (once)."""
 
 
 def _expect_classes(reply: Reply, command: str, classes: Tuple[int, ...]) -> None:

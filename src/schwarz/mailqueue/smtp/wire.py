@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     # For the type checker only: a quoted name in a run-time alias is compiled on every import.
     ContextChooser = Callable[[bool], ssl.SSLContext]
 
-__all__ = ['ConnectionClosed', 'DeadlineExceeded', 'ProtocolError', 'SMTPWire', 'is_loopback_address']
+__all__ = ['ConnectionClosed', 'DeadlineExceeded', 'ProtocolError', 'SMTPWire', 'connect_any', 'is_loopback_address']
 
 _MAX_LINE = 8192
 _MAX_REPLY_LINES = 1000
@@ -72,6 +72,52 @@ def is_loopback_address(address: str) -> bool:
     return False
 
 
+class AllAddressesFailed(OSError):
+    """No address of a host name accepted the connection; ``str()`` names each address and why."""
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return 'timed out'
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def resolve(hostname: str, port: int) -> List[tuple]:
+    """Every address of ``hostname``: IPv6 first, then IPv4, each in the resolver's order (SPEC §12)."""
+    infos = socket.getaddrinfo(hostname.strip('[]'), port, 0, socket.SOCK_STREAM)
+    return ([i for i in infos if i[0] == socket.AF_INET6]
+            + [i for i in infos if i[0] != socket.AF_INET6])
+
+
+def connect_any(hostname: str, port: int, timeout: float, log: logging.Logger) -> socket.socket:
+    """A TCP connection to the first address of ``hostname`` that accepts one.
+
+    Every address is tried (each within ``timeout``) before the host counts as down, so a
+    name with a dead IPv6 and a working IPv4 address (or the reverse) still works.
+    ``socket.create_connection`` loops the same way; ours tries IPv6 first whatever the
+    resolver's order, logs each failed address and names them all in the error.
+    """
+    failures: List[str] = []
+    for family, kind, proto, _, address in resolve(hostname, port):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            shown = f'[{address[0]}]:{address[1]}' if family == socket.AF_INET6 else f'{address[0]}:{address[1]}'
+            failures.append(f'{shown} {_describe(exc)}')
+            log.debug('%s:%s: %s: %s', hostname, port, shown, _describe(exc))
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if len(failures) == 1:
+        raise AllAddressesFailed(failures[0].split(' ', 1)[1])
+    raise AllAddressesFailed('; '.join(failures) or 'no address')
+
+
 class SMTPWire:
     """One connected socket speaking SMTP. Not thread-safe, except ``abort()``."""
 
@@ -95,13 +141,13 @@ class SMTPWire:
     @classmethod
     def connect(cls, hostname: str, port: int, timeout: float, log: logging.Logger,
                 ssl_context: Union[ssl.SSLContext, ContextChooser, None] = None) -> SMTPWire:
-        """Connect (every address of ``hostname`` in turn) and optionally start implicit TLS.
+        """Connect (every address of ``hostname`` in turn, see ``connect_any``) and optionally start implicit TLS.
 
         ``ssl_context`` may be a callable that gets "is the connected peer a loopback
         address?" and returns the context: certificate checks are decided by the
         address we really reached, never by how the host name looks.
         """
-        sock = socket.create_connection((hostname, port), timeout=timeout)
+        sock = connect_any(hostname, port, timeout, log)
         try:
             # Each logical unit (a command batch, a whole message) goes out in one sendall.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
