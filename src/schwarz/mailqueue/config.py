@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import limits
 from .queue.schedule import RetryPolicy
@@ -18,8 +18,11 @@ from .queue.schedule import RetryPolicy
 __all__ = [
     'ConfigError',
     'KNOWN_KEYS',
+    'SECRET_ATTRIBUTES',
     'Settings',
     'check_ca_file',
+    'check_smtp_settings',
+    'finish_accounts',
     'guess_config_path',
     'init_smtp_mailer',
     'load_config',
@@ -103,6 +106,57 @@ def _queue_location(value: str) -> str:
     return value.strip()
 
 
+def _hostnames(value: str) -> str:
+    """One host or an ordered list (``a.example:587, b.example:587``); kept as written, checked here."""
+    from .smtp.hosts import parse_hosts
+
+    parse_hosts(value)
+    return value.strip()
+
+
+def _auth(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ('auto', 'plain', 'login', 'xoauth2', 'oauthbearer'):
+        raise ValueError(f'expected auto, plain, login, xoauth2 or oauthbearer, got {value!r}')
+    return text
+
+
+def _token_url(value: str) -> str:
+    """An https:// URL (http:// only to a loopback address: the request carries the client secret)."""
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ''
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError:
+        raise ValueError(f'not a URL: {text!r}') from None
+    if parts.scheme not in ('https', 'http') or not host:
+        raise ValueError(f'expected an https:// URL, got {text!r}')
+    if parts.scheme == 'http':
+        from .smtp.wire import is_loopback_address
+
+        if not is_loopback_address(host):
+            raise ValueError('the token endpoint must use https:// (http:// only on 127.0.0.1 or ::1)')
+    if parts.username or parts.password:
+        raise ValueError('no user or password in the URL, please (use smtp_oauth2_client_secret)')
+    return text
+
+
+def _match_from(value: str) -> Tuple[str, ...]:
+    """Addresses and ``@domain``s, separated by commas or spaces; lower-cased for matching."""
+    entries: List[str] = []
+    for item in value.replace(',', ' ').split():
+        if item.startswith('@'):
+            entries.append('@' + _domain(item[1:]).lower())
+        else:
+            entries.append(_address(item).lower())
+    if not entries:
+        raise ValueError('expected addresses or @domains')
+    return tuple(dict.fromkeys(entries))
+
+
 def _size(value: str) -> int:
     """Bytes, with an optional k/M/G suffix (powers of 1024)."""
     text = value.strip()
@@ -133,7 +187,7 @@ def _log_format(value: str) -> str:
 
 # key -> (attribute, parser)
 KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
-    'smtp_hostname': ('smtp_hostname', _str),
+    'smtp_hostname': ('smtp_hostname', _hostnames),
     'smtp_port': ('smtp_port', limits.PORT),
     'smtp_username': ('smtp_username', _str),
     'smtp_password': ('smtp_password', _str),
@@ -143,6 +197,16 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'smtp_ca_file': ('smtp_ca_file', _str),
     'smtp_timeout': ('smtp_timeout', limits.TIMEOUT),
     'smtp_rate_limit': ('smtp_rate_limit', limits.RATE_LIMIT),
+    'smtp_auth': ('smtp_auth', _auth),
+    'smtp_oauth2_token_command': ('smtp_oauth2_token_command', _str),
+    'smtp_oauth2_token_url': ('smtp_oauth2_token_url', _token_url),
+    'smtp_oauth2_client_id': ('smtp_oauth2_client_id', _str),
+    'smtp_oauth2_client_secret': ('smtp_oauth2_client_secret', _str),
+    'smtp_oauth2_client_secret_command': ('smtp_oauth2_client_secret_command', _str),
+    'smtp_oauth2_scope': ('smtp_oauth2_scope', _str),
+    'smtp_oauth2_refresh_token': ('smtp_oauth2_refresh_token', _str),
+    'smtp_oauth2_refresh_token_command': ('smtp_oauth2_refresh_token_command', _str),
+    'smtp_oauth2_token_cache': ('smtp_oauth2_token_cache', _absolute_path),
     'queue_dir': ('queue_dir', _absolute_path),
     'queue_url': ('queue_url', _queue_location),
     'from': ('from_addr', _address),
@@ -173,6 +237,16 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
 }
 
 
+# Settings that hold a secret: '***' in reprs; a file with one of them must not be readable by others.
+SECRET_ATTRIBUTES = ('smtp_password', 'smtp_oauth2_client_secret', 'smtp_oauth2_refresh_token')
+
+# Keys an [account:NAME] section may set (besides match_from): the smtp_* keys.
+ACCOUNT_PREFIX = 'account:'
+# What an account takes from [mqrunner] when it does not set it: how to talk TLS and how long to
+# wait, never a host or a credential (a password must not travel to another account's host).
+INHERITED_BY_ACCOUNTS = ('smtp_tls', 'smtp_tls_verify', 'smtp_ca_file', 'smtp_timeout', 'smtp_oauth2_token_cache')
+
+
 class Settings:
     """Typed configuration. The class attributes are the defaults; instances hold what was set.
 
@@ -191,6 +265,20 @@ class Settings:
     smtp_ca_file: Optional[str] = None
     smtp_timeout: float = 10.0
     smtp_rate_limit: Optional[float] = None
+    smtp_auth: str = 'auto'
+    smtp_oauth2_token_command: Optional[str] = None
+    smtp_oauth2_token_url: Optional[str] = None
+    smtp_oauth2_client_id: Optional[str] = None
+    smtp_oauth2_client_secret: Optional[str] = None
+    smtp_oauth2_client_secret_command: Optional[str] = None
+    smtp_oauth2_scope: Optional[str] = None
+    smtp_oauth2_refresh_token: Optional[str] = None
+    smtp_oauth2_refresh_token_command: Optional[str] = None
+    smtp_oauth2_token_cache: Optional[str] = None
+    # [account:NAME] sections (in file order); in an account's own Settings: its name and senders
+    accounts: Tuple[Settings, ...] = ()
+    account_name: Optional[str] = None
+    match_from: Tuple[str, ...] = ()
     queue_dir: Optional[str] = None
     queue_url: Optional[str] = None
     from_addr: Optional[str] = None
@@ -225,16 +313,28 @@ class Settings:
     def __init__(self, path: Optional[str] = None, **values: Any) -> None:
         self.path = path
         self.warnings: List[str] = []
+        # the keys an account took from [mqrunner] (finish_accounts), not set in its own section
+        self.inherited: Set[str] = set()
         for name, value in values.items():
             if name.startswith('_') or not hasattr(Settings, name) or callable(getattr(Settings, name)):
                 raise TypeError(f'unknown setting {name!r}')
             setattr(self, name, value)
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in vars(self).items() if k not in ('warnings', 'smtp_password')}
-        if self.smtp_password is not None:
-            shown['smtp_password'] = '***'  # never in a repr, a traceback or a log
+        shown = {k: v for k, v in vars(self).items() if k not in ('warnings', 'inherited')}
+        for key in SECRET_ATTRIBUTES:
+            if shown.get(key) is not None:
+                shown[key] = '***'  # never in a repr, a traceback or a log
         return 'Settings(' + ', '.join(f'{k}={v!r}' for k, v in shown.items()) + ')'
+
+    @property
+    def uses_oauth2(self) -> bool:
+        return bool(self.smtp_oauth2_token_command or self.smtp_oauth2_token_url)
+
+    def holds_secret(self) -> bool:
+        """A password, client secret or refresh token written into the file (here or in an account)."""
+        mine = any(getattr(self, key) is not None for key in SECRET_ATTRIBUTES)
+        return mine or any(account.holds_secret() for account in self.accounts)
 
     def local_domain(self) -> Optional[str]:
         """Domain for bare local names (``root``): ``default_domain``, else the domain of ``from``.
@@ -277,7 +377,7 @@ class Settings:
 
 
 def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
-                          *, strict: bool = True) -> Settings:
+                          *, strict: bool = True, check: bool = True) -> Settings:
     """Typed settings from raw key/value pairs (INI section or a Python dict)."""
     settings = Settings(path=path)
     for raw_key, raw_value in values.items():
@@ -312,9 +412,127 @@ def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,
             setattr(settings, attr, parser(value))
         except ValueError as exc:
             raise ConfigError(f'invalid value ({exc})', path, raw_key) from None
-    if settings.smtp_password is not None and settings.smtp_password_command:
-        raise ConfigError('set smtp_password or smtp_password_command, not both', path)
+    if check:
+        check_smtp_settings(settings, path)
     return settings
+
+
+def _both(settings: Settings, a: str, b: str, path: Optional[str], section: str) -> None:
+    if getattr(settings, a) is not None and getattr(settings, b):
+        raise ConfigError(f'set {a} or {b}, not both', path, section or None)
+
+
+def check_smtp_settings(settings: Settings, path: Optional[str] = None, section: str = '') -> None:
+    """Combinations of the smtp_* keys that cannot work: one clear line naming what to change."""
+    def error(problem: str, key: Optional[str] = None) -> ConfigError:
+        where = f'[{section}] {key}' if section and key else (f'[{section}]' if section else key)
+        return ConfigError(problem, path, where)
+
+    _both(settings, 'smtp_password', 'smtp_password_command', path, section)
+    _both(settings, 'smtp_oauth2_client_secret', 'smtp_oauth2_client_secret_command', path, section)
+    _both(settings, 'smtp_oauth2_refresh_token', 'smtp_oauth2_refresh_token_command', path, section)
+    if settings.smtp_oauth2_token_command and settings.smtp_oauth2_token_url:
+        raise error('set smtp_oauth2_token_command or smtp_oauth2_token_url, not both')
+    has_password = settings.smtp_password is not None or bool(settings.smtp_password_command)
+    oauth_keys = [k for k in ('smtp_oauth2_client_id', 'smtp_oauth2_client_secret',
+                              'smtp_oauth2_client_secret_command', 'smtp_oauth2_scope', 'smtp_oauth2_refresh_token',
+                              'smtp_oauth2_refresh_token_command') if getattr(settings, k) is not None]
+    if oauth_keys and not settings.smtp_oauth2_token_url:
+        raise error('needs smtp_oauth2_token_url (the token endpoint)', oauth_keys[0])
+    if settings.smtp_oauth2_token_url:
+        if not settings.smtp_oauth2_client_id:
+            raise error('not set (needed with smtp_oauth2_token_url)', 'smtp_oauth2_client_id')
+        refresh = settings.smtp_oauth2_refresh_token is not None or settings.smtp_oauth2_refresh_token_command
+        secret = settings.smtp_oauth2_client_secret is not None or settings.smtp_oauth2_client_secret_command
+        if not refresh and not secret:
+            raise error('set smtp_oauth2_client_secret (client-credentials grant, Microsoft 365) or '
+                        'smtp_oauth2_refresh_token (refresh-token grant, Google)', 'smtp_oauth2_token_url')
+    if settings.uses_oauth2:
+        if has_password:
+            raise error('set a password or OAuth2 (smtp_oauth2_*), not both', 'smtp_password')
+        if not settings.smtp_username:
+            raise error('not set (OAuth2 needs the mailbox address as smtp_username)', 'smtp_username')
+        if settings.smtp_auth in ('plain', 'login'):
+            raise error(f'{settings.smtp_auth} needs a password; OAuth2 uses xoauth2 or oauthbearer (or auto)',
+                        'smtp_auth')
+    elif settings.smtp_auth in ('xoauth2', 'oauthbearer'):
+        raise error(f'{settings.smtp_auth} needs a token: set smtp_oauth2_token_command or smtp_oauth2_token_url',
+                    'smtp_auth')
+
+
+def _account_settings(name: str, values: Mapping[str, str], path: Optional[str]) -> Settings:
+    """One ``[account:NAME]`` section, parsed; ``finish_accounts`` completes and checks it."""
+    import re
+
+    section = f'{ACCOUNT_PREFIX}{name}'
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}', name):
+        raise ConfigError('an account name is letters, digits, "_", "." and "-" (at most 64)', path, f'[{section}]')
+    smtp_values: Dict[str, str] = {}
+    match_from: Optional[Tuple[str, ...]] = None
+    for raw_key, raw_value in values.items():
+        key = raw_key.strip().lower()
+        where = f'[{section}] {raw_key}'
+        if key == 'match_from':
+            if '\n' in raw_value or '\r' in raw_value:
+                raise ConfigError('value continues on an indented line', path, where)
+            try:
+                match_from = _match_from(raw_value)
+            except ValueError as exc:
+                raise ConfigError(f'invalid value ({exc})', path, where) from None
+        elif key not in KNOWN_KEYS:
+            raise ConfigError('unknown key', path, where)
+        elif not key.startswith('smtp_'):
+            raise ConfigError('not allowed in an account section (only smtp_* keys and match_from)', path, where)
+        else:
+            smtp_values[raw_key] = raw_value
+    try:
+        account = settings_from_mapping(smtp_values, path, check=False)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, path, f'[{section}] {exc.key}' if exc.key else f'[{section}]') from None
+    account.account_name = name
+    if match_from is not None:
+        account.match_from = match_from
+    return account
+
+
+def finish_accounts(settings: Settings, path: Optional[str] = None) -> None:
+    """Check the whole configuration (after an ``include``): the smtp_* combinations of the
+    ``[mqrunner]`` section and of every account, which keys the accounts take from ``[mqrunner]``,
+    and that no sender is matched by two accounts."""
+    check_smtp_settings(settings, path)
+    owner: Dict[str, str] = {}
+    for account in settings.accounts:
+        name = account.account_name
+        section = f'{ACCOUNT_PREFIX}{name}'
+        if not account.match_from:
+            raise ConfigError('not set (the senders of this account: addresses or @domains)', path,
+                              f'[{section}] match_from')
+        if not account.smtp_hostname:
+            raise ConfigError('not set (an account names its own smarthost)', path, f'[{section}] smtp_hostname')
+        for attr in INHERITED_BY_ACCOUNTS:
+            if attr not in vars(account) or attr in account.inherited:
+                account.inherited.add(attr)
+                setattr(account, attr, getattr(settings, attr))
+        check_smtp_settings(account, path, section)
+        for entry in account.match_from:
+            if entry in owner and owner[entry] != name:
+                raise ConfigError(f'{entry} is matched by account {owner[entry]} already', path,
+                                  f'[{section}] match_from')
+            owner[entry] = name or ''
+
+
+def _merge_accounts(settings: Settings, included: Settings) -> None:
+    """Accounts of an included file: a section of the same name is completed (its keys win), others added."""
+    accounts = {a.account_name: a for a in settings.accounts}
+    for account in included.accounts:
+        mine = accounts.get(account.account_name)
+        if mine is None:
+            accounts[account.account_name] = account
+            continue
+        for attr, value in vars(account).items():
+            if attr not in ('path', 'warnings', 'inherited'):
+                setattr(mine, attr, value)
+    settings.accounts = tuple(accounts.values())
 
 
 def parse_config_text(text: str, path: Optional[str] = None) -> Settings:
@@ -329,10 +547,18 @@ def parse_config_text(text: str, path: Optional[str] = None) -> Settings:
         raise ConfigError(f'malformed file ({message})', path) from None
     if not parser.has_section(SECTION):
         raise ConfigError(f'no [{SECTION}] section', path)
+    accounts: List[Tuple[str, Mapping[str, str]]] = []
     for section in parser.sections():
-        if section != SECTION:
-            raise ConfigError(f'unknown section [{section}]', path)
-    return settings_from_mapping(dict(parser.items(SECTION, raw=True)), path)
+        if section.startswith(ACCOUNT_PREFIX):
+            accounts.append((section[len(ACCOUNT_PREFIX):], dict(parser.items(section, raw=True))))
+        elif section != SECTION:
+            raise ConfigError(f'unknown section [{section}] (known: [{SECTION}], [{ACCOUNT_PREFIX}NAME])', path)
+    settings = settings_from_mapping(dict(parser.items(SECTION, raw=True)), path, check=False)
+    if accounts:
+        settings.accounts = tuple(_account_settings(name, values, path) for name, values in accounts)
+    if not settings.include:
+        finish_accounts(settings, path)  # else after the included file is read (load_config)
+    return settings
 
 
 def load_config(path: str) -> Settings:
@@ -351,11 +577,15 @@ def load_config(path: str) -> Settings:
     except OSError as exc:
         raise ConfigError(f'cannot read ({exc.strerror or exc})', path) from None
     settings = parse_config_text(text, path)
-    if settings.smtp_password is not None and mode & (stat.S_IRGRP | stat.S_IROTH):
+    if settings.holds_secret() and mode & (stat.S_IRGRP | stat.S_IROTH):
         settings.warnings.append(
-            f'{path} holds smtp_password and is readable by other users; run: chmod 600 {path}')
+            f'{path} holds a secret (smtp_password, smtp_oauth2_client_secret or smtp_oauth2_refresh_token) '
+            f'and is readable by other users; run: chmod 600 {path}')
     if settings.include:
         _merge_include(settings)
+        if not settings.include_unreadable:
+            # this user can send: the whole configuration must make sense
+            finish_accounts(settings, path)
     return settings
 
 
@@ -377,7 +607,10 @@ def _merge_include(settings: Settings) -> None:
     if included.include:
         raise ConfigError('an included file cannot include another one', path, 'include')
     for attr, value in vars(included).items():
-        if attr in ('path', 'warnings', 'include', 'include_unreadable'):
+        if attr in ('path', 'warnings', 'include', 'include_unreadable', 'inherited'):
+            continue
+        if attr == 'accounts':
+            _merge_accounts(settings, included)
             continue
         setattr(settings, attr, value)
     settings.warnings.extend(included.warnings)

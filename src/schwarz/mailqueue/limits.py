@@ -35,6 +35,7 @@ __all__ = [
     'IntRange',
     'NumberRange',
     'Range',
+    'RateRange',
 ]
 
 # Plain decimal notation only: no sign, exponent, '_', nan or inf.
@@ -130,6 +131,26 @@ class NumberRange(Range):
         return number
 
 
+class RateRange(NumberRange):
+    """A rate in messages per second: ``10`` (per second), ``30/min``, ``500/h``; bounds per second."""
+
+    _UNITS = {'s': 1.0, 'sec': 1.0, 'second': 1.0, 'm': 60.0, 'min': 60.0, 'minute': 60.0,
+              'h': 3600.0, 'hour': 3600.0}
+
+    def parse(self, value: object) -> float:
+        if isinstance(value, str) and '/' in value:
+            number, _, unit = value.strip().partition('/')
+            seconds = self._UNITS.get(unit.strip().lower())
+            if seconds is None or not _DECIMAL.match(number.strip()) or len(number) > 40:
+                raise self._error(value)
+            per_unit = float(number.strip())
+            rate = per_unit / seconds
+            if not math.isfinite(rate) or not self.low <= rate <= self.high:
+                raise self._error(value)
+            return rate
+        return super().parse(value)
+
+
 class DurationRange(Range):
     """A duration (``300``, ``5m``, ``1h30m``, ``2d``) from ``low`` to ``high``."""
 
@@ -165,9 +186,9 @@ ATTEMPTS = IntRange(1, 1000)
 TIMEOUT = NumberRange(0, 3600, 'seconds', above_low=True)
 # mq-queue --wait: how long to wait for a message another process is delivering.
 WAIT = NumberRange(0, 3600, 'seconds')
-# smtp_rate_limit, messages per second: below 0.001 (one per 17 minutes) the pause between
-# messages stops making sense (and overflows the lock timeout near zero).
-RATE_LIMIT = NumberRange(0.001, 100000, 'messages per second')
+# smtp_rate_limit, messages per second (or "30/min", "500/h"): below 0.001 (one per 17 minutes)
+# the pause between messages stops making sense (and overflows the lock timeout near zero).
+RATE_LIMIT = RateRange(0.001, 100000, 'messages per second (or per minute: 30/min, per hour: 500/h)')
 # retry_min_delay, retry_max_delay: the backoff arithmetic adds them to dates.
 RETRY_DELAY = DurationRange(timedelta(0), timedelta(days=365))
 # max_queue_lifetime and mq-queue --older-than: ten years.
