@@ -1,10 +1,17 @@
 """The queue runner: one pass (cron, systemd timer) or a daemon over a queue.
 
 A feeder streams ids from ``new/`` (never the whole queue in memory) into a
-small bounded hand-off; ``workers`` threads each own one SMTP connection and
-claim, check the schedule, and deliver through a ``MessageHandler``. When the
-server cannot be reached at all, the pass stops early instead of counting a
-failed attempt against every queued message.
+small bounded hand-off; ``workers`` threads each own one SMTP connection (one
+per account with ``[account:NAME]`` sections: a pool per account) and claim,
+check the schedule, and deliver through a ``MessageHandler``. When the server
+cannot be reached at all, the pass stops early instead of counting a failed
+attempt against every queued message; with several accounts only the messages
+of the account whose server is down wait.
+
+Back online: messages deferred only because the smarthost was unreachable
+(their last error says so, see ``smtp.errors.is_unreachable_error``) are made
+due at once as soon as a pass finds the host reachable again, instead of
+waiting out their backoff. Messages deferred by a server's own 4xx keep theirs.
 """
 
 from __future__ import annotations
@@ -16,15 +23,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, List, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, TextIO, Union
 
 from .errors import MailQueueError
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
-from .queue.contract import NEW, QueuedMessage, QueueStore
+from .queue.contract import NEW, QueuedMessage, QueueStore, due_time
 from .queue.locations import open_queue
 from .queue.schedule import RetryPolicy, format_duration, skewed_times
 from .result import SendResult
+from .smtp.errors import is_unreachable_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from .protocols import SignalRegistry, Transport
@@ -46,6 +54,7 @@ class RunStats:
     corrupt: int = 0
     recovered: int = 0
     taken: int = 0  # submissions of unprivileged users taken from the drop area (intake)
+    woken: int = 0  # deferred while the smarthost was unreachable, made due when it was back
     aborted: Optional[str] = None
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -139,9 +148,16 @@ class QueueRunner:
         self.stop_event = threading.Event()
         self._abort_pass = threading.Event()
         self.queue_log = logging.getLogger(QUEUE_LOG)
-        self._conn_failures = 0
+        # per account ('' without accounts): consecutive connection failures, and whether it is down
+        # (its messages wait for the next pass) or was reached in this pass
+        self._conn_failures: Dict[str, int] = {}
+        self._down: Set[str] = set()
+        self._reached: Set[str] = set()
+        self._woken_accounts: Set[str] = set()
         self._conn_lock = threading.Lock()
         self._handlers: List[MessageHandler] = []
+        # look for messages deferred while the host was unreachable: at the first pass, and after failures
+        self._wake_pending = True
 
     # --- building blocks --------------------------------------------------------------------
 
@@ -173,8 +189,35 @@ class QueueRunner:
                 if callable(abort):
                     abort()
 
+    # --- accounts --------------------------------------------------------------------------
+
+    def _transport(self) -> Optional[Transport]:
+        """The SMTP transport of the first worker (the one that can probe and knows the accounts)."""
+        if self.mailer is not None:
+            return self.mailer
+        assert self.handler is not None
+        for transport in self.handler.transports:
+            if callable(getattr(transport, 'probe', None)):
+                return transport
+        return None
+
+    def _account(self, sender: str) -> str:
+        """The account that sends for ``sender``: its name, '' for the [mqrunner] settings."""
+        account_for: Optional[Callable[[str], Optional[str]]] = getattr(self._transport(), 'account_for', None)
+        return (account_for(sender) or '') if account_for is not None else ''
+
+    def _accounts(self) -> List[str]:
+        names = getattr(self._transport(), 'account_names', None)
+        return [name or '' for name in names()] if callable(names) else ['']
+
     def _deliver_claimed(self, msg: QueuedMessage, handler: MessageHandler, stats: RunStats,
                          now: datetime) -> None:
+        account = self._account(msg.from_addr)
+        if account in self._down:
+            # its server could not be reached in this pass; the others' messages go on
+            self.queue.release(msg)
+            stats.add('skipped')
+            return
         self._correct_clock_skew(msg, now)
         give_up = self.policy.give_up_reason(msg.queue_date, msg.retries, now)
         if give_up and not self.force:
@@ -201,7 +244,7 @@ class QueueRunner:
             stats.add('failed')
         else:
             stats.add('sent')
-        self._note_connection(result)
+        self._note_connection(result, account)
 
     def _correct_clock_skew(self, msg: QueuedMessage, now: datetime) -> None:
         """Times stored in the future (a wrong clock when they were written) count as now.
@@ -217,14 +260,81 @@ class QueueRunner:
         if any(name == 'queue date' for name, _ in skewed):
             msg.meta.queue_date = now
 
-    def _note_connection(self, result: Optional[SendResult]) -> None:
+    def _note_connection(self, result: Optional[SendResult], account: str = '') -> None:
         with self._conn_lock:
             if result is not None and result.connection_failed:
-                self._conn_failures += 1
-                if self._conn_failures >= self.abort_after:
-                    self._abort_pass.set()
+                self._wake_pending = True
+                failures = self._conn_failures[account] = self._conn_failures.get(account, 0) + 1
+                if failures >= self.abort_after:
+                    self._down.add(account)
+                    if all(name in self._down for name in self._accounts()):
+                        self._abort_pass.set()
+                    else:
+                        log.warning('the smarthost of account %s is unreachable; its messages wait for the '
+                                    'next run', account)
             else:
-                self._conn_failures = 0
+                self._conn_failures[account] = 0
+                if result is not None:
+                    self._reached.add(account)
+
+    # --- back online ------------------------------------------------------------------------
+
+    def _wake_unreachable(self, now: datetime) -> int:
+        """Make messages due that were deferred only because their smarthost was unreachable, if it is back.
+
+        Reachable: a message of that account got through to its server in this pass, or a
+        probe (one connection, kept for the next message) succeeds. Returns how many.
+        """
+        waiting: Dict[str, List[str]] = {}
+        senders: Dict[str, str] = {}
+        for entry in self.queue.entries([NEW]):
+            meta = entry.meta
+            if meta is None or not is_unreachable_error(meta.last_error):
+                continue
+            due = due_time(meta, self.policy)
+            if due is None or due <= now:
+                continue  # due anyway
+            account = self._account(meta.from_addr)
+            waiting.setdefault(account, []).append(entry.msg_id)
+            senders.setdefault(account, meta.from_addr)
+        woken = 0
+        still_down = False
+        transport = self._transport()
+        for account, ids in waiting.items():
+            if account in self._woken_accounts:
+                continue  # once per pass: a host that fails again at once is not hammered
+            if account in self._down:
+                still_down = True
+                continue
+            if account not in self._reached:
+                probe = getattr(transport, 'probe', None)
+                if not callable(probe) or not probe(senders[account]):
+                    still_down = True
+                    continue
+                self._reached.add(account)
+            self._woken_accounts.add(account)
+            count = 0
+            for msg_id in ids:
+                try:
+                    msg = self.queue.claim(msg_id)
+                    if msg is None:
+                        continue  # taken or gone meanwhile
+                    try:
+                        self.queue.move(msg, NEW, due_now=True)
+                    except MailQueueError:
+                        self.queue.release(msg)
+                        raise
+                except MailQueueError as exc:
+                    log.warning('cannot make %s due now: %s', msg_id, exc)
+                    continue
+                count += 1
+            if count:
+                host = getattr(transport, 'host', 'the smarthost')
+                log.info('%s is reachable again%s: %d message(s) deferred while it was not are due now', host,
+                         f' (account {account})' if account else '', count)
+            woken += count
+        self._wake_pending = still_down
+        return woken
 
     # --- one pass ---------------------------------------------------------------------------
 
@@ -232,7 +342,10 @@ class QueueRunner:
         """One pass: claim due messages in batches (the store picks them) until none is left."""
         stats = RunStats()
         self._abort_pass.clear()
-        self._conn_failures = 0
+        self._conn_failures = {}
+        self._down = set()
+        self._reached = set()
+        self._woken_accounts = set()
         halted = lambda: self.stop_event.is_set() or self._abort_pass.is_set()  # noqa: E731
         stats.recovered = self.queue.recover()
         if self.intake is not None:
@@ -280,7 +393,13 @@ class QueueRunner:
                 stats.add('not_due', batch.not_due)
                 stats.add('corrupt', batch.corrupt)
                 if not batch:
-                    break  # nothing more is due now
+                    # nothing more is due now, unless a host is back for messages that waited for it
+                    if self._wake_pending and not self.force and not halted():
+                        woken = self._wake_unreachable(datetime.now(timezone.utc))
+                        if woken:
+                            stats.add('woken', woken)
+                            continue
+                    break
                 for msg in batch:
                     stats.add('seen')
                     while True:

@@ -20,6 +20,13 @@ including surplus, missing, out-of-order, trickled or no replies at all::
         ...
         assert len(srv.confirmed) == ...
 
+``SMTPTestServer(oauth_tokens={'user@example.com': 'token'})`` offers AUTH XOAUTH2 and
+OAUTHBEARER (with the error challenge of a rejected token), and ``OAuth2TestEndpoint``
+is an RFC 6749 token endpoint on 127.0.0.1 that issues the tokens such a server accepts::
+
+    with SMTPTestServer(oauth_tokens={}) as server, OAuth2TestEndpoint(server, 'me@example.com') as endpoint:
+        ...  # smtp_oauth2_token_url = endpoint.url, smtp_oauth2_client_id = endpoint.client_id, ...
+
 This module needs the test dependencies (aiosmtpd, and cryptography for TLS);
 the rest of the package never imports it.
 """
@@ -27,6 +34,8 @@ the rest of the package never imports it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import dataclasses
 import datetime
@@ -34,6 +43,7 @@ import email
 import email.message
 import email.policy
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -82,6 +92,7 @@ __all__ = [
     'FaultHook',
     'FaultResult',
     'Hang',
+    'OAuth2TestEndpoint',
     'ReceivedMessage',
     'ReplySpec',
     'Responder',
@@ -411,7 +422,7 @@ class _Handler:
         reply = self._owner._take_reply('EHLO')
         if reply is None:
             session.host_name = hostname
-            if not self._owner._auth:
+            if not (self._owner._auth or self._owner._oauth):
                 responses = [line for line in responses if not line[4:].upper().startswith('AUTH')]
             if self._owner._pipelining and len(responses) > 1:
                 responses = [responses[0], '250-PIPELINING', *responses[1:]]
@@ -482,6 +493,14 @@ class _Handler:
         if _is_success(reply):
             session.authenticated = True
         return server._mq_status(reply)
+
+    # AUTH mechanisms of their own (aiosmtpd offers every auth_* method of the handler; the
+    # server excludes these two unless it was given oauth_tokens)
+    async def auth_XOAUTH2(self, server: _FaultySMTP, args: List[str]) -> AuthResult:
+        return await self._owner._oauth_exchange(server, 'XOAUTH2', args)
+
+    async def auth_OAUTHBEARER(self, server: _FaultySMTP, args: List[str]) -> AuthResult:
+        return await self._owner._oauth_exchange(server, 'OAUTHBEARER', args)
 
     async def handle_RSET(self, server: _FaultySMTP, session: Session, envelope: Envelope) -> Any:
         return self._simple(server, 'RSET')
@@ -558,6 +577,7 @@ class SMTPTestServer:
         tls: Optional[str] = None,
         auth: Optional[Mapping[str, str]] = None,
         auth_required: bool = False,
+        oauth_tokens: Optional[Mapping[str, Union[str, Iterable[str]]]] = None,
         replies: Optional[Mapping[str, ReplySpec]] = None,
         recipient_replies: Optional[Mapping[str, ReplySpec]] = None,
         delays: Optional[Mapping[str, float]] = None,
@@ -575,6 +595,10 @@ class SMTPTestServer:
         :param auth: username -> password; enables AUTH PLAIN and LOGIN (also
             without TLS), any other credentials get 535.
         :param auth_required: answer MAIL/RCPT/DATA with 530 until AUTH succeeded.
+        :param oauth_tokens: username -> valid bearer token(s); enables AUTH XOAUTH2 and
+            OAUTHBEARER (also without TLS). A rejected token gets the error challenge
+            (``334`` with base64 JSON) and then 535, as Gmail and Exchange Online do.
+            ``{}`` offers the mechanisms with no valid token yet (see :meth:`add_oauth_token`).
         :param replies: command -> reply, as for :meth:`set_reply`.
         :param recipient_replies: address -> reply, as for :meth:`set_recipient_reply`.
         :param delays: command -> seconds, as for :meth:`set_delay`.
@@ -584,13 +608,18 @@ class SMTPTestServer:
         """
         if tls is not None and tls not in _TLS_MODES:
             raise ValueError(f'tls must be None, "implicit" or "starttls", not {tls!r}')
-        if auth_required and not auth:
-            raise ValueError('auth_required needs auth={username: password}')
+        if auth_required and not auth and oauth_tokens is None:
+            raise ValueError('auth_required needs auth={username: password} or oauth_tokens')
         self._hostname = hostname
         self._port = port
         self._tls = tls
         self._auth: Dict[str, str] = dict(auth or {})
         self._auth_required = auth_required
+        self._oauth = oauth_tokens is not None
+        self._oauth_tokens: Dict[str, Set[str]] = {}
+        for user, tokens in (oauth_tokens or {}).items():
+            self._oauth_tokens[user] = {tokens} if isinstance(tokens, str) else set(tokens)
+        self._auth_attempts: List[Tuple[str, str, bool]] = []
         self._server_name = server_name
         self._data_size_limit = data_size_limit
         self._pipelining = pipelining
@@ -755,7 +784,8 @@ class SMTPTestServer:
             auth_required=False,
             auth_require_tls=False,
             authenticator=self._authenticate if self._auth else None,
-            auth_exclude_mechanism=None if self._auth else ['LOGIN', 'PLAIN'],
+            auth_exclude_mechanism=([] if self._auth else ['LOGIN', 'PLAIN'])
+            + ([] if self._oauth else ['XOAUTH2', 'OAUTHBEARER']),
         )
 
     def _create_certificate(self) -> None:
@@ -825,6 +855,23 @@ class SMTPTestServer:
             return list(self._auth_logins)
 
     @property
+    def auth_attempts(self) -> List[Tuple[str, str, bool]]:
+        """Every XOAUTH2/OAUTHBEARER attempt: ``(mechanism, username, accepted)``, in order."""
+        with self._lock:
+            return list(self._auth_attempts)
+
+    def add_oauth_token(self, username: str, token: str) -> None:
+        """Accept ``token`` for ``username`` from now on (XOAUTH2 and OAUTHBEARER)."""
+        with self._lock:
+            self._oauth_tokens.setdefault(username, set()).add(token)
+
+    def revoke_oauth_token(self, token: str) -> None:
+        """Reject ``token`` from now on, for every user (an expired or revoked token)."""
+        with self._lock:
+            for tokens in self._oauth_tokens.values():
+                tokens.discard(token)
+
+    @property
     def connection_count(self) -> int:
         """Connections accepted since creation (with implicit TLS: after the handshake)."""
         with self._lock:
@@ -846,6 +893,7 @@ class SMTPTestServer:
                 self.received_messages.get_nowait()
             self._commands.clear()
             self._auth_logins.clear()
+            self._auth_attempts.clear()
         self.clear_faults()
 
     # ----- fault injection ---------------------------------------------------
@@ -1024,6 +1072,68 @@ class SMTPTestServer:
                     self._auth_logins.append(username)
                 return AuthResult(success=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)
+
+
+    async def _oauth_exchange(self, server: _FaultySMTP, mechanism: str, args: List[str]) -> AuthResult:
+        """One XOAUTH2/OAUTHBEARER exchange, server side (the error challenge on a bad token)."""
+        if len(args) == 1:
+            blob = await server.challenge_auth('', encode_to_b64=False)
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+            assert isinstance(blob, bytes)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push('501 5.5.2 Cannot decode base64')
+                return AuthResult(success=False, handled=True)
+        username, token = _parse_oauth_response(mechanism, blob)
+        with self._lock:
+            valid = username is not None and token is not None and token in self._oauth_tokens.get(username, ())
+            self._auth_attempts.append((mechanism, username or '', valid))
+            if valid:
+                assert username is not None
+                self._auth_logins.append(username)
+        if valid:
+            assert username is not None
+            return AuthResult(success=True, auth_data=LoginPassword(username.encode('utf-8'), b''))
+        if username is None:
+            await server.push('501 5.5.2 Malformed initial response')
+            return AuthResult(success=False, handled=True)
+        # RFC 7628 3.2.2 / Google's XOAUTH2: an error challenge, the client's dummy answer, then 535
+        error = json.dumps({'status': '401', 'schemes': 'bearer', 'scope': 'https://mail.example/'})
+        answer = await server.challenge_auth(error.encode(), encode_to_b64=True)
+        if answer is MISSING:
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message='535 5.7.8 Username and token not accepted')
+
+
+def _parse_oauth_response(mechanism: str, blob: bytes) -> Tuple[Optional[str], Optional[str]]:
+    """``(username, token)`` from an XOAUTH2 or OAUTHBEARER initial response; Nones when malformed."""
+    try:
+        text = blob.decode('utf-8')
+    except UnicodeDecodeError:
+        return None, None
+    username: Optional[str] = None
+    if mechanism == 'OAUTHBEARER':
+        header, sep, text = text.partition('\x01')
+        if not sep or not header.startswith('n,') and not header.startswith('y,'):
+            return None, None
+        for part in header.split(',')[1:]:
+            if part.startswith('a='):
+                username = part[2:].replace('=2C', ',').replace('=3D', '=')
+        text = '\x01' + text
+    fields: Dict[str, str] = {}
+    for part in text.split('\x01'):
+        key, sep, value = part.partition('=')
+        if sep:
+            fields[key] = value
+    if mechanism == 'XOAUTH2':
+        username = fields.get('user')
+    auth = fields.get('auth', '')
+    if not auth.lower().startswith('bearer ') or not text.endswith('\x01\x01'):
+        return username, None
+    return username, auth[7:]
 
 
 def smtp_server_fixture(**options: Any) -> Iterator[SMTPTestServer]:
@@ -1753,3 +1863,162 @@ class ScriptedSMTPServer:
             conn.sock.sendall(data)
         finally:
             conn.sock.settimeout(_SCRIPTED_POLL)
+
+
+# =============================================================================================
+# OAuth2TestEndpoint: an RFC 6749 token endpoint on 127.0.0.1 (stdlib only)
+# =============================================================================================
+
+
+class OAuth2TestEndpoint:
+    """A token endpoint for tests: client-credentials and refresh-token grants, with faults.
+
+    Each token it issues is a fresh random string, and is made valid on the linked
+    ``SMTPTestServer`` for ``username`` (so the server accepts exactly the tokens the
+    endpoint handed out). Faults: :meth:`fail_with` (an HTTP status, optionally with an
+    OAuth ``error`` such as ``invalid_grant``), :attr:`delay` (a slow endpoint), and
+    ``rotate_refresh_tokens`` (every refresh answer carries a new refresh token and
+    the old one stops working, as Microsoft's and some other endpoints do).
+
+    ``requests`` records the form fields of every request; it holds the secrets, so
+    only tests look at it.
+    """
+
+    def __init__(
+        self,
+        smtp_server: Optional[SMTPTestServer] = None,
+        username: str = 'user@example.com',
+        *,
+        client_id: str = 'test-client',
+        client_secret: Optional[str] = 'test-client-secret',
+        refresh_token: Optional[str] = None,
+        rotate_refresh_tokens: bool = False,
+        expires_in: Optional[int] = 3600,
+        scope: Optional[str] = None,
+    ) -> None:
+        self.smtp_server = smtp_server
+        self.username = username
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.refresh_token = refresh_token
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.expires_in = expires_in
+        self.scope = scope
+        self.delay = 0.0
+        self.issued: List[str] = []
+        self.requests: List[Dict[str, str]] = []
+        self._failure: Optional[Tuple[int, Optional[str], Optional[int]]] = None
+        self._lock = threading.Lock()
+        self._httpd: Any = None
+        self._thread: Optional[threading.Thread] = None
+
+    def __repr__(self) -> str:
+        return f'<OAuth2TestEndpoint {self.url if self._httpd else "stopped"}>'
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError('OAuth2TestEndpoint is not running')
+        return f'http://127.0.0.1:{self._httpd.server_address[1]}/token'
+
+    def fail_with(self, status: int, error: Optional[str] = None, *, times: Optional[int] = None) -> None:
+        """Answer the next ``times`` requests (all, with None) with ``status`` (and an OAuth ``error``)."""
+        with self._lock:
+            self._failure = (status, error, times)
+
+    def clear_failure(self) -> None:
+        with self._lock:
+            self._failure = None
+
+    @property
+    def token_count(self) -> int:
+        with self._lock:
+            return len(self.issued)
+
+    def start(self) -> None:
+        import http.server
+
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get('Content-Length') or 0)
+                body = self.rfile.read(length).decode('utf-8', 'replace')
+                status, answer = endpoint._answer(body)
+                if endpoint.delay:
+                    time.sleep(endpoint.delay)
+                data = json.dumps(answer).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header('Content-Type', 'application/json')
+                    self.send_header('Content-Length', str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up waiting (a "slow endpoint" test)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._httpd = Server(('127.0.0.1', 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={'poll_interval': 0.05},
+                                        name='OAuth2TestEndpoint', daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> OAuth2TestEndpoint:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _answer(self, body: str) -> Tuple[int, Dict[str, Any]]:
+        from urllib.parse import parse_qsl
+
+        fields = dict(parse_qsl(body, keep_blank_values=True))
+        with self._lock:
+            self.requests.append(fields)
+            if self._failure is not None:
+                status, error, times = self._failure
+                if times is not None:
+                    times -= 1
+                    self._failure = (status, error, times) if times > 0 else None
+                return status, ({'error': error, 'error_description': f'test endpoint says {error}'}
+                                if error else {})
+            if fields.get('client_id') != self.client_id:
+                return 401, {'error': 'invalid_client'}
+            grant = fields.get('grant_type')
+            if grant == 'client_credentials':
+                if self.client_secret is None or fields.get('client_secret') != self.client_secret:
+                    return 401, {'error': 'invalid_client', 'error_description': 'bad client secret'}
+            elif grant == 'refresh_token':
+                if self.client_secret is not None and fields.get('client_secret') != self.client_secret:
+                    return 401, {'error': 'invalid_client'}
+                if self.refresh_token is None or fields.get('refresh_token') != self.refresh_token:
+                    return 400, {'error': 'invalid_grant', 'error_description': 'Token has been expired or revoked.'}
+            else:
+                return 400, {'error': 'unsupported_grant_type'}
+            token = 'tok-' + os.urandom(12).hex()
+            self.issued.append(token)
+            answer: Dict[str, Any] = {'access_token': token, 'token_type': 'Bearer'}
+            if self.expires_in is not None:
+                answer['expires_in'] = self.expires_in
+            if self.scope:
+                answer['scope'] = self.scope
+            if grant == 'refresh_token' and self.rotate_refresh_tokens:
+                self.refresh_token = 'refresh-' + os.urandom(12).hex()
+                answer['refresh_token'] = self.refresh_token
+        if self.smtp_server is not None:
+            self.smtp_server.add_oauth_token(self.username, token)
+        return 200, answer
