@@ -26,6 +26,7 @@ __all__ = [
     'format_date',
     'make_message_id',
     'prepend_header',
+    'qualify_address_text',
 ]
 
 _DAYS = ('Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun')
@@ -289,3 +290,83 @@ def build_text_message(
     ]
     head = ('\r\n'.join(headers) + '\r\n\r\n').encode('utf-8')
     return head + _LINE_BREAK.sub(b'\r\n', encoded_body)
+
+
+_LOCAL_NAME = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$"
+
+
+def _top_level_spans(value: str) -> Optional[List[Tuple[int, int, List[Tuple[int, int]]]]]:
+    """(start, end, angle spans) of each comma-separated item; None for group syntax or bad nesting.
+
+    Quoted strings and comments are skipped, so a comma or ``<`` inside them counts for nothing.
+    """
+    items: List[Tuple[int, int, List[Tuple[int, int]]]] = []
+    angles: List[Tuple[int, int]] = []
+    start = 0
+    i = 0
+    depth = 0
+    angle_open = -1
+    while i < len(value):
+        ch = value[i]
+        if depth:
+            if ch == '\\':
+                i += 1
+            elif ch == '(':
+                depth += 1
+            elif ch == ')':
+                depth -= 1
+        elif ch == '"':
+            i += 1
+            while i < len(value) and value[i] != '"':
+                i += 2 if value[i] == '\\' else 1
+            if i >= len(value):
+                return None
+        elif ch == '(':
+            depth = 1
+        elif ch == '<':
+            angle_open = i
+        elif ch == '>' and angle_open >= 0:
+            angles.append((angle_open + 1, i))
+            angle_open = -1
+        elif ch in ':;':
+            return None  # a group ("undisclosed-recipients:;"): left as it is
+        elif ch == ',' and angle_open < 0:
+            items.append((start, i, angles))
+            start, angles = i + 1, []
+        i += 1
+    if depth or angle_open >= 0:
+        return None
+    items.append((start, len(value), angles))
+    return items
+
+
+def _without_comments(text: str) -> str:
+    return re.sub(r'\([^()]*\)', ' ', text)
+
+
+def qualify_address_text(value: str, domain: str) -> str:
+    """Bare local names in an address list (``root``, ``"(Cron Daemon)" <root>``) get ``@domain``.
+
+    Everything else stays as it was written (display names, comments, spacing, addresses that
+    have a domain). What cannot be parsed simply (groups, unbalanced quotes) is left alone.
+    """
+    spans = _top_level_spans(value)
+    if spans is None:
+        return value
+    inserts: List[int] = []
+    for start, end, angles in spans:
+        if angles:
+            inner_start, inner_end = angles[-1]
+            inner = value[inner_start:inner_end].strip()
+            if inner and '@' not in inner and re.match(_LOCAL_NAME, inner):
+                inserts.append(inner_start + len(value[inner_start:inner_end].rstrip()))
+            continue
+        item = value[start:end]
+        bare = _without_comments(item).strip()
+        if bare and '@' not in bare and re.match(_LOCAL_NAME, bare):
+            position = item.find(bare)
+            if position >= 0:
+                inserts.append(start + position + len(bare))
+    for position in sorted(inserts, reverse=True):
+        value = value[:position] + '@' + domain + value[position:]
+    return value

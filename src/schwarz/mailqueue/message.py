@@ -170,3 +170,30 @@ def extract_recipients(data: bytes, header_names: Sequence[str] = ('To', 'Cc', '
                     seen.add(key)
                     result.append(str(addr))
     return result
+
+
+def qualify_local_addresses(data: bytes, domain: str, names: Sequence[str] = ('From', 'To', 'Cc')) -> bytes:
+    """Bare local names in the ``names`` fields become ``name@domain``; other fields stay byte-identical.
+
+    A field that is not ASCII, or whose addresses all have a domain, is not touched.
+    """
+    from .headers import qualify_address_text
+
+    header_block, body = split_header_block(data)
+    wanted = {n.lower().encode('ascii') for n in names}
+    changed = False
+    fields = []
+    for field_name, raw in _iter_fields(header_block):
+        if field_name in wanted:
+            try:
+                text = raw.decode('ascii')
+            except UnicodeDecodeError:
+                fields.append(raw)
+                continue
+            name, _, value = text.partition(':')
+            qualified = qualify_address_text(value, domain)
+            if qualified != value:
+                raw = (name + ':' + qualified).encode('ascii')
+                changed = True
+        fields.append(raw)
+    return b''.join(fields) + body if changed else data

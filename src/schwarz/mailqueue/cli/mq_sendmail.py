@@ -94,7 +94,8 @@ def _deliver_stdin(opts: SendmailOptions) -> int:
         with _submitter(app, opts) as submitter:
             resolved = _resolve_or_fail(submitter, recipients)
             sender = choose_sender(opts, submitter, data)
-            data = edit_message(data, opts, sender=sender, recipients=resolved, hostname=local_hostname)
+            data = edit_message(data, opts, sender=sender, recipients=resolved, hostname=local_hostname,
+                                settings=app.settings)
             try:
                 result = submitter.send(data, sender, resolved)
             except ConfigError as exc:  # configuration trouble found only now (password command)

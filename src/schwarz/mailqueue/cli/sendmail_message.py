@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import IO, TYPE_CHECKING, Callable, List, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from ..submit import Submitter
     from .sendmail_options import SendmailOptions
 
@@ -32,11 +33,22 @@ def read_message(stream: Optional[IO[bytes]], ignore_dots: bool) -> bytes:
 
 
 def edit_message(data: bytes, opts: SendmailOptions, *, sender: str, recipients: Sequence[str],
-                 hostname: Callable[[], str]) -> bytes:
-    """The edits we ever make: close the header block, drop Bcc, add the headers asked for.
+                 hostname: Callable[[], str], settings: Optional[Settings] = None) -> bytes:
+    """The edits we ever make: close the header block, drop Bcc, add the headers MTAs add.
 
-    ``hostname`` is called only when a Message-ID is added and the sender has no domain.
+    Date:, Message-ID: and From: (from the envelope sender) when missing, and bare local names
+    in From:/To:/Cc: qualified: each on by default (``settings``: add_date_header,
+    add_message_id_header, add_from_header, qualify_addresses); the --set-*-header options
+    win over the settings. ``hostname`` is called only when it is needed (no domain otherwise).
     """
+    if settings is None:
+        from ..config import Settings
+
+        settings = Settings()
+
+    def wanted(option: Optional[bool], setting: bool) -> bool:
+        return setting if option is None else option
+
     from ..headers import (
         domain_of,
         ensure_header_separator,
@@ -55,12 +67,16 @@ def edit_message(data: bytes, opts: SendmailOptions, *, sender: str, recipients:
         data = remove_headers(data, ('Bcc', 'Resent-Bcc'))
     if opts.set_to and recipients and not get_header(data, 'To'):
         data = prepend_header(data, 'To', format_address_list(list(recipients), name_length=4))
-    if opts.set_from and not get_header(data, 'From'):
+    if settings.qualify_addresses:
+        from ..message import qualify_local_addresses
+
+        data = qualify_local_addresses(data, settings.local_domain() or hostname())
+    if wanted(opts.set_from, settings.add_from_header) and not get_header(data, 'From'):
         from_value = format_address(opts.full_name, sender or 'MAILER-DAEMON', name_length=6)
         data = prepend_header(data, 'From', from_value)
-    if opts.set_msgid and not get_header(data, 'Message-ID'):
+    if wanted(opts.set_msgid, settings.add_message_id_header) and not get_header(data, 'Message-ID'):
         data = prepend_header(data, 'Message-ID', make_message_id(domain_of(sender) or hostname()))
-    if opts.set_date and not get_header(data, 'Date'):
+    if wanted(opts.set_date, settings.add_date_header) and not get_header(data, 'Date'):
         data = prepend_header(data, 'Date', format_date())
     return data
 

@@ -94,9 +94,9 @@ class SendmailOptions:
         self.use_aliases = True
         self.verbose = 0
         self.read_envelope_from = False
-        self.set_date = False
-        self.set_msgid = False
-        self.set_from = False
+        self.set_date: Optional[bool] = None  # None: the configuration decides (add_*_header)
+        self.set_msgid: Optional[bool] = None  # None: the configuration decides (add_*_header)
+        self.set_from: Optional[bool] = None  # None: the configuration decides (add_*_header)
         self.set_to = False
         self.recipients: List[str] = []
         self.show_help = False

@@ -268,7 +268,8 @@ def serve(submitter: Submitter, opts: SendmailOptions, hostname: str, rfile: IO[
             envelope_from = submitter.qualify_sender(sender) if sender else ''
         except InvalidAddressError as exc:
             raise SessionReply(Reply(553, f'5.1.7 cannot qualify the sender: {exc}')) from None
-        data = edit_message(data, opts, sender=envelope_from, recipients=recipients, hostname=lambda: hostname)
+        data = edit_message(data, opts, sender=envelope_from, recipients=recipients, hostname=lambda: hostname,
+                            settings=submitter.settings)
         try:
             result = submitter.send(data, envelope_from, recipients)
         except ConfigError as exc:
