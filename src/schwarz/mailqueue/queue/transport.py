@@ -109,13 +109,28 @@ def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str
     ``in_progress=True, return_msg=True`` returns it claimed, for sending now
     ("conservative sending"); ``return_msg=True`` alone returns an id that
     ``MessageHandler.send_message`` can claim.
+
+    ``connection=conn`` (a ``postgresql://`` location only): insert through the application's
+    own DB-API connection (psycopg 2 or 3) without committing: the mail exists if and only if
+    the application's transaction commits.
     """
     if isinstance(recipients, str):
         recipients = [recipients]
-    store = open_queue(queue_path)
     queue_date = queue_args.get('queue_date')
     when = queue_date if isinstance(queue_date, datetime) else None
     msg_bytes = message_bytes_from(msg)
+    connection = queue_args.get('connection')
+    if connection is not None:
+        if not isinstance(queue_path, str) or split_location(queue_path)[0] not in ('postgresql', 'postgres'):
+            raise ValueError('connection= needs a postgresql:// queue location')
+        if in_progress or return_msg:
+            raise ValueError('connection= cannot be combined with in_progress or return_msg: '
+                             'the message does not exist before the caller commits')
+        from .postgres import enqueue_in_transaction
+
+        return enqueue_in_transaction(connection, msg_bytes, sender, list(recipients), location=queue_path,
+                                      queue_date=when)
+    store = open_queue(queue_path)
     if in_progress and return_msg:
         return store.enqueue_claimed(msg_bytes, sender, list(recipients), queue_date=when)
     msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when)
