@@ -26,8 +26,11 @@ PROG = 'mq-send-test'
 
 DESCRIPTION = """\
 Send a short test message straight to the SMTP smarthost from the
-configuration, bypassing the queue, and report the result. On failure the
-server's reply is printed exactly as received."""
+configuration, bypassing the queue, and report the result: the host that
+accepted it, the account (with [account:NAME] sections), and how it
+authenticated (mechanism, user, and for OAuth2 where the token came from:
+the token endpoint, the token cache or smtp_oauth2_token_command). On failure
+the server's reply is printed exactly as received."""
 
 EPILOG = """\
 exit status (sysexits): 0 the server accepted the message, 64 usage,
@@ -84,7 +87,12 @@ def _body(args: Sequence[str]) -> int:
             if not settings.from_addr:
                 fail('no recipient: use --to ADDRESS (or set "from" in the configuration)', EX_USAGE)
             to = settings.from_addr
-        host = f'{settings.smtp_hostname or "localhost"}:{settings.smtp_port or "default port"}'
+        host = settings.smtp_hostname or 'localhost'
+        if settings.smtp_port and ',' not in host and ':' not in host:
+            host = f'{host}:{settings.smtp_port}'
+        auth_used: Optional[str] = None
+        token_from: Optional[str] = None
+        account: Optional[str] = None
         with Submitter(settings, plugins=app.plugins, app=PROG, queue=False) as submitter:
             try:
                 sender = submitter.qualify_sender(from_addr) if from_addr else submitter.default_sender()
@@ -97,10 +105,19 @@ def _body(args: Sequence[str]) -> int:
                                          body=body, date=now)
             try:
                 result = submitter.send(message, sender, [to])
+                smtp = submitter.handler().transports[0]
             except UnresolvableRecipientError as exc:
                 fail(f'{exc} (add them to the aliases file or set default_domain)', EX_NOUSER)
             except (ConfigError, AliasesError) as exc:
                 fail(str(exc), EX_CONFIG)
+            # how it authenticated (mechanism, user, where the token came from), for the report
+            account_for = getattr(smtp, 'account_for', None)
+            account = account_for(sender) if callable(account_for) else None
+            mailer = smtp.mailer_for(sender) if hasattr(smtp, 'mailer_for') else smtp
+            describe = getattr(mailer, 'describe_auth', None)
+            auth_used = describe() if callable(describe) else None
+            source = getattr(mailer, 'token_source', None)
+            token_from = source.describe() if source is not None else None
     finally:
         app.close()
     failures: List[str] = []
@@ -110,6 +127,8 @@ def _body(args: Sequence[str]) -> int:
         failures.append(f'{addr}: temporary failure (not queued): {code} {text}'.rstrip())
     for line in failures:
         print_error(PROG, line)  # the server's reply, control characters made harmless
+    if failures and token_from and not auth_used:
+        print_error(PROG, f'OAuth2 tokens come from the {token_from}')
     if result.deferred:
         return EX_TEMPFAIL
     if result.refused:
@@ -120,6 +139,10 @@ def _body(args: Sequence[str]) -> int:
         reply = result.smtp_response
         print(error_line(f'test message from {sender} to {to} accepted by {result.host}'
                          + (f': {reply.code} {reply.message}' if reply is not None else '')))
+        if account:
+            print(error_line(f'account: {account} (match_from)'))
+        if auth_used:
+            print(error_line(f'authenticated with {auth_used}'))
     return EX_OK
 
 

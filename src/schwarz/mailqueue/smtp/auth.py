@@ -117,11 +117,11 @@ class AuthInfo:
         return f'AuthInfo({self.mechanism!r}, {self.username!r}, token_origin={self.token_origin!r})'
 
     def describe(self) -> str:
-        text = f'AUTH {self.mechanism} as {self.username}'
+        text = f'{self.mechanism} as {self.username}'
         if self.token_origin:
-            text += f', token from {self.token_origin}'
+            text += f'; token from {self.token_origin}'
             if self.refreshed:
-                text += ' (after the server rejected the previous one)'
+                text += ', fetched after the server rejected the previous one'
         return text
 
 
@@ -286,6 +286,7 @@ class OAuth2TokenSource(TokenSource):
         cache = self.cache
         if cache is None:
             token, self._entry = self._from_endpoint(self._entry)
+            self._check_kept(False)
             return token
         with cache.locked():
             entries = cache.load()
@@ -297,8 +298,16 @@ class OAuth2TokenSource(TokenSource):
             token, self._entry = self._from_endpoint(entry)
             entries = cache.load()  # unchanged under our lock, unless the lock could not be had
             entries[self.cache_key] = self._entry
-            cache.store(entries)
+            self._check_kept(cache.store(entries))
             return token
+
+    def _check_kept(self, stored: bool) -> None:
+        """A refresh token the endpoint rotated must survive this process, or the next one is locked out."""
+        rotated = self._entry.get('refresh_token')
+        if rotated and not stored and rotated != self._refresh_token.get():
+            log.error('the token endpoint replaced the refresh token, but the new one cannot be stored (set '
+                      'smtp_oauth2_token_cache to a file this user can write): other processes will be refused '
+                      'with invalid_grant')
 
     def _cached_token(self, entry: Dict[str, Any]) -> Optional[Token]:
         value, expires, obtained = entry.get('access_token'), entry.get('expires_at'), entry.get('obtained_at')
@@ -306,7 +315,7 @@ class OAuth2TokenSource(TokenSource):
             return None
         if not isinstance(obtained, (int, float)):
             obtained = expires - DEFAULT_LIFETIME
-        where = f'the token cache {self.cache.path}' if self.cache is not None else self.describe()
+        where = f'the token cache {self.cache.path}' if self.cache is not None else f'the {self.describe()}'
         return Token(value, float(expires), float(obtained), where)
 
     def _refresh_tokens(self, entry: Dict[str, Any], configured: Optional[str]) -> List[str]:
@@ -379,7 +388,7 @@ class OAuth2TokenSource(TokenSource):
             seconds = DEFAULT_LIFETIME
         if not 0 < seconds < 10 * 365 * 86400:
             seconds = DEFAULT_LIFETIME
-        return Token(value, now + seconds, now, self.describe())
+        return Token(value, now + seconds, now, f'the {self.describe()}')
 
     def _post(self, fields: Dict[str, str]) -> Dict[str, Any]:
         """One POST to the token endpoint: the JSON answer, ``TokenRefused`` or ``TokenUnavailable``."""
@@ -394,7 +403,7 @@ class OAuth2TokenSource(TokenSource):
             return answer
         what = self.describe()
         if isinstance(answer, dict) and isinstance(answer.get('error'), str):
-            error = _safe_text(answer['error'], 40)
+            error = _safe_text(self.scrub(answer['error']), 40)
             description = answer.get('error_description')
             detail = f': {_safe_text(self.scrub(description), 200)}' if isinstance(description, str) else ''
             if status in (400, 401, 403) and error != 'temporarily_unavailable':

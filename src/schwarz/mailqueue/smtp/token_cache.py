@@ -48,13 +48,16 @@ class TokenCache:
         if not self._warned:
             self._warned = True
             reason = getattr(exc, 'strerror', None) or type(exc).__name__
-            log.warning('OAuth2 token cache %s: cannot %s (%s); tokens are kept in memory only', self.path, what,
-                        reason)
+            # no directory (yet): a queue directory is created with the first queued message
+            level = logging.DEBUG if isinstance(exc, FileNotFoundError) else logging.WARNING
+            log.log(level, 'OAuth2 token cache %s: cannot %s (%s); tokens are kept in memory only', self.path,
+                    what, reason)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the cache's lock file (bounded wait: a stuck process must not stop the others)."""
         fd: Optional[int] = None
+        self._make_directory()
         try:
             fd = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -79,6 +82,17 @@ class TokenCache:
         finally:
             if fd is not None:
                 os.close(fd)  # releases the lock
+
+    def _make_directory(self) -> None:
+        """Create the cache's directory (0700, one level) if it is missing: the queue directory, by
+        default, appears only with the first queued message, and a rotated refresh token must be kept."""
+        directory = os.path.dirname(self.path) or '.'
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            self._warn('create its directory', exc)
 
     def load(self) -> Dict[str, Dict[str, Any]]:
         """All entries; an empty dict when there is no file or it is unusable."""
