@@ -194,7 +194,7 @@ class SMTPMailer:
             raise failures[0]
         if not failures:
             raise ConnectError('shutting down; not connecting again')
-        raise ConnectError('no smarthost reachable: ' + '; '.join(str(f) for f in failures))
+        raise ConnectError(f'tried {len(failures)} hosts: ' + '; '.join(str(f) for f in failures))
 
     def probe(self, from_addr: str = '') -> bool:
         """Can a connection be opened (and authenticated) now? Keeps it for the next message."""
