@@ -1,0 +1,52 @@
+"""Several mq-run processes (stand-ins for several hosts) share one PostgreSQL queue."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+from _pg import fresh_location
+from schwarz.mailqueue.queue.contract import STATES
+from schwarz.mailqueue.queue.postgres import enqueue_in_transaction, open_postgres_queue, split_location
+from schwarz.mailqueue.testutils import SMTPTestServer
+
+from helpers import script, write_config
+
+MSG = b'Subject: from the shared queue\r\n\r\nbody\r\n'
+MESSAGES = 4000
+
+
+def test_four_mq_run_processes_deliver_each_of_4000_messages_exactly_once(tmp_path: Path) -> None:
+    location = fresh_location()
+    schema = split_location(location)[1]['schema']
+    with psycopg.connect(split_location(location)[0]) as conn:  # one transaction: fast to fill
+        for n in range(MESSAGES):
+            enqueue_in_transaction(conn, MSG + b'%d' % n, 'a@example.org', [f'r{n}@example.org'], schema=schema)
+    with SMTPTestServer() as server:
+        # one config per "host": each keeps its own delivery log
+        configs = [write_config(tmp_path / f'host{n}.conf', server, queue_url=location,
+                                delivery_log=tmp_path / f'host{n}.log') for n in range(4)]
+        started = time.monotonic()
+        procs = [subprocess.Popen([script('mq-run'), '-C', config, '--workers', '2'],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for config in configs]
+        outcomes = [proc.communicate(timeout=120) for proc in procs]
+        took = time.monotonic() - started
+        assert [proc.returncode for proc in procs] == [0, 0, 0, 0], [err for _, err in outcomes]
+        counts = Counter(rcpt for received in server.received for rcpt in received.rcpt_tos)
+    assert len(counts) == MESSAGES, len(counts)
+    assert [rcpt for rcpt, n in counts.items() if n != 1] == []
+    per_host = [sum(1 for line in (tmp_path / f'host{n}.log').read_text().splitlines() if 'status=sent' in line)
+                for n in range(4)]
+    assert sum(1 for lines in per_host if lines) >= 3, per_host  # they really worked side by side
+    store = open_postgres_queue(location)
+    try:
+        stats = store.stats()
+        assert {state: stats[state].count for state in STATES} == {state: 0 for state in STATES}
+    finally:
+        store.close()
+    assert sum(per_host) == MESSAGES, per_host
+    print(f'\n4 mq-run processes delivered {MESSAGES} messages in {took:.1f} s ({per_host})')
