@@ -535,7 +535,7 @@ def _merge_accounts(settings: Settings, included: Settings) -> None:
     settings.accounts = tuple(accounts.values())
 
 
-def parse_config_text(text: str, path: Optional[str] = None) -> Settings:
+def parse_config_text(text: str, path: Optional[str] = None, *, finish: bool = True) -> Settings:
     import configparser
 
     parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
@@ -556,12 +556,12 @@ def parse_config_text(text: str, path: Optional[str] = None) -> Settings:
     settings = settings_from_mapping(dict(parser.items(SECTION, raw=True)), path, check=False)
     if accounts:
         settings.accounts = tuple(_account_settings(name, values, path) for name, values in accounts)
-    if not settings.include:
+    if finish and not settings.include:
         finish_accounts(settings, path)  # else after the included file is read (load_config)
     return settings
 
 
-def load_config(path: str) -> Settings:
+def load_config(path: str, *, finish: bool = True) -> Settings:
     try:
         with open(path, encoding='utf-8') as fp:
             text = fp.read()
@@ -576,7 +576,7 @@ def load_config(path: str) -> Settings:
         raise ConfigError('not valid UTF-8', path) from None
     except OSError as exc:
         raise ConfigError(f'cannot read ({exc.strerror or exc})', path) from None
-    settings = parse_config_text(text, path)
+    settings = parse_config_text(text, path, finish=finish)
     if settings.holds_secret() and mode & (stat.S_IRGRP | stat.S_IROTH):
         settings.warnings.append(
             f'{path} holds a secret (smtp_password, smtp_oauth2_client_secret or smtp_oauth2_refresh_token) '
@@ -598,7 +598,7 @@ def _merge_include(settings: Settings) -> None:
     path = settings.include
     assert path is not None
     try:
-        included = load_config(path)
+        included = load_config(path, finish=False)  # checked as a whole, with the including file
     except ConfigError as exc:
         if exc.problem == 'permission denied' and exc.key is None and exc.path == path:
             settings.include_unreadable = path

@@ -270,8 +270,8 @@ class QueueRunner:
                     if all(name in self._down for name in self._accounts()):
                         self._abort_pass.set()
                     else:
-                        log.warning('the smarthost of account %s is unreachable; its messages wait for the '
-                                    'next run', account)
+                        log.warning('the smarthost of %s is unreachable; its messages wait for the next run',
+                                    f'account {account}' if account else 'the default account ([mqrunner])')
             else:
                 self._conn_failures[account] = 0
                 if result is not None:
