@@ -9,6 +9,7 @@
     mq-queue requeue ID...|--all
     mq-queue purge --older-than AGE [--state S] [-y] [--dry-run]
     mq-queue stats [--json | --prometheus] [-o FILE]
+    mq-queue copy --to LOCATION
 
 This module only parses arguments, prints and maps outcomes to exit codes. The
 work is done by ``queue.admin.QueueAdmin`` over whatever store the location
@@ -89,7 +90,7 @@ _HINTS = {
     ('requeue', 'hold'): 'use release',
 }
 _PAST = {'retry': 'made due', 'hold': 'held', 'release': 'released', 'requeue': 'requeued',
-         'delete': 'deleted', 'purge': 'purged', 'deliver': 'delivered'}
+         'delete': 'deleted', 'purge': 'purged', 'deliver': 'delivered', 'copy': 'copied'}
 _MAX_CONNECTION_FAILURES = 3
 
 
@@ -190,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument('--prometheus', action='store_true',
                      help='Prometheus text format (node_exporter textfile collector)')
     p.add_argument('-o', '--output', metavar='FILE', help='write FILE atomically instead of printing')
+
+    p = sub.add_parser('copy', parents=[common], help='move every message into another queue (e.g. a maildir '
+                       'into PostgreSQL), none lost or doubled; a re-run after a crash finishes the job')
+    p.add_argument('--to', metavar='LOCATION', required=True,
+                   help='the target queue (it must exist: mq-queue init), e.g. postgresql://db.example.org/mail')
     return parser
 
 
@@ -538,11 +544,22 @@ def _cmd_stats(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     return EX_OK
 
 
+def _cmd_copy(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
+    target = _open_store(args.to, writable=True)
+    if target.kind == admin.store.kind and target.location == admin.store.location:
+        fail(f'the target {target.location} is the queue itself', EX_USAGE)
+    try:
+        return _report(_Reporter('copy', True, args.verbose), admin.copy_to(target))
+    finally:
+        target.close()
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace, QueueAdmin, Any], int]] = {
     'list': _cmd_list, 'show': _cmd_show, 'retry': _cmd_retry, 'hold': _cmd_hold, 'release': _cmd_release,
     'delete': _cmd_delete, 'requeue': _cmd_requeue, 'purge': _cmd_purge, 'stats': _cmd_stats,
+    'copy': _cmd_copy,
 }
 _READ_ONLY = ('list', 'show', 'stats')
 

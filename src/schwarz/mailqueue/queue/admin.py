@@ -49,6 +49,7 @@ __all__ = [
     'ABBREV_NAME_LIMIT',
     'ACTIVE',
     'BUSY',
+    'COPIED_FROM',
     'CORRUPT',
     'DEFERRED',
     'GONE',
@@ -80,6 +81,10 @@ __all__ = [
 ORIGINAL_DATE = 'X-Queue-Original-Date'
 """When the message was first queued, kept when release/requeue restart its lifetime."""
 HELD_SINCE = 'X-Queue-Held-Since'
+COPIED_FROM = 'X-Queue-Copied-From'
+"""In a copy made by ``QueueAdmin.copy_to``: the message's id in the store it was copied from."""
+# a copy on its way (written, meta not yet complete) is due only that far ahead: runners leave it alone
+_COPY_PARKED = timedelta(days=3650)
 
 MIN_PREFIX = 4
 """Shortest prefix accepted for an id (an exact id may be shorter)."""
@@ -705,6 +710,99 @@ class QueueAdmin:
             result = self.delete(row.msg_id, wait=0)
             result.action = 'purge'
             yield result
+
+    # --- copying into another store ------------------------------------------------------------
+
+    def copied_ids(self, target: QueueStore) -> Dict[str, Tuple[str, str]]:
+        """``{source id: (state, id in target)}`` of the copies ``target`` holds (``COPIED_FROM``)."""
+        found: Dict[str, Tuple[str, str]] = {}
+        for entry in target.entries():
+            source_id = entry.meta.extra.get(COPIED_FROM) if entry.meta is not None else None
+            if source_id:
+                found[source_id] = (entry.state, entry.msg_id)
+        return found
+
+    def copy_to(self, target: Union[QueueStore, str], *, wait: Optional[float] = None) -> Iterator[ActionResult]:
+        """Move every message of this store into ``target``, one at a time, none lost or doubled.
+
+        Each message is claimed here, written into ``target`` with its metadata (queue date,
+        attempts, last attempt, last error, the other meta values; held stays held, failed stays
+        failed, an abandoned claim goes to ``new``), and only then removed here. The copy
+        records the id it had here (``COPIED_FROM``): a re-run after a crash between the two
+        writes finds it, completes it and removes the message here, instead of copying it again.
+        What cannot be covered: a copy in ``new`` that the target's runners delivered before
+        that re-run (the message would be delivered twice; docs/postgresql.md). Messages being
+        delivered here are waited for (``wait``) and then reported busy; unreadable ones stay here.
+        """
+        target_store = open_queue(target)
+        copies = self.copied_ids(target_store)
+        ids = [msg_id for _state, msg_id in self.store.ids((NEW, HELD, FAILED, CLAIMED))]
+        for msg_id in ids:
+            yield self._copy_one(msg_id, target_store, copies, wait)
+
+    def _copy_one(self, msg_id: str, target: QueueStore, copies: Dict[str, Tuple[str, str]],
+                  wait: Optional[float]) -> ActionResult:
+        state = self.locate(msg_id)
+        msg, failure = self._acquire('copy', msg_id, (NEW, HELD, FAILED), wait)
+        if msg is None:
+            assert failure is not None
+            return failure
+        if state not in (HELD, FAILED):
+            state = NEW  # an abandoned claim goes where recovery would put it
+        meta = msg.meta
+        try:
+            known = copies.get(msg_id)
+            if known is None:
+                # 1: written with its source id, parked (not due, fresh lifetime) while it is incomplete
+                parked = self.clock() + _COPY_PARKED
+                extra = {**meta.extra, COPIED_FROM: msg_id, NEXT_ATTEMPT: format_date(parked)}
+                new_id = target.enqueue(msg.msg_bytes, meta.from_addr, list(meta.to_addrs),
+                                        queue_date=self.clock(), extra=extra)
+                copies[msg_id] = (NEW, new_id)
+            else:
+                new_id = known[1]
+            # 2: its metadata and state, under the target's claim (also finishes a copy a crash interrupted)
+            result = self._finish_copy(target, new_id, meta, state)
+            if result is None:
+                # someone else holds the copy in the target (a forced runner); the source keeps its
+                # message until a re-run finishes the copy
+                self.store.release(msg)
+                return ActionResult(msg_id, 'copy', BUSY,
+                                    f'its copy {new_id} is busy in the target; try again later', state=state)
+            # 3: gone here
+            self.store.complete(msg)
+        except BaseException:
+            if msg.is_claimed:
+                self.store.release(msg)
+            raise
+        self._log('copied', msg_id, meta, target=target.location, target_id=new_id, state=state)
+        detail = f'copied to {target.location} as {new_id} ({state})'
+        if known is not None:
+            detail = f'already copied as {new_id}; removed here'
+        return ActionResult(msg_id, 'copy', OK if known is None else NOOP, detail, state=state)
+
+    def _finish_copy(self, target: QueueStore, new_id: str, meta: QueueMeta, state: str) -> Optional[str]:
+        """Give the copy ``new_id`` the source's meta and state; None when it cannot be claimed."""
+        entry = target.entry(new_id)
+        if entry is None:
+            return new_id  # delivered (or deleted) in the target meanwhile: nothing left to finish
+        copy = target.claim(new_id, entry.state)
+        if copy is None:
+            deadline = time.monotonic() + self.wait
+            while copy is None and time.monotonic() < deadline:
+                time.sleep(_POLL_MAX)
+                entry = target.entry(new_id)
+                if entry is None:
+                    return new_id
+                copy = target.claim(new_id, entry.state)
+            if copy is None:
+                return None
+        copy.meta.retries = meta.retries
+        copy.meta.last_delivery_attempt = meta.last_delivery_attempt
+        extra: Dict[str, Optional[str]] = {NEXT_ATTEMPT: meta.extra.get(NEXT_ATTEMPT)}
+        extra.update({key: value for key, value in meta.extra.items() if key != NEXT_ATTEMPT})
+        target.move(copy, state, queue_date=meta.queue_date or self.clock(), extra=extra)
+        return new_id
 
     def deliver(self, msg_id: str, handler: Any, *, wait: Optional[float] = None) -> ActionResult:
         """Deliver one waiting message now, whatever its schedule (``handler``: a ``MessageHandler``)."""
