@@ -130,10 +130,12 @@ def _mailer(settings: Settings, smtp_log: Any, *, patient: bool = False, clock: 
     )
 
 
-def init_smtp_mailer(settings: Union[Settings, Mapping[str, Any], None], smtp_log: Any = None) -> SMTPMailer:
+def init_smtp_mailer(settings: Union[Settings, Mapping[str, Any], None],
+                     smtp_log: Any = None) -> Union[SMTPMailer, AccountRouter]:
     """Build an ``SMTPMailer`` from a settings dict (``smtp_*`` keys) or ``Settings`` (1.0.0 API).
 
-    Only the ``[mqrunner]`` settings: ``build_smtp_transport`` adds the ``[account:NAME]`` ones.
+    ``Settings`` with ``[account:NAME]`` sections give an ``AccountRouter`` (same interface:
+    ``send``, ``clone``, ``close``), so every caller sends each message through its account.
     """
     if not isinstance(settings, Settings):
         values = dict(settings or {})
@@ -141,6 +143,8 @@ def init_smtp_mailer(settings: Union[Settings, Mapping[str, Any], None], smtp_lo
             if key.startswith('smtp_') and key not in KNOWN_KEYS:
                 raise ConfigError('unknown key', None, key)
         settings = settings_from_mapping(values, strict=False)
+    if settings.accounts:
+        return build_smtp_transport(settings, smtp_log)
     return _mailer(settings, smtp_log, cache_path=token_cache_path(settings))
 
 
@@ -194,10 +198,11 @@ def build_runner(settings: Settings, store: QueueStore, *, plugins: Any = None, 
     """A ``QueueRunner`` configured the way ``mq-run`` configures it."""
     from .runner import QueueRunner
 
-    # smtp_rate_limit is kept by the SMTP transport (per account, shared by the workers' clones)
+    # smtp_rate_limit is kept by the SMTP transport (per account, shared by the workers' clones); a
+    # handler of the caller's own is rate-limited by the runner, as before
     mailer = None if handler is not None else build_smtp_transport(settings, patient=True, clock=clock,
                                                                     token_clock=token_clock)
     return QueueRunner(store, mailer=mailer, handler=handler, policy=settings.retry_policy(),
                        workers=workers or settings.workers, force=force, plugins=plugins, progress=progress,
-                       app=app)
+                       app=app, rate_limit=settings.smtp_rate_limit if handler is not None else None)
 
