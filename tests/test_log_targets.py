@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -98,13 +99,20 @@ def test_mq_run_logs_to_the_journal_of_the_test(tmp_path: Path, datagram_socket:
     assert fields['MQ_STATUS'] == 'sent' and fields['SYSLOG_IDENTIFIER'] == 'mq-run'
 
 
-def test_a_log_file_the_sender_may_not_write_is_not_a_warning(tmp_path: Path, capsys) -> None:
-    # a path below a regular file cannot be opened even by root (tests/test_drop_area.py also
-    # checks this end to end as another user)
-    target = tmp_path / 'not-a-directory'
-    target.write_text('')
-    configure_logging(Settings(delivery_log=str(target / 'delivery.log')))
-    assert capsys.readouterr().err == ''
+def test_a_log_file_the_sender_may_not_write_is_not_a_warning(tmp_path: Path) -> None:
+    # A sender who is not the queue's owner: as root, the check runs as nobody (setpriv).
+    target = tmp_path / 'ro'
+    target.mkdir(mode=0o755)  # nobody may look in, not write
+    os.chmod(tmp_path, 0o755)
+    code = ('from schwarz.mailqueue.app import configure_logging\n'
+            'from schwarz.mailqueue.config import Settings\n'
+            f'configure_logging(Settings(delivery_log={str(target / "delivery.log")!r}))\n'
+            'import logging; logging.getLogger("mailqueue").warning("probe")\n')
+    prefix = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] if os.getuid() == 0 else []
+    result = subprocess.run([*prefix, sys.executable, '-c', code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # only our probe line: nothing about the log file the sender may not write
+    assert result.stderr.decode().strip().endswith('probe') and b'delivery' not in result.stderr
 
 
 def test_log_target_is_checked() -> None:
