@@ -1,0 +1,315 @@
+"""The PostgreSQL queue against the maildir, same sink, same run.
+
+    python bench/bench_postgres.py [--messages 4000] [--enqueue 3000] [--workers 2] \
+        [--stats-rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/test] [--write-docs]
+
+Everything runs on 127.0.0.1: bench/sink.py (raw) in its own process, the PostgreSQL server
+(``--dsn``, default the machine's; every queue gets a scratch schema, dropped at the end).
+
+- enqueue: ``store.enqueue`` with one commit per message (fsync on in both stores), from one
+  process and from several processes at once;
+- drain: ``--messages`` queued messages delivered by 1, 2 and 4 ``mq-run --workers W`` processes
+  started together (whole process runs, start-up included), PostgreSQL and maildir alternating;
+- ``mq-queue stats`` (the installed command, whole process) on ``--stats-rows`` queued rows made
+  by one ``INSERT ... SELECT generate_series`` in a scratch schema (not through the API).
+
+Targets (issue 11): PostgreSQL drain >= 90% of the maildir's at the same runner processes; 4
+PostgreSQL runner processes >= 2x one; enqueue >= 2 500 messages/s; stats on 1 000 000 rows < 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import psycopg
+
+from schwarz.mailqueue.queue.maildir import MaildirQueue
+from schwarz.mailqueue.queue.postgres import enqueue_in_transaction, init_schema, open_postgres_queue
+
+from bench_common import ROOT, Sink, cpu_info, replace_section
+
+BODY_LINE = b'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n'
+MESSAGE = (b'From: bench@example.org\r\nTo: rcpt@example.org\r\nSubject: benchmark\r\n'
+           b'Message-ID: <bench@example.org>\r\n\r\n' + BODY_LINE * 24)
+BIN = Path(sys.executable).parent
+SCHEMAS: List[str] = []
+
+
+def pg_location(dsn: str) -> str:
+    schema = f'mq_bench_{secrets.token_hex(4)}'
+    SCHEMAS.append(schema)
+    location = f'{dsn}{"&" if "?" in dsn else "?"}mq_schema={schema}'
+    init_schema(location)
+    return location
+
+
+def drop_schemas(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema in SCHEMAS:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def load_average() -> str:
+    return ' / '.join(f'{value:.1f}' for value in os.getloadavg())
+
+
+# --- enqueue -------------------------------------------------------------------------------------
+
+
+def _enqueue_child(location: str, count: int, start: multiprocessing.synchronize.Barrier) -> None:
+    from schwarz.mailqueue.queue.locations import open_queue
+
+    store = open_queue(location)
+    if location.startswith('postgresql'):
+        store.enqueue(MESSAGE, 'bench@example.org', ['rcpt@example.org'])  # connect before the clock starts
+    start.wait()
+    for _ in range(count):
+        store.enqueue(MESSAGE, 'bench@example.org', ['rcpt@example.org'])
+    store.close()
+
+
+def enqueue_rate(location: str, count: int, processes: int) -> float:
+    """Messages/s of ``processes`` processes enqueueing ``count`` messages in all, one commit each."""
+    ctx = multiprocessing.get_context('spawn')
+    start = ctx.Barrier(processes + 1)
+    share = count // processes
+    children = [ctx.Process(target=_enqueue_child, args=(location, share, start)) for _ in range(processes)]
+    for child in children:
+        child.start()
+    start.wait()
+    started = time.perf_counter()
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f'an enqueuing process exited {child.exitcode}')
+    return share * processes / (time.perf_counter() - started)
+
+
+# --- drain ---------------------------------------------------------------------------------------
+
+
+def fill_pg(location: str, dsn: str, count: int) -> None:
+    schema = location.rsplit('mq_schema=', 1)[1]
+    with psycopg.connect(dsn) as conn:  # one transaction: filling is not what is measured
+        for _ in range(count):
+            enqueue_in_transaction(conn, MESSAGE, 'bench@example.org', ['rcpt@example.org'], schema=schema)
+
+
+def drain(location: str, port: int, processes: int, workers: int, tmp: Path) -> float:
+    """Messages/s of ``processes`` mq-run processes started together until all have exited."""
+    config = tmp / f'mq-{secrets.token_hex(3)}.conf'
+    config.write_text(f'[mqrunner]\nsmtp_hostname = 127.0.0.1\nsmtp_port = {port}\nsmtp_tls = none\n'
+                      f'queue_url = {location}\n')
+    started = time.perf_counter()
+    procs = [subprocess.Popen([str(BIN / 'mq-run'), '-C', str(config), '--workers', str(workers), '--quiet'])
+             for _ in range(processes)]
+    codes = [proc.wait(600) for proc in procs]
+    elapsed = time.perf_counter() - started
+    if codes != [0] * processes:
+        raise RuntimeError(f'mq-run exited {codes}')
+    return elapsed
+
+
+def drain_rates(dsn: str, port: int, count: int, workers: int, tmp: Path) -> Dict[Tuple[str, int], float]:
+    rates: Dict[Tuple[str, int], float] = {}
+    for processes in (1, 2, 4):
+        for kind in ('maildir', 'postgresql'):
+            if kind == 'maildir':
+                location = str(tmp / f'q-{processes}')
+                queue = MaildirQueue(location, fsync=False)
+                for _ in range(count):
+                    queue.enqueue(MESSAGE, 'bench@example.org', ['rcpt@example.org'])
+            else:
+                location = pg_location(dsn)
+                fill_pg(location, dsn, count)
+            elapsed = drain(location, port, processes, workers, tmp)
+            if kind == 'maildir':
+                left = sum(1 for _ in MaildirQueue(location).ids())
+            else:
+                store = open_postgres_queue(location)
+                left = sum(1 for _ in store.ids())
+                store.close()
+            if left:
+                raise RuntimeError(f'{left} messages left in {kind} after {processes} mq-run processes')
+            rates[(kind, processes)] = count / elapsed
+            print(f'  drain {kind:10} {processes} x mq-run --workers {workers}: {count / elapsed:,.0f}/s',
+                  flush=True)
+    return rates
+
+
+# --- stats on many rows --------------------------------------------------------------------------
+
+
+def stats_time(dsn: str, rows: int) -> Tuple[float, float, float]:
+    """(seconds to build, best of 3 ``mq-queue stats`` runs, best of 3 ``store.stats()`` calls)."""
+    location = pg_location(dsn)
+    schema = location.rsplit('mq_schema=', 1)[1]
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"""
+            INSERT INTO "{schema}".messages (id, state, sender, recipients, msg, size, queue_date, retries,
+                                             last_attempt, next_attempt, last_error)
+            SELECT 'bulk' || n, CASE WHEN n %% 100 = 0 THEN 'hold' WHEN n %% 100 = 1 THEN 'failed' ELSE 'new' END,
+                   'app@example.org', ARRAY['rcpt' || n || '@example.org'],
+                   convert_to(repeat('x', 200 + n %% 300), 'UTF8'), 200 + n %% 300,
+                   now() - (n %% 86400) * interval '1 second',
+                   CASE WHEN n %% 10 = 0 THEN 2 ELSE 0 END,
+                   CASE WHEN n %% 10 = 0 THEN now() - interval '5 minutes' END,
+                   CASE WHEN n %% 10 = 0 THEN now() + interval '1 hour' END,
+                   CASE WHEN n %% 10 = 0 THEN '451 try later' END
+              FROM generate_series(1, %s) AS n""", [rows])
+        conn.execute(f'VACUUM ANALYZE "{schema}".messages')
+    built = time.perf_counter() - started
+    runs = []
+    for _ in range(3):
+        began = time.perf_counter()
+        proc = subprocess.run([str(BIN / 'mq-queue'), '--queue-dir', location, 'stats'], capture_output=True,
+                              timeout=600)
+        runs.append(time.perf_counter() - began)
+        if proc.returncode != 0:
+            raise RuntimeError(f'mq-queue stats exited {proc.returncode}: {proc.stderr.decode()}')
+        if runs[-1] > 10:
+            break  # far off the target: once is enough (keeps the run bounded)
+    store = open_postgres_queue(location)
+    calls = []
+    for _ in range(3):
+        began = time.perf_counter()
+        counts = store.stats()
+        calls.append(time.perf_counter() - began)
+    store.close()
+    if sum(count.count for count in counts.values()) != rows:
+        raise RuntimeError(f'stats counted {sum(count.count for count in counts.values())} rows, not {rows}')
+    print(proc.stdout.decode(), flush=True)
+    return built, min(runs), min(calls)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> str:
+    tmp = Path(tempfile.mkdtemp(prefix='mq-bench-pg-'))
+    load_before = load_average()
+    try:
+        with psycopg.connect(args.dsn, autocommit=True) as conn:
+            version = conn.info.server_version // 10000
+            fsync = conn.execute('SHOW fsync').fetchone()[0]  # type: ignore[index]
+            sync_commit = conn.execute('SHOW synchronous_commit').fetchone()[0]  # type: ignore[index]
+        enqueue: Dict[Tuple[str, int], float] = {}
+        for processes in (1, args.enqueuers):
+            for kind in ('maildir', 'postgresql'):
+                location = str(tmp / f'enq-{processes}') if kind == 'maildir' else pg_location(args.dsn)
+                if kind == 'maildir':
+                    MaildirQueue(location)
+                enqueue[(kind, processes)] = enqueue_rate(location, args.enqueue, processes)
+                print(f'  enqueue {kind:10} {processes} process(es): {enqueue[(kind, processes)]:,.0f}/s', flush=True)
+        with Sink('raw') as sink:
+            rates = drain_rates(args.dsn, sink.port, args.messages, args.workers, tmp)
+        if sink.received != 6 * args.messages:
+            raise RuntimeError(f'the sink received {sink.received} messages, not {6 * args.messages}')
+        built, stats_cli, stats_call = stats_time(args.dsn, args.stats_rows)
+    finally:
+        drop_schemas(args.dsn)
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = load_average()
+
+    verdict: Callable[[bool], str] = lambda ok: 'met' if ok else '**not met**'  # noqa: E731
+    lines = ['| enqueue, one commit per message | maildir (fsync) | PostgreSQL | PostgreSQL / maildir |',
+             '|---|---:|---:|---:|']
+    for processes in (1, args.enqueuers):
+        m, p = enqueue[('maildir', processes)], enqueue[('postgresql', processes)]
+        lines.append(f'| {processes} process(es) | {m:,.0f}/s | {p:,.0f}/s | {p / m:.0%} |')
+    lines += ['', f'| drain: N x `mq-run --workers {args.workers}` | maildir | PostgreSQL | PostgreSQL / maildir |',
+              '|---|---:|---:|---:|']
+    for processes in (1, 2, 4):
+        m, p = rates[('maildir', processes)], rates[('postgresql', processes)]
+        lines.append(f'| {processes} process(es) | {m:,.0f}/s | {p:,.0f}/s | {p / m:.0%} |')
+    best_enqueue = max(enqueue[('postgresql', 1)], enqueue[('postgresql', args.enqueuers)])
+    scale = rates[('postgresql', 4)] / rates[('postgresql', 1)]
+    maildir_scale = rates[('maildir', 4)] / rates[('maildir', 1)]
+    worst = min(rates[('postgresql', n)] / rates[('maildir', n)] for n in (1, 2, 4))
+    lines += [
+        '',
+        f'`mq-queue stats` on {args.stats_rows:,} queued rows (built in {built:.1f} s by one INSERT ... SELECT '
+        f'generate_series): **{stats_cli:.2f} s** for the whole command (best of up to 3); the aggregate query '
+        f'alone (`store.stats()`) {stats_call * 1000:.0f} ms.',
+        '',
+        'Targets:',
+        '',
+        f'- PostgreSQL drain / maildir drain at the same runner processes: worst **{worst:.0%}** '
+        f'(target >= 90%: {verdict(worst >= 0.9)})',
+        f'- 4 PostgreSQL runner processes / 1: **{scale:.2f}x** (target >= 2x: {verdict(scale >= 2)}; '
+        f'the maildir: {maildir_scale:.2f}x)',
+        f'- enqueue, one commit per message: **{enqueue[("postgresql", 1)]:,.0f}/s** from one process, '
+        f'**{enqueue[("postgresql", args.enqueuers)]:,.0f}/s** from {args.enqueuers} '
+        f'(target >= 2,500/s: {verdict(best_enqueue >= 2500)}; one process: '
+        f'{verdict(enqueue[("postgresql", 1)] >= 2500)})',
+        f'- `mq-queue stats` on {args.stats_rows:,} rows: **{stats_cli:.2f} s** '
+        f'(target < 2 s: {verdict(stats_cli < 2)})',
+    ]
+    header = (f'Command: `.venv/bin/python bench/bench_postgres.py --messages {args.messages} --enqueue '
+              f'{args.enqueue} --enqueuers {args.enqueuers} --workers {args.workers} --stats-rows '
+              f'{args.stats_rows} --write-docs`  \n'
+              f'{cpu_info()}; PostgreSQL {version} on 127.0.0.1 (fsync={fsync}, synchronous_commit={sync_commit}), '
+              f'the raw sink (bench/sink.py) in its own process, all on the same 2 cores; load average '
+              f'{load_before} before, {load_after} after. Messages of {len(MESSAGE)} bytes; drain timings are '
+              f'whole `mq-run` process runs (start-up included), {args.messages} messages each, PostgreSQL and '
+              f'maildir alternating; the maildir with fsync on.')
+    return header + '\n\n' + '\n'.join(lines)
+
+
+ANALYSIS = """### Reading these figures
+
+Measured on 2 cores shared by the client processes, the sink and PostgreSQL (and other sessions on
+the machine), so the absolute numbers move by ±30 % between runs. In a shorter trial run (500
+messages per enqueue run) 4 enqueuers reached only 1,553/s: that target is met narrowly, not reliably.
+
+- **Enqueue**: one commit per message is bound by the WAL flush of each commit (about 1,800/s
+  from one connection here, whatever the store does); several enqueuers share flushes (group
+  commit) and pass 2,500/s. A single connection cannot meet 2,500/s on this disk.
+- **Drain and scaling**: the store itself does not scale over processes here. Measured without
+  SMTP (tests/_pg_child.py `drain`: `claim_due(4)` + `complete` in a loop, 3,000 rows): 1 process
+  about 1,700 messages/s, 4 processes about 1,300/s. Each message costs two commits (the claim's
+  UPDATE, the completion's DELETE), and probably (not yet verified with EXPLAIN) every claim walks
+  the head of the partial "due" index, where the entries of rows just claimed or deleted by the
+  other runners lie dead until vacuum; with 2 cores, PostgreSQL
+  competes with the runners and the sink for the CPU too. Fixing it belongs to
+  `queue/postgres.py`'s claim path (fewer commits per message, e.g. deleting a batch of completions
+  in one statement, and a claim that does not rescan the dead head), not to the benchmark.
+- **`mq-queue stats`**: the aggregate query is fast (`store.stats()`, a fraction of a second on a
+  million rows), but `QueueAdmin.stats()` still builds a row in Python for every message to count
+  "deferred", "due now" and "being delivered" and the oldest original queue date, which is what
+  takes the time. The fix is an aggregate for those in the store (the due predicate exists in
+  SQL already) that `QueueAdmin.stats()` uses when the store offers it."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--messages', type=int, default=4000, help='messages per drain run')
+    parser.add_argument('--enqueue', type=int, default=3000, help='messages per enqueue run')
+    parser.add_argument('--enqueuers', type=int, default=4, help='concurrent enqueuing processes')
+    parser.add_argument('--workers', type=int, default=2, help='mq-run --workers of each runner process')
+    parser.add_argument('--stats-rows', type=int, default=1_000_000)
+    parser.add_argument('--dsn', default='postgresql://postgres@127.0.0.1:5432/test',
+                        help='the PostgreSQL server (scratch schemas are created and dropped)')
+    parser.add_argument('--write-docs', action='store_true', help='update docs/benchmarks.md')
+    args = parser.parse_args()
+    report = run(args)
+    print(report)
+    if args.write_docs:
+        replace_section(ROOT / 'docs' / 'benchmarks.md', 'PostgreSQL queue against the maildir',
+                        report + '\n\n' + ANALYSIS)
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
