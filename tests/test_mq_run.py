@@ -352,3 +352,36 @@ def test_queue_of_the_running_user_is_fine(world_visible_dir: Path, smtp_server)
                             env={**os.environ, 'HOME': str(world_visible_dir)}, cwd=world_visible_dir)
     assert result.returncode == 0, result.stderr
     assert len(smtp_server.received) == 2 and os.listdir(queue_dir / 'new') == []
+
+
+def test_an_unreachable_smarthost_is_said_on_a_terminal_with_the_next_attempt(tmp_path) -> None:
+    import pty
+    import socket as socket_mod
+
+    queue_dir = str(tmp_path / 'q')
+    fill(queue_dir, 3)
+    with socket_mod.socket() as unused:  # a port nobody listens on: connections are refused
+        unused.bind(('127.0.0.1', 0))
+        port = unused.getsockname()[1]
+    config = str(tmp_path / 'mq.conf')
+    Path(config).write_text(f'[mqrunner]\nsmtp_hostname = 127.0.0.1\nsmtp_port = {port}\nsmtp_tls = none\n'
+                            f'queue_dir = {queue_dir}\n')
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([script('mq-run'), '-C', config, '--no-progress'], stderr=terminal,
+                            stdout=subprocess.DEVNULL)
+    os.close(terminal)
+    assert proc.wait(timeout=60) == 0
+    output = b''
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert b'smarthost unreachable: 3 message(s) wait in the queue; next attempt at ' in output, output
+    # from cron (no terminal) no such line: cron mails every line on stderr
+    quiet = run([script('mq-run'), '-C', config, '--no-progress', '--force'])
+    assert quiet.returncode == 0 and b'next attempt' not in quiet.stderr

@@ -55,6 +55,7 @@ class RunStats:
     recovered: int = 0
     taken: int = 0  # submissions of unprivileged users taken from the drop area (intake)
     woken: int = 0  # deferred while the smarthost was unreachable, made due when it was back
+    unreachable: int = 0  # deferred in this pass because the smarthost could not be reached
     aborted: Optional[str] = None
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -240,6 +241,8 @@ class QueueRunner:
             stats.add('discarded')
         elif result.queued_to:
             stats.add('deferred')
+            if result.connection_failed:
+                stats.add('unreachable')
         elif result.refused:
             stats.add('failed')
         else:

@@ -12,6 +12,8 @@ from .parsing import ArgumentParser, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import AppContext
+    from ..queue.contract import QueueStore
+    from ..queue.schedule import RetryPolicy
 
 __all__ = ['main']
 
@@ -87,11 +89,33 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
         fail(f'queue {shown}: {getattr(exc, "strerror", None) or exc}; nothing can be delivered', EX_TEMPFAIL)
     if stats.aborted and not quiet:
         print_error(prog, stats.aborted)
+    if (stats.unreachable or stats.aborted) and not quiet and terminal_or_none() is not None:
+        # An operator at a terminal should not wonder why nothing moved: say when the next try is.
+        print_error(prog, _waiting_line(store, settings.retry_policy()))
     if stats.failed or stats.corrupt:
         # Dead letters need a human; from cron this line becomes the mail that says so.
         print_error(prog, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
                     f'(see: mq-queue list --state failed)')
     return EX_OK
+
+
+def _waiting_line(store: QueueStore, policy: RetryPolicy) -> str:
+    """``smarthost unreachable: 3 message(s) wait; next attempt at 14:35 (...)`` from the store."""
+    from datetime import datetime, timezone
+
+    from ..queue.contract import NEW, due_time
+
+    waiting = 0
+    earliest: Optional[datetime] = None
+    for entry in store.entries((NEW,)):
+        waiting += 1
+        due = due_time(entry.meta, policy) if entry.meta is not None else None
+        if due is not None and (earliest is None or due < earliest):
+            earliest = due
+    now = datetime.now(timezone.utc)
+    when = 'now' if earliest is None or earliest <= now else earliest.astimezone().strftime('at %H:%M:%S')
+    return (f'smarthost unreachable: {waiting} message(s) wait in the queue; next attempt {when} '
+            f'(mq-run --force tries them at once)')
 
 
 def _main(argv: Sequence[str]) -> int:
