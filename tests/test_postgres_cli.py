@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _pg import fresh_location
 from schwarz.mailqueue.testutils import SMTPTestServer
 
-from _pg import fresh_location
 from helpers import run, script, write_config
 
 MSG = b'Subject: via postgres\r\n\r\nbody\r\n'
