@@ -133,9 +133,9 @@ def test_mq_run_slows_down_instead_of_spending_an_attempt(smtp_server: SMTPTestS
     assert clock.now >= 60  # the account paused before the same message was tried again
 
 
-def test_a_slow_down_reply_pauses_the_account_and_the_message_is_queued_once(smtp_server: SMTPTestServer,
-                                                                              tmp_path: Path) -> None:
-    """mq-sendmail (not patient): the message goes to the queue, later messages wait for the pause."""
+def test_a_slow_down_reply_pauses_the_account_without_holding_up_a_direct_sender(smtp_server: SMTPTestServer,
+                                                                                 tmp_path: Path) -> None:
+    """mq-sendmail or a web request (not patient): no waiting for minutes; mail is queued meanwhile."""
     clock = FakeClock()
     settings = settings_for(smtp_server, queue_dir=str(tmp_path / 'queue'))
     transports = build_transports(settings)
@@ -144,8 +144,12 @@ def test_a_slow_down_reply_pauses_the_account_and_the_message_is_queued_once(smt
     smtp_server.set_reply('MAIL', 421, '4.7.0 Too many messages', times=1)
     assert handler.send_message(MSG, sender='a@example.org', recipients=['r@example.net']).queued
     assert smtp.rate_limiter.paused_for() == pytest.approx(60)
-    assert handler.send_message(MSG, sender='a@example.org', recipients=['s@example.net']).accepted
-    assert clock.now >= 60
+    connections = smtp_server.connection_count
+    result = handler.send_message(MSG, sender='a@example.org', recipients=['s@example.net'])
+    assert result.queued and clock.now == 0 and smtp_server.connection_count == connections
+    clock.now = 61  # the pause is over
+    assert handler.send_message(MSG, sender='a@example.org', recipients=['t@example.net']).accepted
+    assert MaildirQueue(str(tmp_path / 'queue')).stats()['new'].count == 2
     handler.close()
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from ..result import Reply, SendResult
 from .auth import AuthInfo, TokenSource
 from .client import SMTPConnection, TLSMode, build_ssl_context
-from .errors import UNREACHABLE, ConnectError, SMTPError, TLSError, is_rate_reply, is_unreachable
+from .errors import UNREACHABLE, ConnectError, SMTPError, TemporaryError, TLSError, is_rate_reply, is_unreachable
 from .hosts import Host, HostHealth, format_host, parse_hosts
 from .ratelimit import RateLimiter
 
@@ -215,6 +215,12 @@ class SMTPMailer:
         to_addrs = list(to_addrs)
         rounds = _RATE_ROUNDS if self.patient else 1
         result: Optional[SendResult] = None
+        paused = self.rate_limiter.paused_for()
+        if paused > 0 and not self.patient:
+            # The server asked us to slow down a moment ago. A caller that cannot wait (mq-sendmail, a
+            # web request) is not held up for minutes: the message goes to the queue at once.
+            return _failed_result(self.host, to_addrs, TemporaryError(
+                f'{self.host} asked to slow down; sending paused for {paused:.0f}s more'))
         for attempt in range(1, rounds + 1):
             if not self.rate_limiter.acquire(self._stop):
                 return _failed_result(self.host, to_addrs, ConnectError('shutting down; not sending'))
