@@ -12,27 +12,37 @@ from schwarz.mailqueue.testutils import SMTPTestServer, smtp_server_fixture
 
 @pytest.fixture(scope='session', autouse=True)
 def _checkout_reachable_by_other_users() -> Iterator[None]:
-    """Tests that drop to ``nobody`` run our installed scripts from this checkout.
+    """Tests that run our installed scripts as another user (nobody, a user they create).
 
-    A checkout in a private directory (``mktemp -d`` is 0700, as CI's may be) would make
-    them fail with "Permission denied" before our code runs. Directories of ours on the
-    way get o+x (search only, no listing) for the session, and are restored afterwards.
+    A checkout in a private directory (``mktemp -d`` is 0700, as CI's may be) or an interpreter
+    whose shared libpython lies under a private home (pyenv in /root) would make them fail with
+    "Permission denied" before our code runs. Directories on the way get o+x (search only, no
+    listing) for the session, and are restored afterwards.
     """
     import os
     import stat
+    import sysconfig
     from pathlib import Path
 
     changed = []
     if os.getuid() == 0:
-        here = Path(__file__).resolve().parent
-        for directory in [here, *here.parents, Path(sys.prefix).resolve(), *Path(sys.prefix).resolve().parents]:
-            try:
-                st = directory.stat()
-            except OSError:
-                continue
-            if st.st_uid == 0 and not st.st_mode & stat.S_IXOTH and str(directory) not in ('/', '/root'):
-                os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-                changed.append((directory, stat.S_IMODE(st.st_mode)))
+        starts = [Path(__file__).resolve().parent, Path(sys.prefix).resolve(), Path(sys.executable).resolve()]
+        libdir = sysconfig.get_config_var('LIBDIR')
+        if libdir:
+            starts.append(Path(libdir).resolve())
+        seen = set()
+        for start in starts:
+            for directory in [start, *start.parents]:
+                if directory in seen:
+                    continue
+                seen.add(directory)
+                try:
+                    st = directory.stat()
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & stat.S_IXOTH:
+                    os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+                    changed.append((directory, stat.S_IMODE(st.st_mode)))
     yield
     for directory, mode in changed:
         try:
