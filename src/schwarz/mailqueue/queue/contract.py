@@ -312,6 +312,42 @@ class QueueStore(Protocol):
         ...
 
 
+def record_attempt(meta: QueueMeta, recipients: Sequence[str], error: str, attempt_time: datetime,
+                   next_attempt: Optional[datetime]) -> None:
+    """What ``defer`` writes, the same for every store: pending recipients, one attempt more, why, when next."""
+    from .format import LAST_ERROR, format_date
+
+    meta.to_addrs = list(recipients)
+    meta.retries += 1
+    meta.last_delivery_attempt = attempt_time
+    meta.extra[LAST_ERROR] = error
+    if next_attempt is not None:
+        meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
+    else:
+        meta.extra.pop(NEXT_ATTEMPT, None)  # the policy decides at claim time
+
+
+def apply_move(meta: QueueMeta, *, reset_retries: bool, due_now: bool, queue_date: Optional[datetime],
+               extra: Optional[Dict[str, Optional[str]]]) -> None:
+    """The metadata side of ``move``, the same for every store (see ``QueueStore.move``)."""
+    from .format import FAILED_REASON, LAST_ERROR
+
+    if queue_date is not None:
+        meta.queue_date = queue_date
+    if reset_retries:
+        meta.retries = 0
+        meta.extra.pop(FAILED_REASON, None)
+        meta.extra.pop(LAST_ERROR, None)
+    if reset_retries or due_now:
+        meta.last_delivery_attempt = None
+        meta.extra.pop(NEXT_ATTEMPT, None)
+    for key, value in (extra or {}).items():
+        if value is None:
+            meta.extra.pop(key, None)
+        else:
+            meta.extra[key] = value
+
+
 def due_time(meta: QueueMeta, policy: RetryPolicy) -> Optional[datetime]:
     """When a message is due: its recorded next attempt, else derived from the policy.
 

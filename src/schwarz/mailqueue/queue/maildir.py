@@ -32,10 +32,19 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import ClaimLost, QueueUnavailable
-from .contract import NEXT_ATTEMPT, STATES, ClaimBatch, QueuedMessage, QueueEntry, StateCount, is_due
+from .contract import (
+    NEXT_ATTEMPT,
+    STATES,
+    ClaimBatch,
+    QueuedMessage,
+    QueueEntry,
+    StateCount,
+    apply_move,
+    is_due,
+    record_attempt,
+)
 from .format import (
     FAILED_REASON,
-    LAST_ERROR,
     QueueFileError,
     QueueMeta,
     check_envelope,
@@ -485,16 +494,8 @@ class MaildirQueue:
               next_attempt: Optional[datetime] = None) -> None:
         """Temporary failure: keep only ``recipients``, count the attempt, back to new/."""
         _claim_of(msg)  # ClaimLost before anything changes
-        meta = msg.meta
-        meta.to_addrs = list(recipients)
-        meta.retries += 1
-        meta.last_delivery_attempt = attempt_time
-        meta.extra[LAST_ERROR] = error
-        if next_attempt is not None:
-            meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
-        else:
-            meta.extra.pop(NEXT_ATTEMPT, None)
-        self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, 'new')
+        record_attempt(msg.meta, recipients, error, attempt_time, next_attempt)
+        self._replace_locked(msg, serialize_meta(msg.meta) + msg.msg_bytes, 'new')
 
     def fail(self, msg: QueuedMessage, reason: str, recipients: Optional[Sequence[str]] = None) -> str:
         """Dead letter: to failed/ with the reason (and only ``recipients`` if given)."""
@@ -521,22 +522,8 @@ class MaildirQueue:
         if not (reset_retries or due_now or extra or queue_date is not None):
             self._move_claimed(msg, target_state)
             return
-        meta = msg.meta
-        if queue_date is not None:
-            meta.queue_date = queue_date
-        if reset_retries:
-            meta.retries = 0
-            meta.extra.pop(FAILED_REASON, None)
-            meta.extra.pop(LAST_ERROR, None)
-        if reset_retries or due_now:
-            meta.last_delivery_attempt = None
-            meta.extra.pop(NEXT_ATTEMPT, None)
-        for key, value in (extra or {}).items():
-            if value is None:
-                meta.extra.pop(key, None)
-            else:
-                meta.extra[key] = value
-        self._replace_locked(msg, serialize_meta(meta) + msg.msg_bytes, target_state)
+        apply_move(msg.meta, reset_retries=reset_retries, due_now=due_now, queue_date=queue_date, extra=extra)
+        self._replace_locked(msg, serialize_meta(msg.meta) + msg.msg_bytes, target_state)
 
     def rewrite(self, msg: QueuedMessage, *, sender: Optional[str] = None,
                 recipients: Optional[Sequence[str]] = None) -> None:

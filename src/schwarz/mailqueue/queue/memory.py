@@ -28,9 +28,11 @@ from .contract import (
     QueuedMessage,
     QueueEntry,
     StateCount,
+    apply_move,
     is_due,
+    record_attempt,
 )
-from .format import FAILED_REASON, LAST_ERROR, QueueMeta, check_envelope, format_date
+from .format import FAILED_REASON, QueueMeta, check_envelope, format_date
 from .schedule import RetryPolicy
 
 __all__ = ['MemoryQueue']
@@ -184,16 +186,8 @@ class MemoryQueue:
               next_attempt: Optional[datetime] = None) -> None:
         with self._arrived:
             record = self._owned(msg)
-            meta = msg.meta
-            meta.to_addrs = list(recipients)
-            meta.retries += 1
-            meta.last_delivery_attempt = attempt_time
-            meta.extra[LAST_ERROR] = error
-            if next_attempt is not None:
-                meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
-            else:
-                meta.extra.pop(NEXT_ATTEMPT, None)  # the policy decides now
-            self._end_claim(msg, record, NEW, meta)
+            record_attempt(msg.meta, recipients, error, attempt_time, next_attempt)
+            self._end_claim(msg, record, NEW, msg.meta)
 
     def fail(self, msg: QueuedMessage, reason: str, recipients: Optional[Sequence[str]] = None) -> str:
         with self._arrived:
@@ -221,22 +215,8 @@ class MemoryQueue:
             raise ValueError(f'unknown state {target_state!r}')
         with self._arrived:
             record = self._owned(msg)
-            meta = msg.meta
-            if reset_retries:
-                meta.retries = 0
-                for key in (FAILED_REASON, LAST_ERROR):
-                    meta.extra.pop(key, None)
-            if reset_retries or due_now:
-                meta.last_delivery_attempt = None
-                meta.extra.pop(NEXT_ATTEMPT, None)
-            if queue_date is not None:
-                meta.queue_date = queue_date
-            for key, value in (extra or {}).items():
-                if value is None:
-                    meta.extra.pop(key, None)
-                else:
-                    meta.extra[key] = value
-            self._end_claim(msg, record, target_state, meta)
+            apply_move(msg.meta, reset_retries=reset_retries, due_now=due_now, queue_date=queue_date, extra=extra)
+            self._end_claim(msg, record, target_state, msg.meta)
 
     def rewrite(self, msg: QueuedMessage, *, sender: Optional[str] = None,
                 recipients: Optional[Sequence[str]] = None) -> None:

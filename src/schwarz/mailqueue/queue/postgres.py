@@ -69,6 +69,8 @@ from .contract import (
     QueuedMessage,
     QueueEntry,
     StateCount,
+    apply_move,
+    record_attempt,
 )
 from .format import FAILED_REASON, LAST_ERROR, QueueMeta, check_envelope, format_date, parse_date
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
@@ -941,14 +943,7 @@ class PostgresQueue:
               next_attempt: Optional[datetime] = None) -> None:
         self._token(msg)
         meta = _copy(msg.meta)
-        meta.to_addrs = list(recipients)
-        meta.retries += 1
-        meta.last_delivery_attempt = attempt_time
-        meta.extra[LAST_ERROR] = error
-        if next_attempt is not None:
-            meta.extra[NEXT_ATTEMPT] = format_date(next_attempt)
-        else:
-            meta.extra.pop(NEXT_ATTEMPT, None)  # the policy decides
+        record_attempt(meta, recipients, error, attempt_time, next_attempt)
         token = self._token(msg)
         rest, _, _ = _split_extra(meta.extra)
         params = {
@@ -1000,20 +995,7 @@ class PostgresQueue:
             raise ValueError(f'cannot move a message to state {target_state!r}')
         self._token(msg)
         meta = _copy(msg.meta)
-        if reset_retries:
-            meta.retries = 0
-            for key in (FAILED_REASON, LAST_ERROR):
-                meta.extra.pop(key, None)
-        if reset_retries or due_now:
-            meta.last_delivery_attempt = None
-            meta.extra.pop(NEXT_ATTEMPT, None)
-        if queue_date is not None:
-            meta.queue_date = queue_date
-        for key, value in (extra or {}).items():
-            if value is None:
-                meta.extra.pop(key, None)
-            else:
-                meta.extra[key] = value
+        apply_move(meta, reset_retries=reset_retries, due_now=due_now, queue_date=queue_date, extra=extra)
         self._write(msg, target_state, meta)
 
     def rewrite(self, msg: QueuedMessage, *, sender: Optional[str] = None,
