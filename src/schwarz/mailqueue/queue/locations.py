@@ -12,6 +12,7 @@ one entry to ``_OPENERS``.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, Union
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,4 +98,6 @@ def describe_location(location: str) -> str:
     userinfo, at, host = authority.rpartition('@')
     if at and ':' in userinfo:
         authority = f'{userinfo.split(":", 1)[0]}:***@{host}'
+    # libpq also takes the password as a query parameter
+    path = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', path)
     return f'{scheme}://{authority}{slash}{path}'

@@ -73,6 +73,7 @@ from .contract import (
     record_attempt,
 )
 from .format import FAILED_REASON, LAST_ERROR, QueueMeta, check_envelope, format_date, parse_date
+from .locations import describe_location
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
 __all__ = [
@@ -134,15 +135,7 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
 
 def _shown(location: str) -> str:
     """The location without secrets, for logs and messages (other processes can open it too)."""
-    scheme, sep, rest = location.partition('://')
-    if not sep:
-        return location
-    authority, slash, path = rest.partition('/')
-    userinfo, at, host = authority.rpartition('@')
-    if at and ':' in userinfo:
-        authority = f'{userinfo.split(":", 1)[0]}:***@{host}'
-    path = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', path)
-    return f'{scheme}://{authority}{slash}{path}'
+    return describe_location(location)
 
 
 def _check_schema_name(schema: str) -> str:
