@@ -32,8 +32,7 @@ def test_the_wheel_installs_every_command_and_the_shipped_files(tmp_path: Path) 
     # with build isolation: pip fetches the build backend pyproject.toml asks for
     built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', str(wheels), str(ROOT)],
                            capture_output=True, text=True, timeout=600)
-    if built.returncode != 0 and ('No matching distribution' in built.stderr or 'connection' in built.stderr.lower()):
-        pytest.skip(f'cannot build here (no package index?): {built.stderr.strip().splitlines()[-1]}')
+    # (the package registries are reachable here and in CI: a failed build is a failure, never a skip)
     assert built.returncode == 0, built.stderr
     (wheel,) = wheels.glob('mailqueue_runner-*.whl')
     env_dir = tmp_path / 'venv'
