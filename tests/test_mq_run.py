@@ -31,6 +31,21 @@ def fill(queue_dir: str, count: int, prefix: str = 'r') -> list[str]:
     return [str(queue.enqueue(MSG + b'%d' % n, 'a@x', [f'{prefix}{n}@x'])) for n in range(count)]
 
 
+def read_terminal(controller: int) -> bytes:
+    """Everything written to a pty until its other end is closed (EIO ends it on Linux); closes it."""
+    output = b''
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return output
+
+
 def delivered(server: SMTPTestServer) -> Counter:
     return Counter(r for m in server.received for r in m.rcpt_tos)
 
@@ -187,16 +202,7 @@ def test_progress_only_on_a_terminal(smtp_server, tmp_path) -> None:
     proc = subprocess.Popen([script('mq-run'), '-C', config], stderr=terminal, stdout=subprocess.DEVNULL)
     os.close(terminal)
     assert proc.wait(timeout=60) == 0
-    output = b''
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
+    output = read_terminal(controller)
     assert b'20/20 messages' in output and b'sent 20' in output
 
 
@@ -371,16 +377,7 @@ def test_an_unreachable_smarthost_is_said_on_a_terminal_with_the_next_attempt(tm
                             stdout=subprocess.DEVNULL)
     os.close(terminal)
     assert proc.wait(timeout=60) == 0
-    output = b''
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
+    output = read_terminal(controller)
     assert b'smarthost unreachable: 3 message(s) wait in the queue; next attempt at ' in output, output
     # from cron (no terminal) no such line: cron mails every line on stderr
     quiet = run([script('mq-run'), '-C', config, '--no-progress', '--force'])
