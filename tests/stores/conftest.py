@@ -45,6 +45,7 @@ class StoreKind:
     reopen: Callable[[QueueStore], QueueStore]
     supports_processes: bool = False
     claim_owner: str = 'process'  # 'process' or 'thread'
+    summarizes: bool = False  # offers contract.Summarizing (aggregates mq-queue stats itself)
 
 
 STORE_KINDS: Dict[str, StoreKind] = {}
@@ -107,7 +108,7 @@ def _postgresql_reopen(store: QueueStore) -> QueueStore:
 
 
 register_store(StoreKind('postgresql', _postgresql, _postgresql_reopen, supports_processes=True,
-                         claim_owner='process'))
+                         claim_owner='process', summarizes=True))
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -115,9 +116,13 @@ register_store(StoreKind('postgresql', _postgresql, _postgresql_reopen, supports
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line('markers', 'requires_processes: the store must be shareable between processes')
+    config.addinivalue_line('markers', 'requires_summary: the store must offer contract.Summarizing')
 
 
 requires_processes = pytest.mark.requires_processes
+requires_summary = pytest.mark.requires_summary
+# marker -> the StoreKind capability it needs
+_CAPABILITIES = {'requires_processes': 'supports_processes', 'requires_summary': 'summarizes'}
 
 
 class StoreHarness:
@@ -170,8 +175,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     for item in items:
         callspec = getattr(item, 'callspec', None)
         name = callspec.params.get('store_kind') if callspec is not None else None
-        lacking = name in STORE_KINDS and not STORE_KINDS[name].supports_processes
-        (dropped if lacking and item.get_closest_marker('requires_processes') else keep).append(item)
+        kind = STORE_KINDS.get(name) if isinstance(name, str) else None
+        lacking = kind is not None and any(
+            item.get_closest_marker(marker) and not getattr(kind, capability)
+            for marker, capability in _CAPABILITIES.items())
+        (dropped if lacking else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

@@ -37,8 +37,30 @@ from typing import (
 
 from ..errors import CorruptMessage
 from ..logs import QUEUE_LOG, log_event
-from .contract import CLAIMED, FAILED, HELD, NEW, NEXT_ATTEMPT, STATES, QueuedMessage, QueueEntry, due_time, is_due
-from .format import FAILED_REASON, HOLD_REASON, LAST_ERROR, META_END, QueueMeta, format_date, parse_date
+from .contract import (
+    CLAIMED,
+    FAILED,
+    HELD,
+    NEW,
+    NEXT_ATTEMPT,
+    STATES,
+    QueuedMessage,
+    QueueEntry,
+    StoreSummary,
+    Summarizing,
+    due_time,
+    is_due,
+)
+from .format import (
+    FAILED_REASON,
+    HOLD_REASON,
+    LAST_ERROR,
+    META_END,
+    ORIGINAL_DATE,
+    QueueMeta,
+    format_date,
+    parse_date,
+)
 from .locations import open_queue
 from .schedule import RetryPolicy, utcnow
 
@@ -78,8 +100,6 @@ __all__ = [
 ]
 
 # Our own meta values (readers ignore unknown X-Queue-* names).
-ORIGINAL_DATE = 'X-Queue-Original-Date'
-"""When the message was first queued, kept when release/requeue restart its lifetime."""
 HELD_SINCE = 'X-Queue-Held-Since'
 COPIED_FROM = 'X-Queue-Copied-From'
 """In a copy made by ``QueueAdmin.copy_to``: the message's id in the store it was copied from."""
@@ -412,6 +432,15 @@ class QueueStats:
             total.merge(item)
         return total
 
+    @classmethod
+    def from_summary(cls, path: str, generated: datetime, summary: StoreSummary) -> QueueStats:
+        """The figures of a store that aggregates them itself (no unreadable messages there)."""
+        stats = cls(path=path, generated=generated, deferred=summary.deferred, due=summary.due,
+                    active=summary.active)
+        for state, counted in summary.counts.items():
+            stats.states[state] = StateStats(counted.count, counted.size, counted.oldest, counted.oldest_id)
+        return stats
+
     def add(self, row: Row) -> None:
         self.states[row.state].add(row)
         if row.state == NEW and row.error is None:
@@ -530,6 +559,14 @@ class QueueAdmin:
         return MessageView(row, entry.meta if entry.error is None else None, content)
 
     def stats(self) -> QueueStats:
+        now = self.clock()
+        if isinstance(self.store, Summarizing):
+            # a million rows are a query's work, not a million Python objects'
+            return QueueStats.from_summary(self.store.location, now, self.store.summary(self.policy, now))
+        return self.stats_from_rows()
+
+    def stats_from_rows(self) -> QueueStats:
+        """``stats()`` by reading every entry (what stores without ``summary()`` need)."""
         result = QueueStats(path=self.store.location, generated=self.clock())
         for row in self.rows():
             result.add(row)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from ..errors import ClaimLost, CorruptMessage, QueueError, QueueUnavailable
 from .format import QueueMeta
@@ -46,6 +46,8 @@ __all__ = [
     'QueuedId',
     'QueuedMessage',
     'StateCount',
+    'StoreSummary',
+    'Summarizing',
     'due_time',
 ]
 
@@ -91,6 +93,36 @@ class StateCount:
     count: int = 0
     size: int = 0
     oldest: Optional[datetime] = None
+    oldest_id: Optional[str] = None  # (``summary()`` fills it; ``stats()`` need not)
+
+
+@dataclass
+class StoreSummary:
+    """What ``mq-queue stats`` shows, aggregated by the store.
+
+    ``counts[state].oldest`` is when the oldest message first entered the queue (its
+    X-Queue-Original-Date when an admin re-queued it, else its queue date). ``deferred``:
+    waiting after at least one failed attempt; ``due``: waiting and due at ``now`` under the
+    policy (``is_due``); ``active``: claimed by an owner that is alive.
+    """
+
+    counts: Dict[str, StateCount]
+    deferred: int = 0
+    due: int = 0
+    active: int = 0
+
+
+@runtime_checkable
+class Summarizing(Protocol):
+    """Optional: a store that can aggregate ``StoreSummary`` without handing out every message.
+
+    A database does it in a query; a file store would have to read every file anyway, so it
+    does not offer this and ``QueueAdmin.stats`` reads the entries. Stores that offer it run
+    ``tests/stores/test_summary.py``, which compares both ways.
+    """
+
+    def summary(self, policy: RetryPolicy, now: datetime) -> StoreSummary:
+        ...
 
 
 class ClaimBatch(List['QueuedMessage']):

@@ -47,6 +47,8 @@ _UNSAFE = re.compile(r'[\r\n\x00]')
 LAST_ERROR = 'X-Queue-Last-Error'
 FAILED_REASON = 'X-Queue-Failed-Reason'
 HOLD_REASON = 'X-Queue-Hold-Reason'
+# When the message was first queued, kept when release/requeue restart its lifetime.
+ORIGINAL_DATE = 'X-Queue-Original-Date'
 
 
 class QueueFileError(CorruptMessage, ValueError):

@@ -69,10 +69,11 @@ from .contract import (
     QueuedMessage,
     QueueEntry,
     StateCount,
+    StoreSummary,
     apply_move,
     record_attempt,
 )
-from .format import FAILED_REASON, LAST_ERROR, QueueMeta, check_envelope, format_date, parse_date
+from .format import FAILED_REASON, LAST_ERROR, ORIGINAL_DATE, QueueMeta, check_envelope, format_date, parse_date
 from .locations import describe_location
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
@@ -272,6 +273,15 @@ _DUE_AHEAD = """(
     queue_date <= %(now)s - %(lifetime)s * interval '1 second'
     OR last_attempt > %(now)s + %(skew)s * interval '1 second'{max_attempts}
 )"""
+
+
+def _policy_params(policy: RetryPolicy, now: datetime) -> Dict[str, Any]:
+    """The parameters of ``_DUE``."""
+    return {
+        'now': _utc(now), 'min_delay': _seconds(policy.min_delay), 'max_delay': _seconds(policy.max_delay),
+        'lifetime': _seconds(policy.max_queue_lifetime), 'skew': CLOCK_SKEW_TOLERANCE.total_seconds(),
+        'max_attempts': policy.max_attempts,
+    }
 
 
 def _insert_sql(schema: str) -> str:
@@ -812,12 +822,8 @@ class PostgresQueue:
             return batch
         self._listen_early()
         params = self._lease_params()
-        params.update({
-            'pass': self._pass_id, 'limit': int(limit), 'now': _utc(now),
-            'min_delay': _seconds(policy.min_delay), 'max_delay': _seconds(policy.max_delay),
-            'lifetime': _seconds(policy.max_queue_lifetime), 'skew': CLOCK_SKEW_TOLERANCE.total_seconds(),
-            'max_attempts': policy.max_attempts,
-        })
+        params.update(_policy_params(policy, now))
+        params.update({'pass': self._pass_id, 'limit': int(limit)})
         with self._conn() as conn:
             if force:
                 rows = conn.execute(self._sql_claim_all, params).fetchall()
@@ -1058,6 +1064,58 @@ class PostgresQueue:
         for state, count, size, oldest in rows:
             counts[state] = StateCount(int(count), int(size), _utc(oldest))
         return counts
+
+    def summary(self, policy: RetryPolicy, now: datetime) -> StoreSummary:
+        """``mq-queue stats`` in two scans of the table, whatever its size.
+
+        The oldest message of a state counts from its original queue date where an admin's
+        requeue kept one (a text in ``extra``, parsed here like the maildir's); those rows are
+        few and read one by one, the rest is aggregated by the server.
+        """
+        params = _policy_params(policy, now)
+        params['orig'] = ORIGINAL_DATE
+        counts = {state: StateCount() for state in STATES}
+        result = StoreSummary(counts)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT state, count(*), coalesce(sum(size), 0), "
+                f"min(queue_date) FILTER (WHERE NOT extra ? %(orig)s), "
+                f"count(*) FILTER (WHERE extra ? %(orig)s), "
+                f"count(*) FILTER (WHERE state = 'new' AND retries > 0), "
+                f"count(*) FILTER (WHERE state = 'new' AND {_DUE}), "
+                f"count(*) FILTER (WHERE state = 'cur' AND NOT {_ABANDONED}) "
+                f"FROM {self._table} GROUP BY state", params).fetchall()
+            oldest: List[Tuple[str, datetime]] = []
+            with_original = 0
+            for state, count, size, first, originals, deferred, due, active in rows:
+                counts[state] = StateCount(int(count), int(size))
+                result.deferred += int(deferred)
+                result.due += int(due)
+                result.active += int(active)
+                with_original += int(originals)
+                if first is not None:
+                    oldest.append((state, first))
+            if not oldest and not with_original:
+                return result
+            # the ids of the oldest rows, and every row with an original date, in one more scan
+            pairs = ' OR '.join('(state = %s AND queue_date = %s AND NOT extra ? %s)' for _ in oldest) or 'FALSE'
+            values: List[Any] = [value for state, first in oldest for value in (state, first, ORIGINAL_DATE)]
+            candidates = conn.execute(
+                f"SELECT state, id, queue_date, extra ->> %s FROM {self._table} WHERE extra ? %s OR {pairs}",
+                [ORIGINAL_DATE, ORIGINAL_DATE, *values]).fetchall()
+        for state, msg_id, queue_date, original in candidates:
+            born = _utc(queue_date)
+            if original is not None:
+                try:
+                    born = parse_date(original)
+                except (TypeError, ValueError):
+                    pass  # as the maildir's listing does: the queue date then
+            counted = counts[state]
+            if born is None:
+                continue
+            if counted.oldest is None or (born, msg_id) < (counted.oldest, counted.oldest_id or ''):
+                counted.oldest, counted.oldest_id = born, msg_id
+        return result
 
     def resolve(self, prefix: str, states: Sequence[str] = STATES) -> List[Tuple[str, str]]:
         wanted = [state for state in STATES if state in states]
