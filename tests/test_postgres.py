@@ -381,7 +381,7 @@ def test_lost_connections_are_replaced(location: str, stores: Callable[..., Post
                               "WHERE application_name = 'mailqueue-runner' AND pid <> pg_backend_pid() "
                               "AND query NOT LIKE '%%pg_terminate_backend%%' AND backend_type = 'client backend' "
                               "AND datname = current_database() AND pid = ANY(%s)",
-                              [[c.info.backend_pid for c, _ in store._idle]
+                              [[c.info.backend_pid for c, _ in store._idle[False] + store._idle[True]]
                                + [store._owner_conn.info.backend_pid]]).fetchall()  # type: ignore[union-attr]
     assert len(killed) == 2
     assert store.view(msg_id) is not None  # a fresh connection instead of the dead pooled one
@@ -859,3 +859,38 @@ def test_claim_latency(stores: Callable[..., PostgresQueue]) -> None:
           f'(PostgreSQL {server_version()})')
     assert len(claimed) == 200
     assert median < 0.05
+
+
+# --- the runner's connections -----------------------------------------------------------------
+
+
+def test_only_the_runner_commits_asynchronously(stores: Callable[..., PostgresQueue]) -> None:
+    """Claims and completions may be forgotten by a crashing server (a duplicate, docs/postgresql.md);
+    an accepted message may not: enqueue and admin connections keep synchronous commits."""
+    store = stores()
+    with store._conn(runner=True) as conn:
+        assert conn.execute('SHOW synchronous_commit').fetchone() == ('off',)
+    with store._conn() as conn:
+        assert conn.execute('SHOW synchronous_commit').fetchone() == ('on',)
+    # behind a transaction pooler a session setting would leak to other clients: none there
+    pooled = stores(pooling='transaction')
+    with pooled._conn(runner=True) as conn:
+        assert conn.execute('SHOW synchronous_commit').fetchone() == ('on',)
+
+
+def test_a_claim_reads_the_due_index_in_order_before_any_analyze(location: str,
+                                                                  stores: Callable[..., PostgresQueue]) -> None:
+    """Without statistics the planner sorted every due row for each claim (quadratic in the
+    backlog); the runner's claim walks the due index and stops after the batch."""
+    store = stores()
+    sql(location, """
+        INSERT INTO messages (id, state, sender, recipients, msg, size, queue_date)
+        SELECT 'fresh' || n, 'new', 'a@example.org', ARRAY['b@example.org'], '\\x00', 1, now() - n * interval '1 s'
+          FROM generate_series(1, 3000) AS n""")
+    params = store._lease_params()
+    params.update(postgres._policy_params(POLICY, now()))
+    params.update({'pass': store._pass_id, 'limit': 16})
+    with store._conn(runner=True) as conn:
+        plan = '\n'.join(row[0] for row in conn.execute('EXPLAIN ' + store._sql_claim_due, params))
+    assert 'messages_due' in plan and 'Sort' not in plan, plan
+    assert len(store.claim_due(16, now=now(), policy=POLICY)) == 16

@@ -96,7 +96,16 @@ SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = 'mailqueue'
 DEFAULT_LEASE = 120.0  # seconds
 MIN_LEASE = 5.0
-_MAX_IDLE = 8  # idle connections kept per store instance
+_MAX_IDLE = 8  # idle connections kept per store instance and kind
+# Session settings of the runner's connections (claim, complete, defer, release), not of those
+# that enqueue or administer:
+# - synchronous_commit off: such a commit returns before its WAL reaches the disk, so a server
+#   crash (not a runner's) can forget the last fraction of a second of claims and completions.
+#   Each such loss makes a message due again: a duplicate, never a loss (docs/postgresql.md,
+#   duplicate windows). Enqueues stay synchronous: an accepted message is on disk.
+# - enable_bitmapscan off: on a small table without statistics yet the planner would sort every
+#   due row for each claim instead of reading the due index in order.
+_RUNNER_SETTINGS = 'SET synchronous_commit = off; SET enable_bitmapscan = off'
 # Durations in SQL are clamped to this (100 years): a longer one means "never" and would
 # overflow PostgreSQL's interval/timestamp arithmetic.
 _MAX_SECONDS = 100 * 365.25 * 86400
@@ -548,7 +557,8 @@ class PostgresQueue:
     def _reset(self) -> None:
         """Fresh per-process state (also in a forked child: the parent's connections are not ours)."""
         self._pid = os.getpid()
-        self._idle: List[Tuple[psycopg.Connection[Any], float]] = []  # (connection, idle since)
+        # (connection, idle since) by kind: False for enqueue/admin, True for the runner's
+        self._idle: Dict[bool, List[Tuple[psycopg.Connection[Any], float]]] = {False: [], True: []}
         self._checked = False
         self._owner_lock = threading.Lock()
         self._owner_conn: Optional[psycopg.Connection[Any]] = None
@@ -583,14 +593,15 @@ class PostgresQueue:
         except psycopg.Error as exc:
             raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot connect: {_first_line(exc)}') from None
 
-    def _pooled(self) -> Optional[psycopg.Connection[Any]]:
+    def _pooled(self, runner: bool) -> Optional[psycopg.Connection[Any]]:
         """An idle connection that still works (one idle for a while is asked first: the server
         may have restarted, and a statement sent on a dead connection cannot tell whether it ran)."""
+        idle = self._idle[runner]
         while True:
             with self._lock:
-                if not self._idle:
+                if not idle:
                     return None
-                conn, since = self._idle.pop()
+                conn, since = idle.pop()
             if conn.closed:
                 continue
             if time.monotonic() - since < self.ping_after:
@@ -602,24 +613,33 @@ class PostgresQueue:
                 conn.close()
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; database errors become queue errors."""
+    def _conn(self, runner: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; database errors become queue errors.
+
+        ``runner``: one with ``_RUNNER_SETTINGS`` (behind a transaction pooler, where session
+        settings would leak to other clients, an ordinary one).
+        """
         self._forked()
-        conn = self._pooled() or self._connect()
+        runner = runner and self.pooling == 'session'
+        conn = self._pooled(runner)
         try:
             with self._translated():
+                if conn is None:
+                    conn = self._connect()
+                    if runner:
+                        conn.execute(_RUNNER_SETTINGS)
                 if not self._checked:
                     self._check_version(conn)
                 yield conn
         finally:
             kept = False
-            if (not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            if (conn is not None and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
                     and os.getpid() == self._pid):
                 with self._lock:
-                    if len(self._idle) < _MAX_IDLE:
-                        self._idle.append((conn, time.monotonic()))
+                    if len(self._idle[runner]) < _MAX_IDLE:
+                        self._idle[runner].append((conn, time.monotonic()))
                         kept = True
-            if not kept and os.getpid() == self._pid:
+            if conn is not None and not kept and os.getpid() == self._pid:
                 conn.close()
 
     @contextmanager
@@ -824,7 +844,7 @@ class PostgresQueue:
         params = self._lease_params()
         params.update(_policy_params(policy, now))
         params.update({'pass': self._pass_id, 'limit': int(limit)})
-        with self._conn() as conn:
+        with self._conn(runner=True) as conn:
             if force:
                 rows = conn.execute(self._sql_claim_all, params).fetchall()
             else:
@@ -931,7 +951,7 @@ class PostgresQueue:
 
     def complete(self, msg: QueuedMessage) -> None:
         token = self._token(msg)
-        with self._conn() as conn:
+        with self._conn(runner=True) as conn:
             cur = conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
                                [msg.msg_id, token])
         if cur.rowcount != 1:
@@ -951,7 +971,7 @@ class PostgresQueue:
             'sender': meta.from_addr, 'queue_date': _utc(meta.queue_date) or datetime.now(timezone.utc),
             'extra': json.dumps(rest),
         }
-        with self._conn() as conn:
+        with self._conn(runner=True) as conn:
             cur = conn.execute(
                 f"UPDATE {self._table} SET state = 'new', recipients = %(recipients)s::text[], retries = %(retries)s, "
                 f"last_attempt = %(last_attempt)s, last_error = %(error)s, next_attempt = %(next_attempt)s, "
@@ -975,7 +995,7 @@ class PostgresQueue:
         if msg.token is None:
             return
         token = self._token(msg)
-        with self._conn() as conn:
+        with self._conn(runner=True) as conn:
             row = conn.execute(
                 f"UPDATE {self._table} SET state = coalesce(claimed_from, 'new'), {_CLEAR_LEASE} "
                 f"WHERE id = %s AND state = 'cur' AND lease_token = %s RETURNING state, {_META}",
@@ -1274,8 +1294,8 @@ class PostgresQueue:
         with self._listen_lock:
             self._drop_listener()
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
+            idle, self._idle = self._idle, {False: [], True: []}
+        for conn, _ in idle[False] + idle[True]:
             conn.close()
 
 
