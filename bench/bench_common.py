@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 class Sink:
     """bench/sink.py in a separate process on 127.0.0.1."""
 
-    def __init__(self, kind: str = 'raw') -> None:
+    def __init__(self, kind: str = 'raw', delay_ms: float = 0.0) -> None:
         self.kind = kind
+        self.delay_ms = delay_ms
         self.proc: Optional[subprocess.Popen] = None
         self.port = 0
         self.received = -1
 
     def __enter__(self) -> Sink:
         args = [sys.executable, str(ROOT / 'bench' / 'sink.py')] + (['--aiosmtpd'] if self.kind == 'aiosmtpd' else [])
+        if self.delay_ms:
+            args += ['--delay', str(self.delay_ms)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
