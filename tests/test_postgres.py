@@ -195,7 +195,8 @@ def test_init_from_several_hosts_at_once() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results) == [(0, 1)] + [(1, 1)] * 3
+    latest = postgres.SCHEMA_VERSION
+    assert sorted(results) == [(0, latest)] + [(latest, latest)] * 3
 
 
 def test_a_missing_schema_names_mq_queue_init(stores: Callable[..., PostgresQueue]) -> None:
@@ -211,7 +212,8 @@ def test_a_missing_schema_names_mq_queue_init(stores: Callable[..., PostgresQueu
 def test_an_older_schema_names_mq_queue_init(location: str, stores: Callable[..., PostgresQueue],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres, 'SCHEMA_VERSION', postgres.SCHEMA_VERSION + 1)
-    with pytest.raises(SchemaMissing, match=r'at version 1, this version needs 2; run `mq-queue init`'):
+    found, needed = postgres.SCHEMA_VERSION - 1, postgres.SCHEMA_VERSION
+    with pytest.raises(SchemaMissing, match=rf'at version {found}, this version needs {needed}; run `mq-queue init`'):
         stores().stats()
 
 
@@ -668,6 +670,77 @@ def test_mail_queued_during_a_pass_wakes_the_wait_after_it(stores: Callable[...,
     started = time.monotonic()
     assert daemon.wait_for_work(5) is True
     assert time.monotonic() - started < 0.5
+
+
+def _raw_listener(location: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(split_location(location)[0], autocommit=True)
+    conn.execute(f'LISTEN "{split_location(location)[1]["schema"]}"')
+    return conn
+
+
+def _notified(conn: psycopg.Connection[Any], timeout: float) -> bool:
+    return any(True for _ in conn.notifies(timeout=timeout, stop_after=1))
+
+
+def test_enqueues_notify_only_while_a_runner_waits(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    """A notifying commit takes a lock for the whole server: without a waiting runner, no NOTIFY."""
+    daemon, application = stores(), stores()
+    mail = lambda: application.enqueue(BODY, 'shop@example.org', ['customer@example.org'])  # noqa: E731
+    with _raw_listener(location) as spy:
+        mail()
+        assert not _notified(spy, 0.3)  # no runner at all
+        assert len(daemon.claim_due(10, now=now(), policy=POLICY)) == 1  # a pass, busy
+        mail()
+        assert not _notified(spy, 0.3)  # the pass finds it itself
+        assert len(daemon.claim_due(10, now=now(), policy=POLICY)) == 1
+        assert daemon.claim_due(10, now=now(), policy=POLICY) == []  # the pass ends: the daemon waits
+        mail()
+        assert _notified(spy, 2.0)
+        assert daemon.wait_for_work(2.0) is True
+
+
+def test_an_enqueue_committing_as_the_runner_starts_waiting_wakes_it(location: str,
+                                                                      stores: Callable[..., PostgresQueue]) -> None:
+    """The insert ran before the runner took the wait lock (so it did not notify) and commits
+    after the pass looked: the runner gets the lock only after that commit, and then looks again."""
+    daemon = stores()
+    with psycopg.connect(split_location(location)[0]) as conn:
+        enqueue_in_transaction(conn, BODY, 'shop@example.org', ['customer@example.org'], schema=daemon.schema)
+        assert daemon.claim_due(5, now=now(), policy=POLICY) == []  # not committed: nothing to see
+        woke: List[float] = []
+        waiter = threading.Thread(target=lambda: woke.append(time.monotonic()) if daemon.wait_for_work(5) else None)
+        waiter.start()
+        time.sleep(0.5)
+        assert not woke
+        committed = time.monotonic()
+        conn.commit()
+    waiter.join(10)
+    assert woke and woke[0] - committed < 1.0
+    assert len(daemon.claim_due(5, now=now(), policy=POLICY)) == 1
+
+
+def test_upgrade_from_schema_version_1(location: str, stores: Callable[..., PostgresQueue],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    real = postgres._migrations
+    monkeypatch.setattr(postgres, '_migrations', lambda schema: real(schema)[:1])
+    conninfo, ours = split_location(location)
+    schema = ours['schema'] + '_v1'
+    old = with_params(conninfo, mq_schema=schema)
+    try:
+        assert init_schema(old) == (0, postgres.SCHEMA_VERSION)
+        assert schema_version(old) == 1
+        with pytest.raises(SchemaMissing, match='version 1.*mq-queue init'):
+            stores(old).enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+        monkeypatch.setattr(postgres, '_migrations', real)
+        assert init_schema(old) == (1, 2)
+        store = stores(old)
+        with _raw_listener(old) as spy:
+            store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+            assert not _notified(spy, 0.3)  # the v2 trigger
+        assert store.stats()[NEW].count == 1
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 # --- transactional enqueue --------------------------------------------------------------------

@@ -31,7 +31,9 @@ How it works (docs/postgresql.md has the operator's view):
   A heartbeat thread extends the deadlines of the leases this instance holds every sixth of
   the lease; the deadline alone decides behind a transaction pooler;
 - inserts into ``new`` ``NOTIFY`` (a trigger; PostgreSQL folds repeated notifications of one
-  transaction into one), ``wait_for_work`` ``LISTEN``\\ s;
+  transaction into one) while a runner waits in ``wait_for_work`` (it ``LISTEN``\\ s and holds
+  an advisory lock that tells the trigger so); with nobody waiting they skip it, since a
+  notifying commit takes a lock for the whole server;
 - ``complete`` deletes the row.
 """
 
@@ -92,11 +94,12 @@ __all__ = [
 log = logging.getLogger('mailqueue')
 
 #: the schema version this code needs; ``init_schema`` creates or upgrades to it
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = 'mailqueue'
 DEFAULT_LEASE = 120.0  # seconds
 MIN_LEASE = 5.0
 _MAX_IDLE = 8  # idle connections kept per store instance and kind
+_RETRY_WAIT_LOCK = 0.2  # seconds: a waiting runner without the wait lock tries to get it this often
 # Session settings of the runner's connections (claim, complete, defer, release), not of those
 # that enqueue or administer:
 # - synchronous_commit off: such a commit returns before its WAL reaches the disk, so a server
@@ -244,7 +247,28 @@ $$;
 CREATE TRIGGER messages_notify AFTER INSERT ON {s}.messages
     FOR EACH ROW WHEN (NEW.state = 'new') EXECUTE FUNCTION {s}.notify_new();
 """
-    return [(1, v1)]
+    # v2: NOTIFY only while a runner waits. A transaction that notifies takes a lock for the
+    # whole server at commit, so notifying enqueues commit one after another (no group commit):
+    # 4 enqueuing processes reached 2 600 messages/s with it, 3 400 without. A waiting runner
+    # holds the advisory lock _wait_key(schema) exclusively (wait_for_work); an insert that gets
+    # it shared knows nobody waits, and holds it until its commit, so a runner that starts to
+    # wait meanwhile finds the row when it looks once more after taking the lock.
+    v2 = f"""
+CREATE OR REPLACE FUNCTION {s}.notify_new() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared({_wait_key(schema)}) THEN
+        PERFORM pg_catalog.pg_notify('{schema}', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
+    return [(1, v1), (2, v2)]
+
+
+def _wait_key(schema: str) -> int:
+    """The advisory lock a runner waiting for new mail in ``schema`` holds (a positive bigint)."""
+    return int.from_bytes(hashlib.sha256(f'mailqueue-wait:{schema}'.encode()).digest()[:8], 'big') >> 1
 
 
 # An advisory lock with a bigint key shows its high half in classid, its low half in objid.
@@ -543,6 +567,7 @@ class PostgresQueue:
         self._raw_location = location
         self._table = f'{_q(self.schema)}.messages'
         self.channel = self.schema  # NOTIFY channel of inserts into new
+        self._wait_key = _wait_key(self.schema)
         self._lock = threading.Lock()
         order = f'{_DUE_KEY}, queue_date, id'  # the due index
         self._sql_claim_all = self._claim_sql('TRUE', order)
@@ -574,6 +599,8 @@ class PostgresQueue:
         self._listen_lock = threading.Lock()
         self._listen_conn: Optional[psycopg.Connection[Any]] = None
         self._checked_abandoned = 0.0  # monotonic time of wait_for_work's last look for dead runners
+        self._waiting = False  # the listener session holds _wait_key: enqueues notify us
+        self._unnoticed = False  # a pass ended without the wait lock: something may have slipped by
 
     def __repr__(self) -> str:
         return f'PostgresQueue({self.location!r})'
@@ -841,19 +868,14 @@ class PostgresQueue:
         if limit <= 0:
             return batch
         self._listen_early()
+        self._stop_waiting()
         params = self._lease_params()
         params.update(_policy_params(policy, now))
-        params.update({'pass': self._pass_id, 'limit': int(limit)})
-        with self._conn(runner=True) as conn:
-            if force:
-                rows = conn.execute(self._sql_claim_all, params).fetchall()
-            else:
-                rows = conn.execute(self._sql_claim_due, params).fetchall()
-                if len(rows) < limit:
-                    # the end of the due range: what is due although its next attempt lies ahead
-                    params['limit'] = limit - len(rows)
-                    ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
-                    rows += conn.execute(ahead, params).fetchall()
+        params.update({'pass': self._pass_id})
+        rows = self._claim_rows(params, limit, force, policy)
+        if not rows and self._start_waiting():
+            # once more: what committed after that look and before the lock did not NOTIFY
+            rows = self._claim_rows(params, limit, force, policy)
         rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
         for row in rows:
             msg_id, token, msg_bytes = row[0], row[1], row[2]
@@ -866,6 +888,19 @@ class PostgresQueue:
         if not rows:
             self._pass_id = uuid.uuid4()  # an empty batch ends the pass
         return batch
+
+    def _claim_rows(self, params: Dict[str, Any], limit: int, force: bool, policy: RetryPolicy) -> List[Any]:
+        with self._conn(runner=True) as conn:
+            params['limit'] = int(limit)
+            if force:
+                return conn.execute(self._sql_claim_all, params).fetchall()
+            rows = conn.execute(self._sql_claim_due, params).fetchall()
+            if len(rows) < limit:
+                # the end of the due range: what is due although its next attempt lies ahead
+                params['limit'] = limit - len(rows)
+                ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
+                rows += conn.execute(ahead, params).fetchall()
+            return rows
 
     def _corrupt(self, msg: QueuedMessage) -> bool:
         """A row that we could not have queued (written around us): to failed, never to SMTP."""
@@ -946,8 +981,10 @@ class PostgresQueue:
         msg.meta = meta
 
     def _notify(self, conn: psycopg.Connection[Any]) -> None:
+        """Wake waiting runners, if any wait (the condition of the insert trigger)."""
         if self.pooling != 'transaction':
-            conn.execute('SELECT pg_notify(%s, %s)', [self.channel, ''])
+            conn.execute("SELECT CASE WHEN pg_try_advisory_xact_lock_shared(%s) THEN NULL "
+                         "ELSE pg_notify(%s, '') END", [self._wait_key, self.channel])
 
     def complete(self, msg: QueuedMessage) -> None:
         token = self._token(msg)
@@ -1227,8 +1264,14 @@ class PostgresQueue:
             try:
                 conn = self._listener()
                 while True:
+                    if not self._waiting and self._take_wait_lock(conn) and self._unnoticed:
+                        # claim_due could not take it: what committed since then did not NOTIFY
+                        self._unnoticed = False
+                        return True
                     remaining = deadline - time.monotonic()
-                    for _ in conn.notifies(timeout=max(0.0, min(remaining, self.abandoned_check)), stop_after=1):
+                    # without the lock (an enqueue is committing, or another runner waits) try again soon
+                    step = self.abandoned_check if self._waiting else min(self.abandoned_check, _RETRY_WAIT_LOCK)
+                    for _ in conn.notifies(timeout=max(0.0, min(remaining, step)), stop_after=1):
                         return True
                     if time.monotonic() - self._checked_abandoned >= self.abandoned_check:
                         self._checked_abandoned = time.monotonic()
@@ -1242,6 +1285,44 @@ class PostgresQueue:
                 self._drop_listener()
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 return True
+
+    def _take_wait_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        """Take the wait lock on the listener ``conn`` (under ``_listen_lock``); whether we hold it."""
+        self._waiting = bool(conn.execute('SELECT pg_try_advisory_lock(%s)', [self._wait_key]).fetchone()[0])  # type: ignore[index]
+        return self._waiting
+
+    def _start_waiting(self) -> bool:
+        """A pass found nothing: from now on enqueues NOTIFY us. True if the lock was taken just
+        now (rows committed since the empty look did not notify: look once more)."""
+        if self._waiting or self.pooling == 'transaction' or not self._listen_lock.acquire(blocking=False):
+            return False  # (held already, or another thread of ours waits and takes it)
+        try:
+            conn = self._listen_conn
+            if conn is None or conn.closed or os.getpid() != self._pid:
+                return False
+            taken = self._take_wait_lock(conn)
+            # not taken: an enqueue is committing, or another runner waits; wait_for_work tries again
+            self._unnoticed = not taken
+            return taken
+        except psycopg.Error:
+            self._drop_listener()
+            return False
+        finally:
+            self._listen_lock.release()
+
+    def _stop_waiting(self) -> None:
+        """A pass begins: let enqueues skip NOTIFY again (the pass finds their rows itself)."""
+        if not self._waiting or not self._listen_lock.acquire(blocking=False):
+            return  # (another thread of ours is waiting: it keeps the lock)
+        try:
+            conn = self._listen_conn
+            if conn is not None and not conn.closed and os.getpid() == self._pid:
+                conn.execute('SELECT pg_advisory_unlock(%s)', [self._wait_key])
+            self._waiting = False
+        except psycopg.Error:
+            self._drop_listener()
+        finally:
+            self._listen_lock.release()
 
     def _abandoned_claims(self) -> bool:
         """Whether some claim belongs to a dead owner (or is past its deadline)."""
@@ -1273,6 +1354,7 @@ class PostgresQueue:
 
     def _drop_listener(self) -> None:
         conn, self._listen_conn = self._listen_conn, None
+        self._waiting = False  # a session lock ends with its session
         if conn is not None and os.getpid() == self._pid:
             conn.close()
 
