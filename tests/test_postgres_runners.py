@@ -50,3 +50,37 @@ def test_four_mq_run_processes_deliver_each_of_4000_messages_exactly_once(tmp_pa
         store.close()
     assert sum(per_host) == MESSAGES, per_host
     print(f'\n4 mq-run processes delivered {MESSAGES} messages in {took:.1f} s ({per_host})')
+
+
+def test_waiting_daemons_deliver_new_mail_within_a_second(tmp_path: Path) -> None:
+    """Two `mq-run --daemon` on one queue: each message, enqueued while they idle or while they
+    are busy, is delivered within a second (NOTIFY while they wait, their own passes otherwise)."""
+    location = fresh_location()
+    store = open_postgres_queue(location)
+    with SMTPTestServer() as server:
+        configs = [write_config(tmp_path / f'host{n}.conf', server, queue_url=location) for n in range(2)]
+        procs = [subprocess.Popen([script('mq-run'), '-C', config, '--daemon', '--workers', '2'],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for config in configs]
+        try:
+            time.sleep(1.0)  # both have made their first pass and wait
+            latencies = []
+            for n in range(6):
+                if n == 3:
+                    for k in range(300):  # keep them busy for the next ones
+                        store.enqueue(MSG, 'a@example.org', [f'bulk{k}@example.org'])
+                sent = time.monotonic()
+                store.enqueue(MSG, 'a@example.org', [f'new{n}@example.org'])
+                while (f'new{n}@example.org' not in {r for m in server.received for r in m.rcpt_tos}
+                       and time.monotonic() - sent < 5):
+                    time.sleep(0.01)
+                latencies.append(time.monotonic() - sent)
+                time.sleep(0.3 if n < 3 else 0.0)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            outcomes = [proc.communicate(timeout=30) for proc in procs]
+            store.close()
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outcomes]
+    assert max(latencies) < 1.0, latencies
+    counts = Counter(rcpt for received in server.received for rcpt in received.rcpt_tos)
+    assert all(count == 1 for count in counts.values())
