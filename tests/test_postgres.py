@@ -285,6 +285,52 @@ def test_a_lost_lease_touches_nothing(location: str, stores: Callable[..., Postg
     assert other.view(msg_id) is None
 
 
+def test_a_lost_lease_found_after_a_completion_without_waiting_is_logged(
+        location: str, stores: Callable[..., PostgresQueue], caplog: pytest.LogCaptureFixture) -> None:
+    runner, other = stores(), stores()
+    msg_id = runner.enqueue(BODY, 'shop@example.org', ['a@example.org'])
+    (msg,) = runner.claim_due(5, now=now(), policy=POLICY)
+    sql(location, "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = %s", msg_id)
+    assert other.recover() == 1
+    theirs = other.claim(msg_id)
+    assert theirs is not None
+    before = sql(location, 'SELECT state, lease_token FROM messages')
+    with caplog.at_level('WARNING', logger='mailqueue'):
+        runner.complete(msg, wait=False)  # nothing raised: the answer comes later
+        assert runner.view(msg_id) is not None  # ... before this: the row is theirs, untouched
+    assert sql(location, 'SELECT state, lease_token FROM messages') == before
+    assert f'queue entry {msg_id} was delivered, but its lease was no longer ours' in caplog.text
+    other.complete(theirs)
+
+
+def test_a_completion_sent_survives_its_runner(location: str) -> None:
+    """SIGKILL right after complete(wait=False) returned: the server still removes the row."""
+    store = PostgresQueue(location)
+    msg_ids = [store.enqueue(BODY, 'shop@example.org', ['a@example.org']) for _ in range(20)]
+    child = subprocess.Popen([sys.executable, '-c', f"""
+import sys, time
+from schwarz.mailqueue.queue.postgres import PostgresQueue
+from schwarz.mailqueue.queue.schedule import RetryPolicy, utcnow
+store = PostgresQueue({location!r})
+for msg in store.claim_due(20, now=utcnow(), policy=RetryPolicy()):
+    store.complete(msg, wait=False)
+print('sent', flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b'sent\n'
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 5
+        while store.stats()[CLAIMED].count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [msg_id for msg_id in msg_ids if store.view(msg_id) is not None] == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+        store.close()
+
+
 def test_a_forged_token_is_a_lost_lease(stores: Callable[..., PostgresQueue]) -> None:
     import uuid
 

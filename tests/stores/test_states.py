@@ -6,11 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW, QueueStore
+from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW, ClaimLost, QueueStore
 from schwarz.mailqueue.queue.format import FAILED_REASON, HOLD_REASON, LAST_ERROR
 from schwarz.mailqueue.queue.schedule import RetryPolicy
 
 from ._support import BODY, RCPTS, SENDER, T0, claim, due_ids, enqueue, meta_of, state_of
+from .conftest import StoreHarness
 
 
 def test_enqueue_claim_complete(store: QueueStore) -> None:
@@ -36,6 +37,21 @@ def test_enqueue_claim_complete(store: QueueStore) -> None:
     assert store.view(msg_id) is None
     assert list(store.entries()) == []
     assert store.claim(msg_id) is None
+
+
+def test_complete_without_waiting(harness: StoreHarness) -> None:
+    """``complete(wait=False)``: the confirmation may come later, the removal does not."""
+    store = harness.store
+    first, second = enqueue(store), enqueue(store)
+    msg = claim(store, first)
+    store.complete(msg, wait=False)
+    assert not msg.is_claimed
+    with pytest.raises(ClaimLost):
+        store.complete(msg, wait=False)  # ended here already: known without asking anyone
+    assert store.view(first) is None  # this store's next operation sees it gone
+    store.complete(claim(store, second), wait=False)
+    assert [entry.msg_id for entry in store.entries()] == []
+    assert harness.other_handle().view(second) is None
 
 
 def test_enqueue_without_queue_date_uses_now(store: QueueStore) -> None:

@@ -363,7 +363,7 @@ class MessageHandler:
         elif result.refused:
             backend.fail(msg, _reason(result.refused), list(result.refused))
         else:
-            backend.complete(msg)
+            backend.complete(msg, wait=False)  # the next message need not wait for the confirmation
         if deferred and result.refused:
             # the queue file now holds the deferred recipients; keep a dead letter for the refused ones
             try:

@@ -262,8 +262,13 @@ class QueueStore(Protocol):
 
     # --- ending a claim ---------------------------------------------------------------------
 
-    def complete(self, msg: QueuedMessage) -> None:
-        """Delivered: remove it."""
+    def complete(self, msg: QueuedMessage, *, wait: bool = True) -> None:
+        """Delivered: remove it.
+
+        ``wait=False`` lets a store whose removal costs a round trip send it and read the answer
+        later (before its next operation): then a lost claim is logged, not raised. The removal is
+        as certain as with ``wait=True`` once this returns; only its confirmation comes later.
+        """
         ...
 
     def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str, attempt_time: datetime,

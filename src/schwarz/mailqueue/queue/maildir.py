@@ -467,7 +467,7 @@ class MaildirQueue:
         if isinstance(token, _Claim):
             os.close(token.fd)
 
-    def complete(self, msg: QueuedMessage) -> None:
+    def complete(self, msg: QueuedMessage, *, wait: bool = True) -> None:
         """Delivered: remove the file. (A crash before this is the at-least-once window.)"""
         fd = _claim_of(msg).fd  # ClaimLost when the claim has ended
         msg.token = None

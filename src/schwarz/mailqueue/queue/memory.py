@@ -176,7 +176,7 @@ class MemoryQueue:
 
     # --- ending a claim ---------------------------------------------------------------------
 
-    def complete(self, msg: QueuedMessage) -> None:
+    def complete(self, msg: QueuedMessage, *, wait: bool = True) -> None:
         with self._lock:
             self._owned(msg)
             del self._records[msg.msg_id]
