@@ -732,14 +732,23 @@ def test_enqueues_notify_only_while_a_runner_waits(location: str, stores: Callab
     """A notifying commit takes a lock for the whole server: without a waiting runner, no NOTIFY."""
     daemon, application = stores(), stores()
     mail = lambda: application.enqueue(BODY, 'shop@example.org', ['customer@example.org'])  # noqa: E731
+    claim = lambda: daemon.claim_due(10, now=now(), policy=POLICY)  # noqa: E731
     with _raw_listener(location) as spy:
         mail()
         assert not _notified(spy, 0.3)  # no runner at all
-        assert len(daemon.claim_due(10, now=now(), policy=POLICY)) == 1  # a pass, busy
+        assert len(claim()) == 1  # a pass, busy
         mail()
         assert not _notified(spy, 0.3)  # the pass finds it itself
-        assert len(daemon.claim_due(10, now=now(), policy=POLICY)) == 1
-        assert daemon.claim_due(10, now=now(), policy=POLICY) == []  # the pass ends: the daemon waits
+        assert len(claim()) == 1
+        assert claim() == []  # the pass ends...
+        mail()
+        assert not _notified(spy, 0.3)
+        assert daemon.wait_for_work(5.0) is True  # ... the wait takes the lock and looks once more
+        assert len(claim()) == 1
+        assert claim() == []
+        assert daemon.wait_for_work(0.2) is True  # once per busy spell
+        assert claim() == []  # empty, and the lock kept: enqueues notify from now on
+        assert daemon.wait_for_work(0.3) is False
         mail()
         assert _notified(spy, 2.0)
         assert daemon.wait_for_work(2.0) is True

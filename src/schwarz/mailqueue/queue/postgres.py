@@ -884,15 +884,15 @@ class PostgresQueue:
         batch = ClaimBatch()
         if limit <= 0:
             return batch
-        self._listen_early()
-        self._stop_waiting()
         params = self._lease_params()
         params.update(_policy_params(policy, now))
         params.update({'pass': self._pass_id})
         rows = self._claim_rows(params, limit, force, policy)
-        if not rows and self._start_waiting():
-            # once more: what committed after that look and before the lock did not NOTIFY
-            rows = self._claim_rows(params, limit, force, policy)
+        if rows:
+            self._stop_waiting()  # busy: enqueues need not NOTIFY us
+        elif not self._waiting:
+            # what commits from now until wait_for_work takes the wait lock does not NOTIFY
+            self._unnoticed = True
         rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
         for row in rows:
             msg_id, token, msg_bytes = row[0], row[1], row[2]
@@ -1325,7 +1325,8 @@ class PostgresQueue:
 
     def recover(self) -> int:
         """Leases whose owner's session is gone, or past their deadline, go back where they came from."""
-        with self._conn() as conn:
+        # a runner's work (a recovery the server forgets in a crash is simply done again)
+        with self._conn(runner=True) as conn:
             # liveness is read after the statement's snapshot: every lease it sees was taken
             # while its owner already held the lock, so a live owner is never taken for dead
             leases = conn.execute(f"SELECT id, lease_token, {_ABANDONED}, lease_owner FROM {self._table} "
@@ -1368,7 +1369,8 @@ class PostgresQueue:
                 conn = self._listener()
                 while True:
                     if not self._waiting and self._take_wait_lock(conn) and self._unnoticed:
-                        # claim_due could not take it: what committed since then did not NOTIFY
+                        # what committed since the last empty pass did not NOTIFY: look once more
+                        # (an empty pass keeps the lock, so this happens once per busy spell)
                         self._unnoticed = False
                         return True
                     remaining = deadline - time.monotonic()
@@ -1394,27 +1396,8 @@ class PostgresQueue:
         self._waiting = bool(conn.execute('SELECT pg_try_advisory_lock(%s)', [self._wait_key]).fetchone()[0])  # type: ignore[index]
         return self._waiting
 
-    def _start_waiting(self) -> bool:
-        """A pass found nothing: from now on enqueues NOTIFY us. True if the lock was taken just
-        now (rows committed since the empty look did not notify: look once more)."""
-        if self._waiting or self.pooling == 'transaction' or not self._listen_lock.acquire(blocking=False):
-            return False  # (held already, or another thread of ours waits and takes it)
-        try:
-            conn = self._listen_conn
-            if conn is None or conn.closed or os.getpid() != self._pid:
-                return False
-            taken = self._take_wait_lock(conn)
-            # not taken: an enqueue is committing, or another runner waits; wait_for_work tries again
-            self._unnoticed = not taken
-            return taken
-        except psycopg.Error:
-            self._drop_listener()
-            return False
-        finally:
-            self._listen_lock.release()
-
     def _stop_waiting(self) -> None:
-        """A pass begins: let enqueues skip NOTIFY again (the pass finds their rows itself)."""
+        """A pass found work: let enqueues skip NOTIFY again (the pass finds their rows itself)."""
         if not self._waiting or not self._listen_lock.acquire(blocking=False):
             return  # (another thread of ours is waiting: it keeps the lock)
         try:
@@ -1434,19 +1417,6 @@ class PostgresQueue:
                                   ).fetchall()
         return any(abandoned or _owner_gone(owner) for abandoned, owner in leases)
 
-    def _listen_early(self) -> None:
-        """LISTEN from the start of a pass (a daemon waits after it: nothing enqueued meanwhile is missed)."""
-        self._forked()
-        if self.pooling == 'transaction' or (self._listen_conn is not None and os.getpid() == self._pid):
-            return
-        if self._listen_lock.acquire(blocking=False):  # a waiting thread listens already
-            try:
-                self._listener()
-            except (psycopg.Error, QueueUnavailable):
-                self._drop_listener()  # wait_for_work tries again, or polls
-            finally:
-                self._listen_lock.release()
-
     def _listener(self) -> psycopg.Connection[Any]:
         conn = self._listen_conn
         if conn is None or conn.closed:
@@ -1457,7 +1427,9 @@ class PostgresQueue:
 
     def _drop_listener(self) -> None:
         conn, self._listen_conn = self._listen_conn, None
-        self._waiting = False  # a session lock ends with its session
+        if self._waiting:
+            self._waiting = False  # a session lock ends with its session...
+            self._unnoticed = True  # ... and until it is taken again, nothing notifies us
         if conn is not None and os.getpid() == self._pid:
             conn.close()
 
