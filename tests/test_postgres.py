@@ -256,15 +256,21 @@ def test_no_transaction_stays_open_while_a_message_is_claimed(stores: Callable[.
         store.complete(msg)
 
 
-def test_a_lost_lease_touches_nothing(location: str, stores: Callable[..., PostgresQueue]) -> None:
-    runner, other = stores(), stores()
+def _taken_over(location: str, runner: PostgresQueue, other: PostgresQueue) -> Tuple[str, QueuedMessage,
+                                                                                   QueuedMessage]:
+    """``runner`` claims a message, is cut off for longer than a lease, and ``other`` takes it over."""
     msg_id = runner.enqueue(BODY, 'shop@example.org', ['a@example.org', 'b@example.org'])
     (msg,) = runner.claim_due(5, now=now(), policy=POLICY)
-    # the runner was cut off for longer than a lease: its deadline passed, the other one recovers
     sql(location, "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = %s", msg_id)
     assert other.recover() == 1
     theirs = other.claim(msg_id)
     assert theirs is not None
+    return msg_id, msg, theirs
+
+
+def test_a_lost_lease_touches_nothing(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    runner, other = stores(), stores()
+    msg_id, msg, theirs = _taken_over(location, runner, other)
     before = sql(location, 'SELECT state, recipients, retries, lease_token FROM messages')
     actions = [
         lambda: runner.complete(msg),
@@ -288,12 +294,7 @@ def test_a_lost_lease_touches_nothing(location: str, stores: Callable[..., Postg
 def test_a_lost_lease_found_after_a_completion_without_waiting_is_logged(
         location: str, stores: Callable[..., PostgresQueue], caplog: pytest.LogCaptureFixture) -> None:
     runner, other = stores(), stores()
-    msg_id = runner.enqueue(BODY, 'shop@example.org', ['a@example.org'])
-    (msg,) = runner.claim_due(5, now=now(), policy=POLICY)
-    sql(location, "UPDATE messages SET lease_until = now() - interval '1 second' WHERE id = %s", msg_id)
-    assert other.recover() == 1
-    theirs = other.claim(msg_id)
-    assert theirs is not None
+    msg_id, msg, theirs = _taken_over(location, runner, other)
     before = sql(location, 'SELECT state, lease_token FROM messages')
     with caplog.at_level('WARNING', logger='mailqueue'):
         runner.complete(msg, wait=False)  # nothing raised: the answer comes later
