@@ -213,7 +213,19 @@ def _runner_loop(bin_dir: Path, config: str, store: QueueStore, kills: int, stop
                 if _claimed(store):
                     proc.send_signal(signal.SIGKILL)
                     summary.kills += 1
-        proc.wait()
+        # Kills are used up: let the pass end by itself, but not beyond the chaos phase. A runner
+        # pausing after a "421 too busy" (60 s and more, doubling) while the faults go on would
+        # otherwise hold the phase open, and the phase would wait for it: SIGTERM it (a graceful
+        # stop: what it has not delivered stays queued for the final drain).
+        while True:
+            try:
+                proc.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop.is_set():
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(60)
+                    break
         stop.wait(0.05)
 
 
