@@ -190,3 +190,35 @@ def test_rewrite_after_crash_left_a_tmp_file(tmp_path) -> None:
     assert msg is not None
     queue.fail(msg, '550 no')
     assert queue.read_meta('failed', msg_id).to_addrs == ['c@x']
+
+
+def _closer_threads() -> int:
+    import threading
+
+    return sum(1 for thread in threading.enumerate() if thread.name == 'mq-closer' and thread.is_alive())
+
+
+def _complete_one(queue: MaildirQueue) -> None:
+    msg_id = queue.enqueue(b'Subject: x\r\n\r\nbody\r\n', 'a@example.org', ['b@example.org'])
+    msg = queue.claim(msg_id)
+    assert msg is not None
+    queue.complete(msg)
+
+
+def test_a_queue_leaves_no_closer_thread_behind(tmp_path) -> None:
+    """complete() closes files in a helper thread; close(), or dropping the queue, ends it."""
+    import gc
+
+    before = _closer_threads()
+    queue = MaildirQueue(str(tmp_path / 'closed'), fsync=False)
+    _complete_one(queue)
+    assert _closer_threads() == before + 1
+    queue.close()
+    dropped = MaildirQueue(str(tmp_path / 'dropped'), fsync=False)
+    _complete_one(dropped)
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while _closer_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _closer_threads() == before

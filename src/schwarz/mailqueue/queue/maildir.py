@@ -185,6 +185,9 @@ class MaildirQueue:
 
     def close(self) -> None:
         self.flush()
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            closer.stop()
         with self._dir_lock:
             for fd in self._dir_fds.values():
                 os.close(fd)
@@ -484,11 +487,15 @@ class MaildirQueue:
         # Once unlinked nobody can find the file, so the lock no longer matters; but the last
         # close frees the inode's blocks, which costs ~100 us on ext4 with online discard.
         # A helper thread does that off the delivery path (the kernel closes it if we die).
-        if self._closer is None:
+        closer = self._closer
+        if closer is None:
             with self._dir_lock:
-                if self._closer is None:
-                    self._closer = _BackgroundCloser()
-        self._closer.close_later(fd)
+                closer = self._closer
+                if closer is None:
+                    closer = self._closer = _BackgroundCloser()
+                    # a queue dropped without close() must not leave its thread behind
+                    weakref.finalize(self, closer.stop)
+        closer.close_later(fd)
 
     def defer(self, msg: QueuedMessage, recipients: Sequence[str], error: str, attempt_time: datetime,
               next_attempt: Optional[datetime] = None) -> None:
@@ -859,6 +866,10 @@ class _BackgroundCloser:
     def close_later(self, fd: int) -> None:
         self._fds.put(fd)
 
+    def stop(self) -> None:
+        """End the thread once everything queued before is closed."""
+        self._fds.put(None)
+
     def flush(self) -> None:
         done = threading.Event()
         self._fds.put(done)
@@ -867,9 +878,11 @@ class _BackgroundCloser:
     def _run(self) -> None:
         while True:
             item = self._fds.get()
+            if item is None:
+                return
             if isinstance(item, threading.Event):
                 item.set()
-            elif item is not None:
+            else:
                 try:
                     os.close(item)
                 except OSError:
