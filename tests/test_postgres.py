@@ -775,6 +775,43 @@ def test_an_enqueue_committing_as_the_runner_starts_waiting_wakes_it(location: s
     assert len(daemon.claim_due(5, now=now(), policy=POLICY)) == 1
 
 
+def test_a_runner_that_cannot_take_the_wait_lock_polls(location: str, stores: Callable[..., PostgresQueue]) -> None:
+    """A long transaction that queued mail holds the wait lock shared: others' enqueues then skip
+    NOTIFY, so the waiting runner looks for work at the end of each wait instead."""
+    daemon, application = stores(), stores()
+    assert daemon.claim_due(5, now=now(), policy=POLICY) == []
+    with psycopg.connect(split_location(location)[0]) as slow:
+        enqueue_in_transaction(slow, BODY, 'shop@example.org', ['slow@example.org'], schema=daemon.schema)
+        application.enqueue(BODY, 'shop@example.org', ['quick@example.org'])  # committed, no NOTIFY
+        started = time.monotonic()
+        assert daemon.wait_for_work(1.0) is True
+        assert time.monotonic() - started < 1.5
+        claimed = daemon.claim_due(5, now=now(), policy=POLICY)
+        assert [msg.to_addrs for msg in claimed] == [['quick@example.org']]
+        slow.rollback()
+    daemon.complete(claimed[0])
+
+
+def test_a_completion_on_a_lost_connection_is_done_once_more(location: str,
+                                                            stores: Callable[..., PostgresQueue],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    store = stores()
+    first, second = (store.enqueue(BODY, 'shop@example.org', ['a@example.org']) for _ in range(2))
+    one, two = store.claim_due(5, now=now(), policy=POLICY)
+    store.complete(one, wait=False)
+    assert store.view(one.msg_id) is None
+    completer = store._completer
+    assert completer is not None
+    with psycopg.connect(server_url(), autocommit=True) as conn:  # a server restart, a failover...
+        conn.execute('SELECT pg_terminate_backend(%s)', [completer.backend_pid])
+    time.sleep(0.2)
+    with caplog.at_level('WARNING', logger='mailqueue'):
+        store.complete(two, wait=False)
+        assert store.view(two.msg_id) is None  # removed on a fresh connection, not lost
+    assert 'lease was no longer ours' not in caplog.text and 'cannot be recorded' not in caplog.text
+    assert {first, second} == {one.msg_id, two.msg_id}
+
+
 def test_upgrade_from_schema_version_1(location: str, stores: Callable[..., PostgresQueue],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     real = postgres._migrations

@@ -103,9 +103,9 @@ DEFAULT_LEASE = 120.0  # seconds
 MIN_LEASE = 5.0
 _MAX_IDLE = 8  # idle connections kept per store instance and kind
 _RETRY_WAIT_LOCK = 0.2  # seconds: a waiting runner without the wait lock tries to get it this often
+_LOST_AFTER_DELIVERY = ('queue entry %s was delivered, but its lease was no longer ours (taken back or removed); '
+                        'it may be delivered twice')
 _SETTLE_TIMEOUT = 60.0  # seconds to wait for the server's answer to a completion sent earlier
-# pq.PGconn objects of a parent process, kept from the garbage collector in a forked child
-_parents_connections: List[object] = []
 # Session settings of the runner's connections (claim, complete, defer, release), not of those
 # that enqueue or administer:
 # - synchronous_commit off: such a commit returns before its WAL reaches the disk, so a server
@@ -498,6 +498,13 @@ def _owner_gone(owner: Optional[str]) -> bool:
     return _start_time(int(parts[1])) != parts[3]
 
 
+def _wait_for(fd: int, event: int, timeout: float) -> None:
+    """Until ``fd`` is ready for ``event`` (select.POLLIN/POLLOUT) or ``timeout`` seconds pass."""
+    poller = select.poll()  # (select.select fails on descriptors above 1023)
+    poller.register(fd, event)
+    poller.poll(timeout * 1000)
+
+
 def _first_line_of(message: bytes) -> str:
     return message.decode('utf-8', 'replace').strip().splitlines()[0] if message.strip() else 'unknown error'
 
@@ -614,7 +621,9 @@ class PostgresQueue:
         # complete(wait=False): a libpq connection that sends the DELETE and reads its result later
         self._completer_lock = threading.Lock()
         self._completer: Optional[PGconn] = None
-        self._in_flight: Optional[str] = None  # id whose completion awaits the server's answer
+        self._completer_used = 0.0  # monotonic time of its last statement
+        # (id, lease token) of the completion that awaits the server's answer
+        self._in_flight: Optional[Tuple[str, uuid.UUID]] = None
 
     def __repr__(self) -> str:
         return f'PostgresQueue({self.location!r})'
@@ -626,7 +635,6 @@ class PostgresQueue:
             with self._lock:
                 if os.getpid() != self._pid:
                     # psycopg never closes a connection of another process; just forget them
-                    _parents_connections.append(self._completer)
                     self._reset()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -912,12 +920,14 @@ class PostgresQueue:
             if force:
                 return conn.execute(self._sql_claim_all, params).fetchall()
             rows = conn.execute(self._sql_claim_due, params).fetchall()
-            if len(rows) < limit:
-                # the end of the due range: what is due although its next attempt lies ahead
-                params['limit'] = limit - len(rows)
-                ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
+        if len(rows) < limit:
+            # the end of the due range: what is due although its next attempt lies ahead. On an
+            # ordinary connection: its OR of two ranges needs the bitmap scans the runner's lack
+            params['limit'] = limit - len(rows)
+            ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
+            with self._conn() as conn:
                 rows += conn.execute(ahead, params).fetchall()
-            return rows
+        return rows
 
     def _corrupt(self, msg: QueuedMessage) -> bool:
         """A row that we could not have queued (written around us): to failed, never to SMTP."""
@@ -1025,7 +1035,11 @@ class PostgresQueue:
     def _completer_conn(self) -> PGconn:
         pg = self._completer
         if pg is not None and pg.status == pq.ConnStatus.OK:
-            return pg
+            if time.monotonic() - self._completer_used < self.ping_after:
+                return pg
+            # idle for a while: the server may have restarted, and a statement written to a dead
+            # connection is simply lost; a fresh connection costs less than finding out
+            pg.finish()
         self._completer = None
         settings = {k: v for k, v in self._kwargs.items() if k not in ('autocommit', 'prepare_threshold')}
         pg = pq.PGconn.connect(make_conninfo(self._conninfo, **settings).encode())
@@ -1046,18 +1060,30 @@ class PostgresQueue:
         return pg
 
     def _send_completion(self, msg: QueuedMessage, token: uuid.UUID) -> None:
+        self._forked()
         with self._completer_lock:
             self._settle_locked()
-            pg = self._completer_conn()
             try:
+                pg = self._completer_conn()
                 pg.send_query_prepared(b'mq_complete', [msg.msg_id.encode(), str(token).encode()])
                 while pg.flush():  # (blocking mode: returns 0 once everything is sent)
-                    select.select([], [pg.socket], [], _SETTLE_TIMEOUT)
-            except psycopg.Error as exc:
+                    _wait_for(pg.socket, select.POLLOUT, _SETTLE_TIMEOUT)
+            except (psycopg.Error, QueueUnavailable, OSError):
                 self._drop_completer()
-                raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)}') from None
-            self._in_flight = msg.msg_id
+                # as complete(wait=True) would, errors included (the claim then stays ours)
+                if self._delete_now(msg.msg_id, token) != 1:
+                    log.warning(_LOST_AFTER_DELIVERY, msg.msg_id)
+                self._ended(msg)
+                return
+            self._in_flight = (msg.msg_id, token)
+            self._completer_used = time.monotonic()
         self._ended(msg)
+
+    def _delete_now(self, msg_id: str, token: uuid.UUID) -> int:
+        """The completion's DELETE on an ordinary runner connection; rows deleted (0: lease lost)."""
+        with self._conn(runner=True) as conn:
+            return conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
+                                [msg_id, token]).rowcount
 
     def _settle(self) -> None:
         with self._completer_lock:
@@ -1065,11 +1091,15 @@ class PostgresQueue:
 
     def _settle_locked(self) -> None:
         """Read the answer to the completion in flight; a lost lease or an error is logged."""
-        msg_id, pg = self._in_flight, self._completer
-        if msg_id is None or pg is None:
+        in_flight, pg = self._in_flight, self._completer
+        if in_flight is None:
             return
         self._in_flight = None
+        msg_id, token = in_flight
+        deleted: Optional[int] = None
         try:
+            if pg is None:
+                raise psycopg.OperationalError('connection closed')
             deadline = time.monotonic() + _SETTLE_TIMEOUT
             while True:
                 pg.consume_input()
@@ -1077,21 +1107,24 @@ class PostgresQueue:
                     break
                 if time.monotonic() > deadline:
                     raise psycopg.OperationalError('no answer from the server')
-                select.select([pg.socket], [], [], 1.0)  # (pq's own blocking calls would hold the GIL)
+                _wait_for(pg.socket, select.POLLIN, 1.0)  # (pq's own blocking calls would hold the GIL)
             result = pg.get_result()
             while pg.get_result() is not None:
                 pass
-        except psycopg.Error as exc:
+            if result is not None and result.status == pq.ExecStatus.COMMAND_OK:
+                deleted = result.command_tuples or 0
+        except (psycopg.Error, OSError):
             self._drop_completer()
-            log.error('queue entry %s was delivered, but the server did not confirm its removal (%s); unless it '
-                      'did remove it, the message is delivered again after its lease', msg_id, _first_line(exc))
-            return
-        if result is None or result.status != pq.ExecStatus.COMMAND_OK:
-            log.error('queue entry %s was delivered, but its removal failed: %s', msg_id,
-                      _first_line_of(result.error_message if result is not None else b''))
-        elif result.command_tuples != 1:
-            log.warning('queue entry %s was delivered, but its lease was no longer ours (taken back or removed); '
-                        'it may be delivered twice', msg_id)
+        if deleted is None:
+            # no answer (a lost connection, an error): the DELETE is conditional, so once more
+            try:
+                deleted = self._delete_now(msg_id, token)
+            except QueueUnavailable as exc:
+                log.error('queue entry %s was delivered, but its removal cannot be recorded (%s); it will be '
+                          'delivered again after its lease', msg_id, exc)
+                return
+        if deleted != 1:
+            log.warning(_LOST_AFTER_DELIVERY, msg_id)
 
     def _drop_completer(self) -> None:
         pg, self._completer, self._in_flight = self._completer, None, None
@@ -1357,7 +1390,9 @@ class PostgresQueue:
         within a second or two of the crash, even while no new mail arrives.
 
         Without LISTEN (``mq_pooling=transaction``, or the connection is gone) it just waits
-        and says True: the caller looks for due messages, which is the polling fallback.
+        and says True: the caller looks for due messages, which is the polling fallback. The
+        same when it could not take the wait lock (see the v2 migration): then enqueues may
+        have skipped NOTIFY.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         if self.pooling == 'transaction':
@@ -1383,7 +1418,9 @@ class PostgresQueue:
                         if self._abandoned_claims():
                             return True
                     if time.monotonic() >= deadline:
-                        return False
+                        # without the lock (a long transaction that queued mail holds it shared, or
+                        # another runner waits) enqueues need not NOTIFY: look for work anyway
+                        return not self._waiting
             except (psycopg.Error, QueueUnavailable) as exc:
                 log.warning('PostgreSQL queue %s: LISTEN failed (%s); polling instead', self.location,
                             _first_line(exc))
@@ -1405,6 +1442,9 @@ class PostgresQueue:
             if conn is not None and not conn.closed and os.getpid() == self._pid:
                 conn.execute('SELECT pg_advisory_unlock(%s)', [self._wait_key])
             self._waiting = False
+            # until the next wait takes it again, enqueues skip NOTIFY: that wait looks once more
+            # (also when this pass ends without a further claim, e.g. a batch found corrupt)
+            self._unnoticed = True
         except psycopg.Error:
             self._drop_listener()
         finally:
