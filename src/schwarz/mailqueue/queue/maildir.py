@@ -860,33 +860,43 @@ class _BackgroundCloser:
         import queue
 
         self._fds: queue.SimpleQueue[Optional[threading.Event] | int] = queue.SimpleQueue()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name='mq-closer', daemon=True)
         self._thread.start()
 
     def close_later(self, fd: int) -> None:
+        if self._stopped:  # (a complete() racing close(): no thread to hand it to)
+            _close_quietly(fd)
+            return
         self._fds.put(fd)
 
     def stop(self) -> None:
         """End the thread once everything queued before is closed."""
+        self._stopped = True
         self._fds.put(None)
 
     def flush(self) -> None:
+        if self._stopped:
+            return
         done = threading.Event()
         self._fds.put(done)
         done.wait()
 
     def _run(self) -> None:
+        import queue
+
+        stopping = False
         while True:
-            item = self._fds.get()
+            try:
+                item = self._fds.get_nowait() if stopping else self._fds.get()
+            except queue.Empty:
+                return  # stopped, and what was queued after the stop is done too
             if item is None:
-                return
-            if isinstance(item, threading.Event):
+                stopping = True
+            elif isinstance(item, threading.Event):
                 item.set()
             else:
-                try:
-                    os.close(item)
-                except OSError:
-                    pass
+                _close_quietly(item)
 
 
 def _lock_held(path: str) -> Optional[bool]:
