@@ -314,6 +314,18 @@ _DUE_AHEAD = """(
 )"""
 
 
+def _count_oldest(counted: StateCount, msg_id: str, queue_date: Optional[datetime], original: Optional[str]) -> None:
+    """Let ``msg_id`` be the oldest of its state if it first entered the queue before the one so far."""
+    born = queue_date
+    if original is not None:
+        try:
+            born = parse_date(original)
+        except (TypeError, ValueError):
+            pass  # as the maildir's listing does: the queue date then
+    if born is not None and (counted.oldest is None or (born, msg_id) < (counted.oldest, counted.oldest_id or '')):
+        counted.oldest, counted.oldest_id = born, msg_id
+
+
 def _policy_params(policy: RetryPolicy, now: datetime) -> Dict[str, Any]:
     """The parameters of ``_DUE``."""
     return {
@@ -1269,7 +1281,9 @@ class PostgresQueue:
         params['orig'] = ORIGINAL_DATE
         counts = {state: StateCount() for state in STATES}
         result = StoreSummary(counts)
-        with self._conn() as conn:
+        with self._conn() as conn, conn.transaction():
+            # one snapshot for both scans: the oldest waiting message is the next one claimed
+            conn.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY')
             rows = conn.execute(
                 f"SELECT state, count(*), coalesce(sum(size), 0), "
                 f"min(queue_date) FILTER (WHERE NOT extra ? %(orig)s), "
@@ -1293,21 +1307,13 @@ class PostgresQueue:
             # the ids of the oldest rows, and every row with an original date, in one more scan
             pairs = ' OR '.join('(state = %s AND queue_date = %s AND NOT extra ? %s)' for _ in oldest) or 'FALSE'
             values: List[Any] = [value for state, first in oldest for value in (state, first, ORIGINAL_DATE)]
-            candidates = conn.execute(
-                f"SELECT state, id, queue_date, extra ->> %s FROM {self._table} WHERE extra ? %s OR {pairs}",
-                [ORIGINAL_DATE, ORIGINAL_DATE, *values]).fetchall()
-        for state, msg_id, queue_date, original in candidates:
-            born = _utc(queue_date)
-            if original is not None:
-                try:
-                    born = parse_date(original)
-                except (TypeError, ValueError):
-                    pass  # as the maildir's listing does: the queue date then
-            counted = counts[state]
-            if born is None:
-                continue
-            if counted.oldest is None or (born, msg_id) < (counted.oldest, counted.oldest_id or ''):
-                counted.oldest, counted.oldest_id = born, msg_id
+            # streamed: after `mq-queue requeue --all` every row has an original date
+            with conn.cursor(name=f'mq_summary_{secrets.token_hex(4)}') as cursor:
+                cursor.itersize = 2000
+                cursor.execute(f"SELECT state, id, queue_date, extra ->> %s FROM {self._table} "
+                               f"WHERE extra ? %s OR {pairs}", [ORIGINAL_DATE, ORIGINAL_DATE, *values])
+                for state, msg_id, queue_date, original in cursor:
+                    _count_oldest(counts[state], msg_id, _utc(queue_date), original)
         return result
 
     def resolve(self, prefix: str, states: Sequence[str] = STATES) -> List[Tuple[str, str]]:
