@@ -1030,10 +1030,7 @@ class PostgresQueue:
         if not wait and self.pooling == 'session':
             self._send_completion(msg, token)
             return
-        with self._conn(runner=True) as conn:
-            cur = conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
-                               [msg.msg_id, token])
-        if cur.rowcount != 1:
+        if self._delete_now(msg.msg_id, token) != 1:
             raise self._lost(msg)
         self._ended(msg)
 
@@ -1085,14 +1082,13 @@ class PostgresQueue:
                 # as complete(wait=True) would, errors included (the claim then stays ours)
                 if self._delete_now(msg.msg_id, token) != 1:
                     log.warning(_LOST_AFTER_DELIVERY, msg.msg_id)
-                self._ended(msg)
-                return
-            self._in_flight = (msg.msg_id, token)
-            self._completer_used = time.monotonic()
+            else:
+                self._in_flight = (msg.msg_id, token)
+                self._completer_used = time.monotonic()
         self._ended(msg)
 
     def _delete_now(self, msg_id: str, token: uuid.UUID) -> int:
-        """The completion's DELETE on an ordinary runner connection; rows deleted (0: lease lost)."""
+        """The completion's DELETE, waiting for its answer; rows deleted (0: the lease was lost)."""
         with self._conn(runner=True) as conn:
             return conn.execute(f"DELETE FROM {self._table} WHERE id = %s AND state = 'cur' AND lease_token = %s",
                                 [msg_id, token]).rowcount
@@ -1274,8 +1270,8 @@ class PostgresQueue:
         """``mq-queue stats`` in two scans of the table, whatever its size.
 
         The oldest message of a state counts from its original queue date where an admin's
-        requeue kept one (a text in ``extra``, parsed here like the maildir's); those rows are
-        few and read one by one, the rest is aggregated by the server.
+        requeue kept one (a text in ``extra``, parsed here as the maildir listing parses it);
+        those rows are streamed and compared here, the rest is aggregated by the server.
         """
         params = _policy_params(policy, now)
         params['orig'] = ORIGINAL_DATE
