@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from ..errors import ClaimLost, CorruptMessage, QueueError, QueueUnavailable
-from .format import QueueMeta
+from .format import FAILED_REASON, LAST_ERROR, QueueMeta, format_date, parse_date
 
 if TYPE_CHECKING:  # pragma: no cover
     from .schedule import RetryPolicy
@@ -352,8 +352,6 @@ class QueueStore(Protocol):
 def record_attempt(meta: QueueMeta, recipients: Sequence[str], error: str, attempt_time: datetime,
                    next_attempt: Optional[datetime]) -> None:
     """What ``defer`` writes, the same for every store: pending recipients, one attempt more, why, when next."""
-    from .format import LAST_ERROR, format_date
-
     meta.to_addrs = list(recipients)
     meta.retries += 1
     meta.last_delivery_attempt = attempt_time
@@ -367,8 +365,6 @@ def record_attempt(meta: QueueMeta, recipients: Sequence[str], error: str, attem
 def apply_move(meta: QueueMeta, *, reset_retries: bool, due_now: bool, queue_date: Optional[datetime],
                extra: Optional[Dict[str, Optional[str]]]) -> None:
     """The metadata side of ``move``, the same for every store (see ``QueueStore.move``)."""
-    from .format import FAILED_REASON, LAST_ERROR
-
     if queue_date is not None:
         meta.queue_date = queue_date
     if reset_retries:
@@ -391,8 +387,6 @@ def due_time(meta: QueueMeta, policy: RetryPolicy) -> Optional[datetime]:
     None means due now. The lifetime's end is a due time too: an expired message must be
     claimed to be moved to failed.
     """
-    from .format import parse_date
-
     recorded = meta.extra.get(NEXT_ATTEMPT)
     due: Optional[datetime] = None
     if recorded:
