@@ -492,6 +492,25 @@ def test_claims_of_a_killed_runner_come_back_within_a_second(location: str, chil
     assert sorted(msg.msg_id for msg in store.claim_due(10, now=now(), policy=POLICY)) == queued
 
 
+def test_stats_do_not_count_a_claim_of_an_ended_process_as_active(stores: Callable[..., PostgresQueue],
+                                                                  location: str) -> None:
+    """Its session may outlive it for a moment; the summary and the listing both see the process gone."""
+    from schwarz.mailqueue.queue.admin import QueueAdmin
+
+    store = stores()
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    held = stores().claim(msg_id)  # a live session holds the lease and its lock
+    assert held is not None
+    admin = QueueAdmin(store, POLICY)
+    assert (admin.stats().active, admin.stats_from_rows().active) == (1, 1)
+    ended = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True,
+                           check=True)
+    [(owner,)] = sql(location, 'SELECT lease_owner FROM messages')
+    host, _pid, machine, started = owner.rsplit(':', 3)
+    sql(location, 'UPDATE messages SET lease_owner = %s', f'{host}:{int(ended.stdout)}:{machine}:{started}')
+    assert (admin.stats().active, admin.stats_from_rows().active) == (0, 0)
+
+
 def test_runners_recovering_at_once_share_the_work(location: str, children: Callable[..., Child],
                                                    stores: Callable[..., PostgresQueue]) -> None:
     """Several runners start their pass at the same moment: each dead claim comes back once, nobody waits."""

@@ -1285,16 +1285,20 @@ class PostgresQueue:
                 f"min(queue_date) FILTER (WHERE NOT extra ? %(orig)s), "
                 f"count(*) FILTER (WHERE extra ? %(orig)s), "
                 f"count(*) FILTER (WHERE state = 'new' AND retries > 0), "
-                f"count(*) FILTER (WHERE state = 'new' AND {_DUE}), "
-                f"count(*) FILTER (WHERE state = 'cur' AND NOT {_ABANDONED}) "
+                f"count(*) FILTER (WHERE state = 'new' AND {_DUE}) "
                 f"FROM {self._table} GROUP BY state", params).fetchall()
+            # by owner: a claim of a process of this machine that has ended is not active, as
+            # in the listing, although the server may not have noticed its session end yet
+            for owner, active in conn.execute(f"SELECT lease_owner, count(*) FROM {self._table} "
+                                              f"WHERE state = 'cur' AND NOT {_ABANDONED} GROUP BY lease_owner"):
+                if not _owner_gone(owner):
+                    result.active += int(active)
             oldest: List[Tuple[str, datetime]] = []
             with_original = 0
-            for state, count, size, first, originals, deferred, due, active in rows:
+            for state, count, size, first, originals, deferred, due in rows:
                 counts[state] = StateCount(int(count), int(size))
                 result.deferred += int(deferred)
                 result.due += int(due)
-                result.active += int(active)
                 with_original += int(originals)
                 if first is not None:
                     oldest.append((state, first))
