@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta, timezone
 
 from schwarz.mailqueue import SMTPMailer
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.queue.schedule import RetryPolicy
-from schwarz.mailqueue.runner import QueueRunner, send_all_queued_messages
+from schwarz.mailqueue.runner import CLAIM_BATCH, ClaimPace, QueueRunner, send_all_queued_messages
 from schwarz.mailqueue.testutils import SMTPTestServer
 
 MSG = b'Subject: queued\r\n\r\nbody\r\n'
@@ -126,7 +127,6 @@ def test_dead_server_aborts_pass_without_touching_the_rest(tmp_path) -> None:
 
 
 def test_rate_limit_spaces_messages(smtp_server: SMTPTestServer, tmp_path) -> None:
-    import time
     queue = MaildirQueue(str(tmp_path / 'q'), fsync=False)
     for n in range(6):
         queue.enqueue(MSG, 'a@x', [f'r{n}@x'])
@@ -164,3 +164,55 @@ def test_unexpected_error_neither_hangs_the_pass_nor_loses_the_message(smtp_serv
     assert outcome[0].skipped == 5
     assert sorted(names(queue, 'new')) == sorted(ids) and names(queue, 'cur') == []
     assert smtp_server.received == []
+
+
+def test_claims_follow_the_pace_of_delivery() -> None:
+    never = lambda: False  # noqa: E731
+    pace = ClaimPace(workers=2)
+    assert pace.next_claim(never) == 4  # nothing delivered yet: one per worker and one ready for each
+    pace.taken(4)
+    for _ in range(20):
+        pace.record(0.002)  # a fast smarthost: one statement per CLAIM_BATCH messages
+    assert pace.next_claim(never) == CLAIM_BATCH  # while the workers still have 4
+    pace.taken(CLAIM_BATCH)
+    for _ in range(CLAIM_BATCH):
+        pace.done()
+    assert pace.next_claim(never) == CLAIM_BATCH
+    pace.taken(CLAIM_BATCH)
+    for _ in range(60):
+        pace.record(2.0)  # now slow: nothing more until a worker is ready for it
+    assert pace.next_claim(lambda: True) == 0  # (waiting; a stopping runner is not kept waiting)
+    for _ in range(CLAIM_BATCH + 2):
+        pace.done()
+    assert pace.in_hand == 2 and pace.next_claim(never) == 2
+
+
+def test_a_runner_against_a_slow_smarthost_leaves_the_rest_for_other_runners(
+        smtp_server: SMTPTestServer, tmp_path, monkeypatch) -> None:
+    import threading
+
+    from schwarz.mailqueue import runner
+    from schwarz.mailqueue.queue.contract import CLAIMED
+
+    queue = MaildirQueue(str(tmp_path / 'q'), fsync=False)
+    for n in range(6):
+        queue.enqueue(MSG, 'a@x', [f'r{n}@x'])
+    smtp_server.set_delay('DATA', 0.25)
+    monkeypatch.setattr(runner, 'CLAIM_AHEAD', 0.2)  # less than one delivery ahead (it is 1 s: 4 of these)
+    claimed: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            claimed.append(queue.stats()[CLAIMED].count)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        stats = QueueRunner(MaildirQueue(queue.path), mailer=mailer(smtp_server), workers=1).run_once()
+    finally:
+        done.set()
+        watcher.join()
+    assert stats.sent == 6
+    assert max(claimed) == 2, claimed  # one in delivery, one ready for the worker; not the whole queue

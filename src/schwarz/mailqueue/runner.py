@@ -41,10 +41,66 @@ __all__ = ['QueueRunner', 'RunStats', 'send_all_queued_messages']
 
 log = logging.getLogger('mailqueue')
 
-# Smallest claim_due batch: a PostgreSQL claim costs about 0.3 ms per statement plus 35 µs per
-# row (bench/bench_postgres.py), so 4 messages per statement spent more on the statement than on
-# the rows. Claimed messages waiting for a worker keep their lease; SIGTERM gives them back.
+# A fast smarthost: a claim_due batch of this many. A PostgreSQL claim costs about 0.3 ms per
+# statement plus 35 µs per row (bench/bench_postgres.py), so 4 messages per statement spent more
+# on the statement than on the rows. Claimed messages waiting for a worker keep their lease;
+# SIGTERM gives them back.
 CLAIM_BATCH = 16
+# At most what the workers deliver in this many seconds (at the pace seen so far) waits for them:
+# against a slow or rate-limited smarthost a runner must not sit on messages that other runners
+# (other hosts) could deliver meanwhile.
+CLAIM_AHEAD = 1.0
+
+
+class ClaimPace:
+    """How many claimed messages a pass keeps in hand, from how long deliveries take.
+
+    In hand: in delivery, in the hand-off to the workers, or claimed and not yet handed off.
+    Before the first delivery, or when deliveries are slow, that is one per worker plus one ready
+    for each; when they are quick, ``CLAIM_BATCH`` more, claimed in one go while the workers still
+    have the rest.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._changed = threading.Condition()
+        self._seconds: Optional[float] = None  # moving average of one delivery
+        self.in_hand = 0
+
+    def record(self, seconds: float) -> None:
+        with self._changed:
+            previous = self._seconds
+            self._seconds = seconds if previous is None else previous + (seconds - previous) / 8
+
+    def most(self) -> int:
+        """The most to have in hand at the pace seen so far."""
+        least = self.workers * 2
+        seconds = self._seconds
+        if seconds is None:
+            return least
+        ahead = int(self.workers * CLAIM_AHEAD / max(seconds, 1e-6))
+        return max(least, min(self.workers + ahead, least + CLAIM_BATCH))
+
+    def next_claim(self, halted: Callable[[], bool]) -> int:
+        """Wait until a claim is worth a statement; how many to claim (0: halted meanwhile)."""
+        with self._changed:
+            while True:
+                most = self.most()
+                if self.in_hand <= max(most - CLAIM_BATCH, self.workers):
+                    return most - self.in_hand
+                if halted():
+                    return 0
+                self._changed.wait(0.2)
+
+    def taken(self, count: int) -> None:
+        with self._changed:
+            self.in_hand += count
+
+    def done(self) -> None:
+        """One claimed message left our hands (delivered, deferred, given back)."""
+        with self._changed:
+            self.in_hand -= 1
+            self._changed.notify()
 
 
 @dataclass
@@ -361,6 +417,7 @@ class QueueRunner:
         total = self.queue.stats()[NEW].count if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
         hand_off: queue_mod.Queue[Optional[QueuedMessage]] = queue_mod.Queue(maxsize=self.workers)
+        pace = ClaimPace(self.workers)
         handlers = self._handlers = [self._make_handler(i) for i in range(self.workers)]
 
         def give_back(msg: QueuedMessage) -> None:
@@ -376,9 +433,12 @@ class QueueRunner:
                     return
                 if halted():
                     give_back(item)  # drain without starting new deliveries
+                    pace.done()
                     continue
+                started = time.monotonic()
                 try:
                     self._deliver_claimed(item, handler, stats, datetime.now(timezone.utc))
+                    pace.record(time.monotonic() - started)
                 except Exception:
                     # A worker must never die: the feeder would wait for it forever.
                     log.exception('unexpected error with queue entry %s; skipped', item.msg_id)
@@ -387,6 +447,7 @@ class QueueRunner:
                     if item.is_claimed:
                         # whatever went wrong, the message goes back unchanged, for the next pass
                         give_back(item)
+                    pace.done()
                 progress.update(stats)
 
         threads = [threading.Thread(target=work, args=(h,), name=f'mq-worker-{i}', daemon=True)
@@ -395,10 +456,12 @@ class QueueRunner:
             thread.start()
         try:
             while not halted():
-                # twice the workers: claiming happens in this one thread, and workers must not wait for
-                # it; at least CLAIM_BATCH, since a database claim costs a round trip per statement
-                batch = self.queue.claim_due(max(self.workers * 2, CLAIM_BATCH), now=datetime.now(timezone.utc),
-                                             policy=self.policy, force=self.force)
+                wanted = pace.next_claim(halted)
+                if not wanted:
+                    break
+                batch = self.queue.claim_due(wanted, now=datetime.now(timezone.utc), policy=self.policy,
+                                             force=self.force)
+                pace.taken(len(batch))
                 stats.add('not_due', batch.not_due)
                 stats.add('corrupt', batch.corrupt)
                 if not batch:
@@ -414,6 +477,7 @@ class QueueRunner:
                     while True:
                         if halted():
                             give_back(msg)
+                            pace.done()
                             break
                         try:
                             hand_off.put(msg, timeout=0.2)
