@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections import Counter
@@ -84,3 +85,56 @@ def test_waiting_daemons_deliver_new_mail_within_a_second(tmp_path: Path) -> Non
     assert max(latencies) < 1.0, latencies
     counts = Counter(rcpt for received in server.received for rcpt in received.rcpt_tos)
     assert all(count == 1 for count in counts.values())
+
+
+def test_a_daemon_outlives_the_end_of_its_database_sessions(tmp_path: Path) -> None:
+    """An admin ending every session of the daemon (or a failover doing it): it goes on, and
+    mail queued afterwards is delivered; a second time while it sits in a pass, too."""
+    location = fresh_location()
+    conninfo = split_location(location)[0]
+    store = open_postgres_queue(location)
+
+    def delivered(rcpt: str, within: float) -> bool:
+        until = time.monotonic() + within
+        while time.monotonic() < until:
+            if rcpt in {r for m in server.received for r in m.rcpt_tos}:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def end_sessions(pid: int) -> int:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            # the daemon's sessions: every client session of this database but ours and the test store's
+            return len(conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                "AND application_name = %s", [f'mq-run-{pid}']).fetchall())
+
+    with SMTPTestServer() as server:
+        config = write_config(tmp_path / 'host.conf', server,
+                              queue_url=f'{location}&application_name=mq-run-{os.getpid()}')
+        proc = subprocess.Popen([script('mq-run'), '-C', config, '--daemon'], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            store.enqueue(MSG, 'a@example.org', ['first@example.org'])
+            assert delivered('first@example.org', 5)
+            assert end_sessions(os.getpid()) >= 2  # at least its claims' and its listener's
+            store.enqueue(MSG, 'a@example.org', ['second@example.org'])
+            assert delivered('second@example.org', 10)
+            assert proc.poll() is None
+            server.set_delay('DATA', 0.5)
+            store.enqueue(MSG, 'a@example.org', ['third@example.org'])
+            time.sleep(0.2)  # in its pass, the delivery under way
+            assert end_sessions(os.getpid()) >= 1
+            server.set_delay('DATA', 0)
+            store.enqueue(MSG, 'a@example.org', ['fourth@example.org'])
+            assert delivered('fourth@example.org', 10)
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+            store.close()
+    assert proc.returncode == 0, err
+    counts = Counter(rcpt for received in server.received for rcpt in received.rcpt_tos)
+    assert counts['first@example.org'] == counts['second@example.org'] == counts['fourth@example.org'] == 1
+    assert counts['third@example.org'] >= 1  # under way when its sessions ended; at worst delivered twice

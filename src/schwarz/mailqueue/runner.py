@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, TextIO, Union
 
-from .errors import MailQueueError
+from .errors import MailQueueError, StoreNotInitialised
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
 from .queue.contract import NEW, QueuedMessage, QueueStore, due_time
@@ -503,11 +503,25 @@ class QueueRunner:
         """Keep delivering until ``stop()``; new messages are picked up within ``poll_interval``."""
         last_full = 0.0
         pending_work = True
+        failures = 0
         while not self.stop_event.is_set():
             now = time.monotonic()
             if pending_work or now - last_full >= full_scan_interval:
                 last_full = now
-                stats = self.run_once()
+                try:
+                    stats = self.run_once()
+                except StoreNotInitialised:
+                    raise  # (an operator must act: mq-queue init)
+                except MailQueueError as exc:
+                    # a database restarted, failed over or cut our sessions: what was claimed stays
+                    # claimed by us until its lease runs out, and a later pass goes on
+                    failures += 1
+                    wait = min(poll_interval * 2 ** min(failures - 1, 5), full_scan_interval)
+                    log.error('the queue cannot be used (%s); trying again in %.0f s', exc, wait)
+                    pending_work = True
+                    self.stop_event.wait(wait)
+                    continue
+                failures = 0
                 if stats.aborted:
                     self.stop_event.wait(min(full_scan_interval, 30.0))
                     continue

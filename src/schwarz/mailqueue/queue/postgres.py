@@ -697,6 +697,10 @@ class PostgresQueue:
                 yield conn
         finally:
             kept = False
+            if conn is not None and conn.closed and os.getpid() == self._pid:
+                # lost (a server restart, a failover, an admin ending our sessions): the idle
+                # ones are most likely gone too, and a statement sent on one cannot tell
+                self._drop_idle()
             if (conn is not None and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
                     and os.getpid() == self._pid):
                 with self._lock:
@@ -705,6 +709,14 @@ class PostgresQueue:
                         kept = True
             if conn is not None and not kept and os.getpid() == self._pid:
                 conn.close()
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle = [conn for pool in self._idle.values() for conn, _since in pool]
+            for pool in self._idle.values():
+                pool.clear()
+        for conn in idle:
+            conn.close()
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -1421,8 +1433,11 @@ class PostgresQueue:
                         return True
                     if time.monotonic() - self._checked_abandoned >= self.abandoned_check:
                         self._checked_abandoned = time.monotonic()
-                        if self._abandoned_claims():
-                            return True
+                        try:
+                            if self._abandoned_claims():
+                                return True
+                        except QueueUnavailable:
+                            return True  # (not the listener's fault: the pass that follows tells)
                     if time.monotonic() >= deadline:
                         # without the lock (a long transaction that queued mail holds it shared, or
                         # another runner waits) enqueues need not NOTIFY: look for work anyway
