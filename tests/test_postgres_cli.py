@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from _pg import fresh_location
 from schwarz.mailqueue.testutils import SMTPTestServer
@@ -38,3 +41,27 @@ def test_tools_on_a_postgres_queue(tmp_path: Path) -> None:
         [received] = server.received
         assert received.rcpt_tos == ['rcpt@example.org'] and received.data.endswith(b'body\r\n')
         assert b'rcpt@example.org' not in run([script('mq-queue'), '-C', config, 'list']).stdout
+
+
+@pytest.mark.parametrize('location', [
+    'postgresql://mq:S3cret%PW@127.0.0.1/test',  # a bare % in a password: libpq quotes the token
+    'postgresql://mq:S3cretPW@[::1/test',  # libpq quotes the whole URI
+    'postgresql://mq@127.0.0.1/test?sslmode=disable&PASSWORD=S3cretPW',
+    'postgresql://mq:pa/S3cretPW@127.0.0.1/test?mq_schema=x&mq_schema=y',
+    'host=127.0.0.1 dbname=test user=mq password=S3cretPW',  # libpq's key=value form: not a directory
+    "host=127.0.0.1 password='S3cretPW x'",
+    'postgresq://mq:S3cretPW@127.0.0.1/test',
+])
+def test_a_mistyped_location_is_a_usage_error_that_hides_the_password(location: str, tmp_path: Path) -> None:
+    proc = subprocess.run([script('mq-queue'), '--queue-dir', location, 'list'], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 64, proc.stderr
+    assert 'S3cret' not in proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and '\\n' not in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no directory made of it
+    config = tmp_path / 'mq.conf'
+    config.write_text(f'[mqrunner]\nqueue_url = {location}\n')
+    proc = subprocess.run([script('mq-run'), '-C', str(config)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert proc.returncode == 78, proc.stderr
+    assert 'S3cret' not in proc.stdout + proc.stderr

@@ -95,13 +95,14 @@ def _absolute_path(value: str) -> str:
 
 def _queue_location(value: str) -> str:
     """A path (absolute) or a store URL (``maildir:///path``, ``postgresql://...``)."""
-    from .queue.locations import known_schemes, split_location
+    from .queue.locations import check_not_keywords, known_schemes, split_location
 
     scheme, rest = split_location(value.strip())
     if scheme not in known_schemes():
         raise ValueError(f'unknown queue location scheme {scheme!r} (known: {", ".join(known_schemes())}, '
                          f'or an absolute path)')
     if scheme == 'maildir':
+        check_not_keywords(rest)
         _absolute_path(rest)
     return value.strip()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, Union
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import QueueStore
 
-__all__ = ['describe_location', 'init_store', 'known_schemes', 'open_queue', 'split_location']
+__all__ = ['check_not_keywords', 'describe_location', 'init_store', 'known_schemes', 'open_queue', 'split_location']
 
 # scheme -> (module, factory function taking the rest of the location)
 _OPENERS: Dict[str, Tuple[str, str]] = {
@@ -46,6 +46,18 @@ def known_schemes() -> List[str]:
     return sorted(_OPENERS)
 
 
+# libpq's other form, ``host=db dbname=mail user=mq``: not a path, and not accepted (a path may
+# hold '=' and spaces, so which one was meant cannot be told apart reliably)
+_KEYWORDS = re.compile(r'(?i)(?:^|\s)(?:host|hostaddr|dbname|user|password|port|service|sslmode)\s*=')
+
+
+def check_not_keywords(location: str) -> None:
+    """A ValueError for a libpq ``key=value`` string (it would be taken for a queue directory)."""
+    if '://' not in location and _KEYWORDS.search(location):
+        raise ValueError(f'{describe_location(location)} looks like a libpq key=value string; write the '
+                         f'PostgreSQL queue as a URI: postgresql://user@host/dbname?sslmode=... (docs/postgresql.md)')
+
+
 def open_queue(location: Union[str, QueueStore], **options: object) -> QueueStore:
     """The store at ``location`` (an already open store is returned as it is).
 
@@ -60,7 +72,10 @@ def open_queue(location: Union[str, QueueStore], **options: object) -> QueueStor
     opener = _OPENERS.get(scheme)
     if opener is None:
         known = ', '.join(sorted(_OPENERS))
-        raise ValueError(f'unknown queue location scheme {scheme!r} in {location!r} (known: {known}, or a path)')
+        raise ValueError(f'unknown queue location scheme {scheme!r} in {describe_location(location)} '
+                         f'(known: {known}, or a path)')
+    if scheme == 'maildir':
+        check_not_keywords(rest)
     module_name, factory_name = opener
     try:
         module = importlib.import_module(f'{__package__}.{module_name}')
@@ -90,14 +105,16 @@ def init_store(location: str) -> str:
 
 
 def describe_location(location: str) -> str:
-    """The location without a password (for messages and logs)."""
+    """The location without a password (for messages and logs), also when it is malformed."""
+    # libpq takes a password as a query parameter too, and in its key=value form
+    location = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', location)
+    location = re.sub(r"(?i)(^|\s)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r'\1\2***', location)
     scheme, sep, rest = location.partition('://')
     if not sep:
         return location
-    authority, slash, path = rest.partition('/')
-    userinfo, at, host = authority.rpartition('@')
+    main, query, params = rest.partition('?')
+    # the last '@' before the query ends the user info, even if the password holds a '/' or '@'
+    userinfo, at, where = main.rpartition('@')
     if at and ':' in userinfo:
-        authority = f'{userinfo.split(":", 1)[0]}:***@{host}'
-    # libpq also takes the password as a query parameter
-    path = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', path)
-    return f'{scheme}://{authority}{slash}{path}'
+        main = f'{userinfo.split(":", 1)[0]}:***@{where}'
+    return f'{scheme}://{main}{query}{params}'

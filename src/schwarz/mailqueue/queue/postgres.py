@@ -146,6 +146,10 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
             if name not in _OUR_PARAMS:
                 known = ', '.join(f'mq_{p}' for p in _OUR_PARAMS)
                 raise ValueError(f'unknown queue parameter {key!r} in the PostgreSQL location (known: {known})')
+            if name in ours:
+                raise ValueError(f'queue parameter {key} given twice in the PostgreSQL location')
+            if not value:
+                raise ValueError(f'queue parameter {key} without a value in the PostgreSQL location')
             ours[name] = unquote(value)
         else:
             kept.append(part)
@@ -155,6 +159,11 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
 def _shown(location: str) -> str:
     """The location without secrets, for logs and messages (other processes can open it too)."""
     return describe_location(location)
+
+
+def _without_quotes(exc: BaseException) -> str:
+    """libpq's complaint about a location without the part it quotes (that may be the password)."""
+    return re.sub(r'(?:\s+in URI)?:\s*".*\Z', '', _first_line(exc)).strip() or 'cannot be parsed'
 
 
 def _check_schema_name(schema: str) -> str:
@@ -186,7 +195,7 @@ def _connect_kwargs(conninfo: str, pooling: str) -> Dict[str, Any]:
     try:
         given = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f'invalid PostgreSQL location: {exc}') from None
+        raise ValueError(f'invalid PostgreSQL location {_shown(conninfo)}: {_without_quotes(exc)}') from None
     wanted: Dict[str, Any] = {
         'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10, 'keepalives_count': 3,
         'connect_timeout': 10, 'application_name': 'mailqueue-runner',
