@@ -65,3 +65,39 @@ def test_a_mistyped_location_is_a_usage_error_that_hides_the_password(location: 
                           timeout=60)
     assert proc.returncode == 78, proc.stderr
     assert 'S3cret' not in proc.stdout + proc.stderr
+
+
+def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_it(tmp_path: Path) -> None:
+    import psycopg
+
+    from _pg import with_params
+    from schwarz.mailqueue.queue.postgres import split_location
+
+    location = fresh_location()
+    conninfo, ours = split_location(location)
+    cases = {'a connection setting libpq rejects': with_params(location, sslmode='bogus')}
+    newer = fresh_location()
+    with psycopg.connect(split_location(newer)[0], autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{split_location(newer)[1]["schema"]}".schema_version (version) VALUES (99)')
+    cases['a schema newer than this code'] = newer
+    role = f'mq_nopriv_{ours["schema"][-8:]}'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE {role} LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{ours["schema"]}" TO {role}')
+    try:
+        cases['a role that may not claim'] = with_params(location, user=role)
+        for what, where in cases.items():
+            proc = subprocess.run([script('mq-queue'), '--queue-dir', where, 'init' if 'role' in what else 'list'],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 78, (what, proc.stderr)
+            config = tmp_path / 'mq.conf'
+            config.write_text(f'[mqrunner]\nsmtp_hostname = 127.0.0.1\nsmtp_port = 9\nqueue_url = {where}\n')
+            proc = subprocess.run([script('mq-run'), '-C', str(config), '--daemon'], capture_output=True, text=True,
+                                  timeout=60)
+            assert proc.returncode == 78, (what, proc.stderr)
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f'DROP ROLE {role}')

@@ -16,7 +16,8 @@ Some classes also derive from the built-in exception they replaced
 
 from __future__ import annotations
 
-__all__ = ['ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueUnavailable', 'StoreNotInitialised']
+__all__ = ['ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueMisconfigured', 'QueueUnavailable',
+           'StoreNotInitialised']
 
 
 class MailQueueError(Exception):
@@ -31,7 +32,12 @@ class QueueUnavailable(QueueError):
     """The store cannot be used (cannot be written, reached, or created); nothing was half-done."""
 
 
-class StoreNotInitialised(QueueUnavailable):
+class QueueMisconfigured(QueueUnavailable):
+    """Trying again later does not help: an operator must act (a connection setting the driver
+    rejects, a database role without the privilege, a schema newer than this code). Exit 78."""
+
+
+class StoreNotInitialised(QueueMisconfigured):
     """The store exists but is not set up for this version (a database schema missing or older):
     a configuration problem an operator fixes with ``mq-queue init`` (exit 78, not 75)."""
 

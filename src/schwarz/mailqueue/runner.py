@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, TextIO, Union
 
-from .errors import MailQueueError, StoreNotInitialised
+from .errors import MailQueueError, QueueMisconfigured
 from .handler import MessageHandler
 from .logs import QUEUE_LOG, log_event
 from .queue.contract import NEW, QueuedMessage, QueueStore, due_time
@@ -510,8 +510,8 @@ class QueueRunner:
                 last_full = now
                 try:
                     stats = self.run_once()
-                except StoreNotInitialised:
-                    raise  # (an operator must act: mq-queue init)
+                except QueueMisconfigured:
+                    raise  # (an operator must act: mq-queue init, a grant, a setting)
                 except MailQueueError as exc:
                     # a database restarted, failed over or cut our sessions: what was claimed stays
                     # claimed by us until its lease runs out, and a later pass goes on

@@ -203,12 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store_error(exc: Exception) -> CLIError:
-    """A store that cannot be used: 66 when it is not there, 77 when we may not, 78 when it needs
-    ``mq-queue init``, else 74 (I/O) or 75."""
-    from ..errors import StoreNotInitialised
+    """A store that cannot be used: 66 when it is not there, 77 when we may not (a file), 78 when an
+    operator must act (``mq-queue init``, a database grant, a setting), else 74 (I/O) or 75."""
+    from ..errors import QueueMisconfigured
 
     code = getattr(exc, 'errno', None)
-    if isinstance(exc, StoreNotInitialised):
+    if isinstance(exc, QueueMisconfigured):
         return CLIError(str(exc), EX_CONFIG)
     if code == errno.ENOENT:
         exit_code = EX_NOINPUT

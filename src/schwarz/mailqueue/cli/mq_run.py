@@ -60,7 +60,7 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
     """One pass (or the daemon) over the configured queue; ``mq-run`` and ``mq-sendmail -q`` both run this."""
     from ..bootstrap import build_runner, open_store, queue_location
     from ..config import ConfigError
-    from ..errors import QueueError, StoreNotInitialised
+    from ..errors import QueueError, QueueMisconfigured
     from ..intake import intake_for
     from ..queue.locations import describe_location
     from ..runner import terminal_or_none
@@ -83,7 +83,7 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
         stats = runner.run_once()
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
-    except StoreNotInitialised as exc:
+    except QueueMisconfigured as exc:
         fail(f'queue {shown}: {exc}', EX_CONFIG)
     except QueueError as exc:  # read-only, permission denied, a symlinked queue directory, I/O errors
         fail(f'queue {shown}: {getattr(exc, "strerror", None) or exc}; nothing can be delivered', EX_TEMPFAIL)

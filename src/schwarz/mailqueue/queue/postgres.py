@@ -63,7 +63,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.pq.abc import PGconn
 
-from ..errors import ClaimLost, CorruptMessage, QueueUnavailable, StoreNotInitialised
+from ..errors import ClaimLost, CorruptMessage, QueueMisconfigured, QueueUnavailable, StoreNotInitialised
 from .contract import (
     CLAIMED,
     FAILED,
@@ -164,6 +164,14 @@ def _shown(location: str) -> str:
 def _without_quotes(exc: BaseException) -> str:
     """libpq's complaint about a location without the part it quotes (that may be the password)."""
     return re.sub(r'(?:\s+in URI)?:\s*".*\Z', '', _first_line(exc)).strip() or 'cannot be parsed'
+
+
+def _connect_error(location: str, exc: BaseException) -> QueueUnavailable:
+    """Refused before anything was sent (an invalid setting, e.g. ``sslmode=bogus``): exit 78;
+    the server down, unknown or refusing us: 75 (it may be back, or just being set up)."""
+    text = _first_line(exc)
+    kind = QueueMisconfigured if text.startswith('connection is bad: invalid') else QueueUnavailable
+    return kind(f'PostgreSQL queue {location}: cannot connect: {text}')
 
 
 def _check_schema_name(schema: str) -> str:
@@ -437,12 +445,15 @@ def init_schema(location: str, *, schema: Optional[str] = None) -> Tuple[int, in
                              f'version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
                 before = _version_of(conn, schema) or 0
                 if before > SCHEMA_VERSION:
-                    raise QueueUnavailable(f'the queue schema "{schema}" is at version {before}, newer than this '
-                                           f'mailqueue-runner knows ({SCHEMA_VERSION}): upgrade mailqueue-runner')
+                    raise QueueMisconfigured(f'the queue schema "{schema}" is at version {before}, newer than this '
+                                             f'mailqueue-runner knows ({SCHEMA_VERSION}): upgrade mailqueue-runner')
                 for version, script in _migrations(schema):
                     if version > before:
                         conn.execute(script)
                         conn.execute(f'INSERT INTO {s}.schema_version (version) VALUES (%s)', [version])
+    except pg_errors.InsufficientPrivilege as exc:
+        raise QueueMisconfigured(f'PostgreSQL queue {_shown(location)}: cannot initialise: {_first_line(exc)} '
+                                 f'(see docs/postgresql.md: roles)') from None
     except psycopg.Error as exc:
         raise QueueUnavailable(f'PostgreSQL queue {_shown(location)}: cannot initialise: {_first_line(exc)}') from None
     return before, SCHEMA_VERSION
@@ -662,7 +673,7 @@ class PostgresQueue:
         try:
             return psycopg.connect(self._conninfo, **self._kwargs)
         except psycopg.Error as exc:
-            raise QueueUnavailable(f'PostgreSQL queue {self.location}: cannot connect: {_first_line(exc)}') from None
+            raise _connect_error(self.location, exc) from None
 
     def _pooled(self, runner: bool) -> Optional[psycopg.Connection[Any]]:
         """An idle connection that still works (one idle for a while is asked first: the server
@@ -735,8 +746,8 @@ class PostgresQueue:
             self._checked = False
             raise _missing(self.schema, self.location, None) from None
         except pg_errors.InsufficientPrivilege as exc:
-            raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)} '
-                                   f'(see docs/postgresql.md: roles)') from None
+            raise QueueMisconfigured(f'PostgreSQL queue {self.location}: {_first_line(exc)} '
+                                     f'(see docs/postgresql.md: roles)') from None
         except psycopg.Error as exc:
             raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)}') from None
 
@@ -745,9 +756,9 @@ class PostgresQueue:
         if found is None or found < SCHEMA_VERSION:
             raise _missing(self.schema, self.location, found)
         if found > SCHEMA_VERSION:
-            raise QueueUnavailable(f'PostgreSQL queue {self.location}: the schema "{self.schema}" is at version '
-                                   f'{found}, newer than this mailqueue-runner knows ({SCHEMA_VERSION}): '
-                                   f'upgrade mailqueue-runner')
+            raise QueueMisconfigured(f'PostgreSQL queue {self.location}: the schema "{self.schema}" is at version '
+                                     f'{found}, newer than this mailqueue-runner knows ({SCHEMA_VERSION}): '
+                                     f'upgrade mailqueue-runner')
         self._checked = True
 
     # --- the owner: advisory lock and heartbeat -------------------------------------------------
@@ -1380,8 +1391,8 @@ class PostgresQueue:
                 {'t': self._table}).fetchone()
         if row is None or not row[1]:
             who = row[0] if row else '?'
-            raise QueueUnavailable(f'PostgreSQL queue {self.location}: role {who} may not claim and change '
-                                   f'messages in {self._table} (see docs/postgresql.md: roles)')
+            raise QueueMisconfigured(f'PostgreSQL queue {self.location}: role {who} may not claim and change '
+                                     f'messages in {self._table} (see docs/postgresql.md: roles)')
 
     def recover(self) -> int:
         """Leases whose owner's session is gone, or past their deadline, go back where they came from."""
