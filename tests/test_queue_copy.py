@@ -163,3 +163,35 @@ def test_mq_queue_copy(tmp_path: Path) -> None:
     itself = run([script('mq-queue'), '--queue-dir', location, 'copy', '--to', location])
     assert itself.returncode == 64, itself.stderr
     pg.close()
+
+
+def test_copy_refuses_the_queue_itself_under_another_name(tmp_path: Path) -> None:
+    from _pg import with_params
+    from schwarz.mailqueue.queue.postgres import split_location
+
+    location = fresh_location()
+    conninfo, ours = split_location(location)
+    pg = open_queue(location)
+    pg.enqueue(body(1), 'a@example.org', ['r@example.org'])
+    queue_dir = tmp_path / 'q'
+    MaildirQueue(str(queue_dir)).enqueue(body(2), 'a@example.org', ['r@example.org'])
+    (tmp_path / 'link').symlink_to(queue_dir)
+    socket_dir = '/var/run/postgresql'
+    same = [
+        (location, with_params(location, sslmode='prefer')),  # another spelling
+        (location, conninfo.replace('postgresql://', 'postgres://', 1) + f'?mq_schema={ours["schema"]}'),
+        (str(queue_dir), str(tmp_path / 'link')),  # a symlink
+        (str(queue_dir), f'maildir://{queue_dir}/'),
+    ]
+    if Path(socket_dir).is_dir() and '127.0.0.1' in conninfo:  # (the machine's server: also by its socket)
+        same.append((location, with_params(location, host=socket_dir)))
+    for source, target in same:
+        proc = run([script('mq-queue'), '--queue-dir', source, 'copy', '--to', target])
+        assert proc.returncode == 64, (source, target, proc.stderr)
+        assert b'is the queue itself' in proc.stderr
+    other = fresh_location()  # the same server and database, another schema: another queue
+    proc = run([script('mq-queue'), '--queue-dir', location, 'copy', '--to', other])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == 'copied 1 message'
+    assert sum(1 for _ in open_queue(other).ids()) == 1 and sum(1 for _ in pg.ids()) == 0
+    pg.close()

@@ -48,7 +48,7 @@ from ..queue.admin import (
     UnknownID,
 )
 from ..queue.admin_render import ListingWriter, is_terminal, prometheus, row_json, show_fields, stats_json, stats_text
-from ..queue.contract import NEW, STATES
+from ..queue.contract import NEW, STATES, same_queue
 from ..queue.schedule import RetryPolicy
 from .common import (
     EX_CONFIG,
@@ -546,7 +546,7 @@ def _cmd_stats(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
 
 def _cmd_copy(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     target = _open_store(args.to, writable=True)
-    if target.kind == admin.store.kind and target.location == admin.store.location:
+    if same_queue(target, admin.store):
         fail(f'the target {target.location} is the queue itself', EX_USAGE)
     try:
         return _report(_Reporter('copy', True, args.verbose), admin.copy_to(target))

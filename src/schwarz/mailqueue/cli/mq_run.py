@@ -84,9 +84,9 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
     except QueueMisconfigured as exc:
-        fail(f'queue {shown}: {exc}', EX_CONFIG)
+        fail(_naming(shown, str(exc)), EX_CONFIG)
     except QueueError as exc:  # read-only, permission denied, a symlinked queue directory, I/O errors
-        fail(f'queue {shown}: {getattr(exc, "strerror", None) or exc}; nothing can be delivered', EX_TEMPFAIL)
+        fail(f'{_naming(shown, getattr(exc, "strerror", None) or str(exc))}; nothing can be delivered', EX_TEMPFAIL)
     if stats.aborted and not quiet:
         print_error(prog, stats.aborted)
     if (stats.unreachable or stats.aborted) and not quiet and terminal_or_none() is not None:
@@ -97,6 +97,11 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
         print_error(prog, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
                     f'(see: mq-queue list --state failed)')
     return EX_OK
+
+
+def _naming(shown: str, problem: str) -> str:
+    """The problem, naming the queue once (a store's own messages may name it already)."""
+    return problem if shown in problem else f'queue {shown}: {problem}'
 
 
 def _waiting_line(store: QueueStore, policy: RetryPolicy) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     'ClaimBatch',
     'FAILED',
     'HELD',
+    'Identifying',
     'NEW',
     'STATES',
     'ClaimLost',
@@ -49,6 +50,7 @@ __all__ = [
     'StoreSummary',
     'Summarizing',
     'due_time',
+    'same_queue',
 ]
 
 NEW = 'new'
@@ -123,6 +125,25 @@ class Summarizing(Protocol):
 
     def summary(self, policy: RetryPolicy, now: datetime) -> StoreSummary:
         ...
+
+
+@runtime_checkable
+class Identifying(Protocol):
+    """Optional: a store that can tell whether two locations name the same queue (a symlinked
+    directory; one database reached by two host names). ``same_queue`` falls back to comparing
+    locations for stores without it."""
+
+    def identity(self) -> str:
+        """Equal for two instances on the same queue, different otherwise (may ask the store)."""
+        ...
+
+
+def same_queue(one: QueueStore, other: QueueStore) -> bool:
+    if one.kind != other.kind:
+        return False
+    if isinstance(one, Identifying) and isinstance(other, Identifying):
+        return one.identity() == other.identity()
+    return one.location == other.location
 
 
 class ClaimBatch(List['QueuedMessage']):

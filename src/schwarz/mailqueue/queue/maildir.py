@@ -820,6 +820,14 @@ class MaildirQueue:
     # partial delivery to hold/.
     _WRITTEN = ('new', 'cur', 'tmp', 'failed', 'hold')
 
+    def identity(self) -> str:
+        """The queue directory's device and inode: the same through a symlink or a bind mount."""
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return f'maildir:{os.path.realpath(self.path)}'
+        return f'maildir:{found.st_dev}:{found.st_ino}'
+
     def check(self) -> None:
         """``QueueWriteError`` when this process cannot work on the queue (read-only mount, another
         user's 0700 queue): found before a pass, not as one "cannot claim" line per message."""

@@ -418,7 +418,7 @@ def _version_of(conn: psycopg.Connection[Any], schema: str) -> Optional[int]:
 
 def _missing(schema: str, where: str, found: Optional[int]) -> SchemaMissing:
     if found is None or found == 0:
-        problem = f'the queue schema "{schema}" does not exist in {where}'
+        problem = f'the queue schema "{schema}" does not exist in {where} (or holds no queue tables)'
     else:
         problem = f'the queue schema "{schema}" in {where} is at version {found}, this version needs {SCHEMA_VERSION}'
     return SchemaMissing(f'{problem}; run `mq-queue init` (with a role that may create it)')
@@ -1381,6 +1381,15 @@ class PostgresQueue:
             return None if again is None or again[0] != CLAIMED else False
 
     # --- housekeeping -----------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """The server (its start time: two servers never share one to the microsecond), the
+        database and the schema, whatever host name, port or socket reached them."""
+        with self._conn() as conn:
+            row = conn.execute('SELECT pg_postmaster_start_time(), d.oid, n.oid FROM pg_database d '
+                               'LEFT JOIN pg_namespace n ON n.nspname = %s '
+                               'WHERE d.datname = current_database()', [self.schema]).fetchone()
+        return f'postgresql:{row}'
 
     def check(self) -> None:
         """The database answers, the schema is current, and our role may claim and change messages."""
