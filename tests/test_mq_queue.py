@@ -243,6 +243,7 @@ def test_show_headers_body_and_prefixes(pop: Populated, env) -> None:
     assert fields['Attempts'].strip() == '2'
     assert fields['Last error'].strip() == 'slow@example.net: 451 4.3.0 later'
     assert 'Next attempt' in fields and 'Last attempt' in fields
+    assert all(value.startswith(' ') for value in fields.values())  # a space after every label
     # (text mode turns the message's CRLF into LF)
     assert headers == 'From: sender@example.org\nTo: rcpt@example.org\nSubject: deferred\n' \
         'Message-ID: <deferred@example.org>\n'
@@ -656,3 +657,20 @@ def test_log_files_in_json_one_object_per_line_even_after_init_app_again(tmp_pat
     log_event(logging.getLogger(DELIVERY_LOG), {'status': 'deferred', 'to': 'a@x'})
     last = delivery_log.read_text().splitlines()
     assert len(last) == 4 and last[-1].endswith(' status=deferred to=a@x')
+
+
+def test_show_labels_our_own_meta_values(tmp_path: Path, env) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    msg_id = queue.enqueue(b'Subject: x\r\n\r\nbody\r\n', 'a@example.org', ['b@example.org'])
+    msg = queue.claim(msg_id)
+    assert msg is not None
+    now = datetime.now(timezone.utc)
+    queue.defer(msg, ['b@example.org'], '451 later', now, now + timedelta(hours=2))
+    result = mq(env, 'show', msg_id, queue=queue.path)
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.partition('\n\n')[0]
+    assert 'X-Queue-' not in head, head  # the next attempt has its label already
+    next_line = [line for line in head.splitlines() if line.startswith('Next attempt:')]
+    assert len(next_line) == 1 and ('1h59m' in next_line[0] or '2h' in next_line[0]), head

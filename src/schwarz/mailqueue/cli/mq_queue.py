@@ -408,7 +408,7 @@ def _cmd_show(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
         if index:
             sys.stdout.write('\n')
         for label, value in show_fields(view, admin.clock()):
-            sys.stdout.write(f'{label + ":":<15}{one_line(value)}\n')
+            sys.stdout.write(f'{label + ":":<14} {one_line(value)}\n')
         sys.stdout.write('\n')
         content = view.content if args.body else view.headers
         if content:

@@ -52,6 +52,7 @@ from .contract import (
     is_due,
 )
 from .format import (
+    COPIED_FROM,
     FAILED_REASON,
     HOLD_REASON,
     LAST_ERROR,
@@ -101,8 +102,6 @@ __all__ = [
 
 # Our own meta values (readers ignore unknown X-Queue-* names).
 HELD_SINCE = 'X-Queue-Held-Since'
-COPIED_FROM = 'X-Queue-Copied-From'
-"""In a copy made by ``QueueAdmin.copy_to``: the message's id in the store it was copied from."""
 # a copy on its way (written, meta not yet complete) is due only that far ahead: runners leave it alone
 _COPY_PARKED = timedelta(days=3650)
 

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, TextIO, Tuple
 
 from ..humanize import ellipsize, format_age, format_size, format_until, one_line
-from .contract import CLAIMED, HELD, NEW
-from .format import FAILED_REASON, HOLD_REASON, LAST_ERROR, format_date
+from .contract import CLAIMED, HELD, NEW, NEXT_ATTEMPT
+from .format import COPIED_FROM, FAILED_REASON, HOLD_REASON, LAST_ERROR, format_date
 
 if TYPE_CHECKING:  # pragma: no cover
     from .admin import MessageView, QueueStats, Row, StateStats
@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 # meta values the show fields present in their own way (admin.HELD_SINCE, admin.ORIGINAL_DATE)
-_SHOWN_AS_DATES = ('X-Queue-Held-Since', 'X-Queue-Original-Date')
+# shown under their own labels (Held since, Queued, Next attempt) already
+_SHOWN_AS_DATES = ('X-Queue-Held-Since', 'X-Queue-Original-Date', NEXT_ATTEMPT)
 
 
 def is_terminal(stream: Any) -> bool:
@@ -207,7 +208,8 @@ def show_fields(view: MessageView, now: datetime) -> List[Tuple[str, str]]:
                        _when(row.next_attempt, now)))
     if row.held_since is not None:
         fields.append(('Held since', _when(row.held_since, now)))
-    labels = {LAST_ERROR: 'Last error', FAILED_REASON: 'Failed reason', HOLD_REASON: 'Hold reason'}
+    labels = {LAST_ERROR: 'Last error', FAILED_REASON: 'Failed reason', HOLD_REASON: 'Hold reason',
+              COPIED_FROM: 'Copied from'}
     for name, value in meta.extra.items():
         if name in labels:
             fields.append((labels[name], value))

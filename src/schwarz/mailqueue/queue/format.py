@@ -49,6 +49,8 @@ FAILED_REASON = 'X-Queue-Failed-Reason'
 HOLD_REASON = 'X-Queue-Hold-Reason'
 # When the message was first queued, kept when release/requeue restart its lifetime.
 ORIGINAL_DATE = 'X-Queue-Original-Date'
+# In a copy made by ``QueueAdmin.copy_to``: the message's id in the store it was copied from.
+COPIED_FROM = 'X-Queue-Copied-From'
 
 
 class QueueFileError(CorruptMessage, ValueError):
