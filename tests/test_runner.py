@@ -166,6 +166,29 @@ def test_unexpected_error_neither_hangs_the_pass_nor_loses_the_message(smtp_serv
     assert smtp_server.received == []
 
 
+def test_a_failing_release_after_an_unexpected_error_does_not_hang_the_pass(smtp_server, tmp_path,
+                                                                           monkeypatch) -> None:
+    """The file system refuses to give the message back (EROFS): still no worker dies."""
+    import errno
+    import threading
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    for n in range(5):
+        queue.enqueue(MSG, 'a@x', [f'r{n}@x'])
+
+    def read_only(msg) -> None:
+        raise OSError(errno.EROFS, 'Read-only file system')
+
+    monkeypatch.setattr(queue, 'release', read_only)
+    runner = QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=1)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run_once()), daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), 'the pass hung'
+    assert outcome[0].skipped == 5
+    assert len(names(queue, 'new')) + len(names(queue, 'cur')) == 5  # nothing lost; the next pass recovers
+
+
 def test_claims_follow_the_pace_of_delivery() -> None:
     never = lambda: False  # noqa: E731
     pace = ClaimPace(workers=2)

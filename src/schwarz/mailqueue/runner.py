@@ -423,7 +423,7 @@ class QueueRunner:
         def give_back(msg: QueuedMessage) -> None:
             try:
                 self.queue.release(msg)
-            except MailQueueError as exc:
+            except Exception as exc:  # (an OSError too: a worker must never die, see below)
                 log.error('cannot release %s (the next pass recovers it): %s', msg.msg_id, exc)
 
         def work(handler: MessageHandler) -> None:
@@ -431,24 +431,25 @@ class QueueRunner:
                 item = hand_off.get()
                 if item is None:  # the feeder is done
                     return
-                if halted():
-                    give_back(item)  # drain without starting new deliveries
-                    pace.done()
-                    continue
-                started = time.monotonic()
                 try:
-                    self._deliver_claimed(item, handler, stats, datetime.now(timezone.utc))
-                    pace.record(time.monotonic() - started)
-                except Exception:
-                    # A worker must never die: the feeder would wait for it forever.
-                    log.exception('unexpected error with queue entry %s; skipped', item.msg_id)
-                    stats.add('skipped')
+                    if halted():
+                        give_back(item)  # drain without starting new deliveries
+                        continue
+                    started = time.monotonic()
+                    try:
+                        self._deliver_claimed(item, handler, stats, datetime.now(timezone.utc))
+                        pace.record(time.monotonic() - started)
+                    except Exception:
+                        # A worker must never die: the feeder would wait for it forever.
+                        log.exception('unexpected error with queue entry %s; skipped', item.msg_id)
+                        stats.add('skipped')
+                    finally:
+                        if item.is_claimed:
+                            # whatever went wrong, the message goes back unchanged, for the next pass
+                            give_back(item)
+                    progress.update(stats)
                 finally:
-                    if item.is_claimed:
-                        # whatever went wrong, the message goes back unchanged, for the next pass
-                        give_back(item)
                     pace.done()
-                progress.update(stats)
 
         threads = [threading.Thread(target=work, args=(h,), name=f'mq-worker-{i}', daemon=True)
                    for i, h in enumerate(handlers)]
@@ -517,7 +518,7 @@ class QueueRunner:
                     # claimed by us until its lease runs out, and a later pass goes on
                     failures += 1
                     wait = min(poll_interval * 2 ** min(failures - 1, 5), full_scan_interval)
-                    log.error('the queue cannot be used (%s); trying again in %.0f s', exc, wait)
+                    log.error('the pass failed (%s); trying again in %.0f s', exc, wait)
                     pending_work = True
                     self.stop_event.wait(wait)
                     continue
