@@ -46,14 +46,19 @@ def known_schemes() -> List[str]:
     return sorted(_OPENERS)
 
 
-# libpq's other form, ``host=db dbname=mail user=mq``: not a path, and not accepted (a path may
-# hold '=' and spaces, so which one was meant cannot be told apart reliably)
+# libpq's other form, ``host=db dbname=mail user=mq``: not a path, and not accepted. A string made
+# only of ``word=value`` pairs is taken for one (a directory could be named so, but hardly
+# "host=db dbname=mail"); an absolute path never is.
+_PAIR = r"""[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']*)"""
+_PAIRS = re.compile(rf'\s*{_PAIR}(?:\s+{_PAIR})*\s*')
 _KEYWORDS = re.compile(r'(?i)(?:^|\s)(?:host|hostaddr|dbname|user|password|port|service|sslmode)\s*=')
 
 
 def check_not_keywords(location: str) -> None:
     """A ValueError for a libpq ``key=value`` string (it would be taken for a queue directory)."""
-    if '://' not in location and _KEYWORDS.search(location):
+    if location.startswith(('/', '~', '.')) or not _PAIRS.fullmatch(location):
+        return
+    if _KEYWORDS.search(location) or len(location.split()) > 1:
         raise ValueError(f'{describe_location(location)} looks like a libpq key=value string; write the '
                          f'PostgreSQL queue as a URI: postgresql://user@host/dbname?sslmode=... (docs/postgresql.md)')
 
@@ -106,15 +111,32 @@ def init_store(location: str) -> str:
 
 def describe_location(location: str) -> str:
     """The location without a password (for messages and logs), also when it is malformed."""
-    # libpq takes a password as a query parameter too, and in its key=value form
-    location = re.sub(r'(?i)(^|[?&])(password=)[^&]*', r'\1\2***', location)
-    location = re.sub(r"(?i)(^|\s)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r'\1\2***', location)
+    # libpq's key=value form
+    location = re.sub(r"(?i)(^|\s)((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r'\1\2***', location)
     scheme, sep, rest = location.partition('://')
     if not sep:
         return location
-    main, query, params = rest.partition('?')
-    # the last '@' before the query ends the user info, even if the password holds a '/' or '@'
-    userinfo, at, where = main.rpartition('@')
-    if at and ':' in userinfo:
-        main = f'{userinfo.split(":", 1)[0]}:***@{where}'
-    return f'{scheme}://{main}{query}{params}'
+    found = re.match(r'([^@/]*)@', rest)  # libpq: the user info ends at the first '@' before any '/'
+    if found:
+        user, colon, _password = found.group(1).partition(':')
+        if colon:
+            rest = f'{user}:***@{rest[found.end():]}'
+    else:
+        # no user info for libpq; but "user:pass/word@host" is a mistyped password, not a port
+        authority = re.split(r'[/?]', rest, maxsplit=1)[0]
+        ports = [part.partition(':')[2] for part in re.sub(r'\[[^\]]*\]', '', authority).split(',')]
+        query_at = rest.find('?')
+        at = rest.rfind('@', 0, query_at if query_at >= 0 else len(rest))
+        if at > 0 and any(port and not port.isdigit() for port in ports):
+            rest = f'{authority.partition(":")[0]}:***@{rest[at + 1:]}'
+    path, query, params = rest.partition('?')
+    if query:
+        params = '&'.join(_masked_param(part) for part in params.split('&'))
+    return f'{scheme}://{path}{query}{params}'
+
+
+def _masked_param(part: str) -> str:
+    from urllib.parse import unquote  # (only for a location with a query: not at mq-sendmail's start)
+
+    key, equals, _value = part.partition('=')
+    return f'{key}=***' if equals and unquote(key).strip().lower() in ('password', 'sslpassword') else part
