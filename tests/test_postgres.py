@@ -1079,3 +1079,23 @@ def test_a_claim_reads_the_due_index_in_order_before_any_analyze(location: str,
         plan = '\n'.join(row[0] for row in conn.execute('EXPLAIN ' + store._sql_claim_due, params))
     assert 'messages_due' in plan and 'Sort' not in plan, plan
     assert len(store.claim_due(16, now=now(), policy=POLICY)) == 16
+
+
+def test_a_pass_goes_on_after_a_claim_of_only_corrupt_rows(stores: Callable[..., PostgresQueue],
+                                                           location: str) -> None:
+    from schwarz.mailqueue import SMTPMailer
+    from schwarz.mailqueue.runner import QueueRunner
+    from schwarz.mailqueue.testutils import SMTPTestServer
+
+    store = stores()
+    early = now() - timedelta(hours=1)
+    broken = [store.enqueue(BODY, 'shop@example.org', ['customer@example.org'], queue_date=early) for _ in range(2)]
+    good = [store.enqueue(BODY, 'shop@example.org', [f'c{n}@example.org']) for n in range(3)]
+    sql(location, "UPDATE messages SET sender = 'a@b> NOTIFY=NEVER' WHERE id = ANY(%s)", broken)  # around us
+    with SMTPTestServer() as server:
+        runner = QueueRunner(store, mailer=SMTPMailer(server.hostname, server.port, tls='none', timeout=5), workers=1)
+        stats = runner.run_once()  # its first claim takes two rows: both corrupt
+        assert (stats.sent, stats.corrupt) == (3, 2)
+        assert sorted(r for m in server.received for r in m.rcpt_tos) == [f'c{n}@example.org' for n in range(3)]
+    assert sorted(msg_id for state, msg_id in store.ids()) == sorted(broken) and len(good) == 3
+    assert {state for state, _ in store.ids()} == {FAILED}

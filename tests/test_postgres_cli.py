@@ -51,6 +51,7 @@ def test_tools_on_a_postgres_queue(tmp_path: Path) -> None:
     'host=127.0.0.1 dbname=test user=mq password=S3cretPW',  # libpq's key=value form: not a directory
     "host=127.0.0.1 password='S3cretPW x'",
     'postgresq://mq:S3cretPW@127.0.0.1/test',
+    'postgresql://mq:my S3cret@127.0.0.1/test',  # libpq quotes it in the middle of its message
 ])
 def test_a_mistyped_location_is_a_usage_error_that_hides_the_password(location: str, tmp_path: Path) -> None:
     proc = subprocess.run([script('mq-queue'), '--queue-dir', location, 'list'], capture_output=True, text=True,
@@ -75,7 +76,10 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
 
     location = fresh_location()
     conninfo, ours = split_location(location)
-    cases = {'a connection setting libpq rejects': with_params(location, sslmode='bogus')}
+    cases = {'a connection setting libpq rejects': with_params(location, sslmode='bogus'),
+             'an unknown service': with_params(location, service='mq_no_such_service'),
+             'a number that is none (libpq)': with_params(location, keepalives_idle='abc'),
+             'a number that is none (psycopg)': with_params(location, connect_timeout='abc')}
     newer = fresh_location()
     with psycopg.connect(split_location(newer)[0], autocommit=True) as conn:
         conn.execute(f'INSERT INTO "{split_location(newer)[1]["schema"]}".schema_version (version) VALUES (99)')
@@ -88,9 +92,11 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
     try:
         cases['a role that may not claim'] = with_params(location, user=role)
         for what, where in cases.items():
-            proc = subprocess.run([script('mq-queue'), '--queue-dir', where, 'init' if 'role' in what else 'list'],
-                                  capture_output=True, text=True, timeout=60)
-            assert proc.returncode == 78, (what, proc.stderr)
+            # (the role may read: only init and claims are refused it)
+            for command in ('init',) if 'role' in what else ('init', 'list'):
+                proc = subprocess.run([script('mq-queue'), '--queue-dir', where, command],
+                                      capture_output=True, text=True, timeout=60)
+                assert proc.returncode == 78, (what, command, proc.stderr)
             config = tmp_path / 'mq.conf'
             config.write_text(f'[mqrunner]\nsmtp_hostname = 127.0.0.1\nsmtp_port = 9\nqueue_url = {where}\n')
             proc = subprocess.run([script('mq-run'), '-C', str(config), '--daemon'], capture_output=True, text=True,
@@ -101,3 +107,25 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY {role}')
             conn.execute(f'DROP ROLE {role}')
+
+
+@pytest.mark.parametrize('location', [
+    'postgresql://mq:pa?S3cret@127.0.0.1:1/postgres',  # libpq: the password is "pa?S3cret"
+    'postgresql://mq@127.0.0.1:1/postgres?sslpassword=S3cret',
+    'postgresql://mq@127.0.0.1:1/postgres?passwor%64=S3cret',  # libpq decodes the key
+])
+def test_an_unreachable_location_never_shows_its_secrets(location: str) -> None:
+    proc = subprocess.run([script('mq-queue'), '--queue-dir', location, 'stats'], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 75, proc.stderr
+    assert 'S3cret' not in proc.stdout + proc.stderr and 'cannot connect' in proc.stderr, proc.stderr
+
+
+def test_locations_shown_keep_what_is_not_secret() -> None:
+    from schwarz.mailqueue.queue.locations import describe_location
+
+    assert describe_location('postgresql://mq:pw@db:5432/ma@il') == 'postgresql://mq:***@db:5432/ma@il'
+    assert describe_location('postgresql://db:5432/ma@il?sslmode=require') == \
+        'postgresql://db:5432/ma@il?sslmode=require'
+    assert describe_location('postgresql://[::1]:5432,h2:5433/db') == 'postgresql://[::1]:5432,h2:5433/db'
+    assert describe_location("host=db password='a b' dbname=x") == 'host=db password=*** dbname=x'

@@ -138,3 +138,43 @@ def test_a_daemon_outlives_the_end_of_its_database_sessions(tmp_path: Path) -> N
     counts = Counter(rcpt for received in server.received for rcpt in received.rcpt_tos)
     assert counts['first@example.org'] == counts['second@example.org'] == counts['fourth@example.org'] == 1
     assert counts['third@example.org'] >= 1  # under way when its sessions ended; at worst delivered twice
+
+
+def test_a_daemon_stops_with_78_when_its_role_loses_a_privilege(tmp_path: Path) -> None:
+    """Not something that goes away by itself: the daemon says so and exits, instead of retrying."""
+    location = fresh_location()
+    conninfo, ours = split_location(location)
+    schema, role = ours['schema'], f'mq_runner_{ours["schema"][-8:]}'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE {role} LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+        conn.execute(f'GRANT SELECT ON "{schema}".schema_version TO {role}')
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{schema}".messages TO {role}')
+    store = open_postgres_queue(location)
+    try:
+        with SMTPTestServer() as server:
+            config = write_config(tmp_path / 'host.conf', server, queue_url=f'{location}&user={role}')
+            proc = subprocess.Popen([script('mq-run'), '-C', config, '--daemon'], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                store.enqueue(MSG, 'a@example.org', ['first@example.org'])
+                until = time.monotonic() + 5
+                while not server.received and time.monotonic() < until:
+                    time.sleep(0.02)
+                assert len(server.received) == 1
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f'REVOKE UPDATE ON "{schema}".messages FROM {role}')
+                store.enqueue(MSG, 'a@example.org', ['second@example.org'])
+                _, err = proc.communicate(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        assert proc.returncode == 78, err
+        assert 'permission denied' in err and 'docs/postgresql.md' in err
+        assert [state for state, _ in store.ids()] == ['new']  # the second one waits, untouched
+    finally:
+        store.close()
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f'DROP ROLE {role}')

@@ -183,6 +183,8 @@ def test_copy_refuses_the_queue_itself_under_another_name(tmp_path: Path) -> Non
         (str(queue_dir), str(tmp_path / 'link')),  # a symlink
         (str(queue_dir), f'maildir://{queue_dir}/'),
     ]
+    # another session time zone (the server's start time must not be compared as local text)
+    same.append((location, with_params(location, options='-c%20TimeZone%3DAsia/Tokyo')))
     if Path(socket_dir).is_dir() and '127.0.0.1' in conninfo:  # (the machine's server: also by its socket)
         same.append((location, with_params(location, host=socket_dir)))
     for source, target in same:

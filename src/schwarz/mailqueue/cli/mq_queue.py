@@ -546,9 +546,9 @@ def _cmd_stats(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
 
 def _cmd_copy(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     target = _open_store(args.to, writable=True)
-    if same_queue(target, admin.store):
-        fail(f'the target {target.location} is the queue itself', EX_USAGE)
     try:
+        if same_queue(target, admin.store):  # (copy_to checks too, but only once iterated)
+            fail(f'the target {target.location} is the queue itself', EX_USAGE)
         return _report(_Reporter('copy', True, args.verbose), admin.copy_to(target))
     finally:
         target.close()

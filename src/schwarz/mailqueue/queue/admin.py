@@ -50,6 +50,7 @@ from .contract import (
     Summarizing,
     due_time,
     is_due,
+    same_queue,
 )
 from .format import (
     COPIED_FROM,
@@ -768,9 +769,13 @@ class QueueAdmin:
         writes finds it, completes it and removes the message here, instead of copying it again.
         What cannot be covered: a copy in ``new`` that the target's runners delivered before
         that re-run (the message would be delivered twice; docs/postgresql.md). Messages being
-        delivered here are waited for (``wait``) and then reported busy; unreadable ones stay here.
+        delivered here are waited for (``wait``) and then reported busy; unreadable ones go to
+        ``failed`` here, as a runner would move them. ValueError: ``target`` is this very queue
+        (under whatever name), before anything is touched.
         """
         target_store = open_queue(target)
+        if same_queue(target_store, self.store):
+            raise ValueError(f'the target {target_store.location} is the queue itself')
         copies = self.copied_ids(target_store)
         ids = [msg_id for _state, msg_id in self.store.ids((NEW, HELD, FAILED, CLAIMED))]
         for msg_id in ids:

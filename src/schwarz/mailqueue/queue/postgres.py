@@ -162,16 +162,30 @@ def _shown(location: str) -> str:
 
 
 def _without_quotes(exc: BaseException) -> str:
-    """libpq's complaint about a location without the part it quotes (that may be the password)."""
-    return re.sub(r'(?:\s+in URI)?:\s*".*\Z', '', _first_line(exc)).strip() or 'cannot be parsed'
+    """libpq's complaint about a location without the parts it quotes (one may be the password)."""
+    text = _first_line(exc)
+    text = re.sub(r'(?:\s+in URI)?:\s*"[^"]*"?\s*\Z', '', text)  # the offending value at the end
+    return re.sub(r'"[^"]*"', '"…"', text).strip() or 'cannot be parsed'
 
 
 def _connect_error(location: str, exc: BaseException) -> QueueUnavailable:
     """Refused before anything was sent (an invalid setting, e.g. ``sslmode=bogus``): exit 78;
     the server down, unknown or refusing us: 75 (it may be back, or just being set up)."""
     text = _first_line(exc)
-    kind = QueueMisconfigured if text.startswith('connection is bad: invalid') else QueueUnavailable
-    return kind(f'PostgreSQL queue {location}: cannot connect: {text}')
+    return (QueueMisconfigured if _rejected_setting(text) else QueueUnavailable)(
+        f'PostgreSQL queue {location}: cannot connect: {text}')
+
+
+def _rejected_setting(text: str) -> bool:
+    """Whether libpq (or psycopg) refused the connection settings before talking to a server."""
+    if text.startswith('bad value for'):  # psycopg's own check (connect_timeout)
+        return True
+    if not text.startswith('connection is bad:'):
+        return False
+    # "… to server at X failed: Connection refused / FATAL: …" is the server side (75), but
+    # "failed: invalid integer value …" is a setting; without "failed:" nothing was tried
+    failed, sep, why = text.partition(' failed: ')
+    return not sep or why.startswith('invalid ')
 
 
 def _check_schema_name(schema: str) -> str:
@@ -455,6 +469,8 @@ def init_schema(location: str, *, schema: Optional[str] = None) -> Tuple[int, in
         raise QueueMisconfigured(f'PostgreSQL queue {_shown(location)}: cannot initialise: {_first_line(exc)} '
                                  f'(see docs/postgresql.md: roles)') from None
     except psycopg.Error as exc:
+        if _rejected_setting(_first_line(exc)):
+            raise _connect_error(_shown(location), exc) from None
         raise QueueUnavailable(f'PostgreSQL queue {_shown(location)}: cannot initialise: {_first_line(exc)}') from None
     return before, SCHEMA_VERSION
 
@@ -731,6 +747,8 @@ class PostgresQueue:
                 conn.close()
 
     def _drop_idle(self) -> None:
+        if os.getpid() != self._pid:
+            return  # (a forked child must not close its parent's connections)
         with self._lock:
             idle = [conn for pool in self._idle.values() for conn, _since in pool]
             for pool in self._idle.values():
@@ -939,24 +957,27 @@ class PostgresQueue:
         params = self._lease_params()
         params.update(_policy_params(policy, now))
         params.update({'pass': self._pass_id})
-        rows = self._claim_rows(params, limit, force, policy)
-        if rows:
-            self._stop_waiting()  # busy: enqueues need not NOTIFY us
-        elif not self._waiting:
-            # what commits from now until wait_for_work takes the wait lock does not NOTIFY
-            self._unnoticed = True
-        rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
-        for row in rows:
-            msg_id, token, msg_bytes = row[0], row[1], row[2]
-            meta = _meta_from(row[3:])
-            msg = self._claimed(msg_id, token, meta, msg_bytes)
-            if self._corrupt(msg):
-                batch.corrupt += 1
-                continue
-            batch.append(msg)
-        if not rows:
-            self._pass_id = uuid.uuid4()  # an empty batch ends the pass
-        return batch
+        while True:
+            rows = self._claim_rows(params, limit, force, policy)
+            if rows:
+                self._stop_waiting()  # busy: enqueues need not NOTIFY us
+            elif not self._waiting:
+                # what commits from now until wait_for_work takes the wait lock does not NOTIFY
+                self._unnoticed = True
+            rows.sort(key=lambda row: (row[5], row[0]))  # queue date, id
+            for row in rows:
+                msg_id, token, msg_bytes = row[0], row[1], row[2]
+                meta = _meta_from(row[3:])
+                msg = self._claimed(msg_id, token, meta, msg_bytes)
+                if self._corrupt(msg):
+                    batch.corrupt += 1
+                    continue
+                batch.append(msg)
+            if not rows:
+                self._pass_id = uuid.uuid4()  # an empty batch ends the pass
+            # only corrupt rows (now failed): an empty batch would end the caller's pass early
+            if batch or not rows:
+                return batch
 
     def _claim_rows(self, params: Dict[str, Any], limit: int, force: bool, policy: RetryPolicy) -> List[Any]:
         with self._conn(runner=True) as conn:
@@ -1386,10 +1407,12 @@ class PostgresQueue:
         """The server (its start time: two servers never share one to the microsecond), the
         database and the schema, whatever host name, port or socket reached them."""
         with self._conn() as conn:
-            row = conn.execute('SELECT pg_postmaster_start_time(), d.oid, n.oid FROM pg_database d '
-                               'LEFT JOIN pg_namespace n ON n.nspname = %s '
-                               'WHERE d.datname = current_database()', [self.schema]).fetchone()
-        return f'postgresql:{row}'
+            row = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::text, d.oid::text, "
+                               "coalesce(n.oid::text, '') FROM pg_database d "
+                               "LEFT JOIN pg_namespace n ON n.nspname = %s "
+                               "WHERE d.datname = current_database()", [self.schema]).fetchone()
+        # (the start time as a number: its text would follow the session's time zone)
+        return 'postgresql:' + ':'.join(row or ())
 
     def check(self) -> None:
         """The database answers, the schema is current, and our role may claim and change messages."""
@@ -1516,6 +1539,7 @@ class PostgresQueue:
         return conn
 
     def _drop_listener(self) -> None:
+        self._drop_idle()  # (what ended the listener's session has probably ended the others')
         conn, self._listen_conn = self._listen_conn, None
         if self._waiting:
             self._waiting = False  # a session lock ends with its session...

@@ -42,7 +42,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from schwarz.mailqueue.config import ConfigError
         from schwarz.mailqueue.django import command_config, queue_location
-        from schwarz.mailqueue.errors import QueueError
+        from schwarz.mailqueue.errors import QueueError, QueueMisconfigured
         from schwarz.mailqueue.queue.locations import describe_location
 
         try:
@@ -64,7 +64,9 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError(str(exc), returncode=EX_CONFIG) from None
         except QueueError as exc:
-            raise CommandError(f'queue {describe_location(location)}: {exc}', returncode=EX_TEMPFAIL) from None
+            shown, text = describe_location(location), str(exc)
+            code = EX_CONFIG if isinstance(exc, QueueMisconfigured) else EX_TEMPFAIL
+            raise CommandError(text if shown in text else f'queue {shown}: {text}', returncode=code) from None
 
     def _init(self, config: Any, location: str) -> None:
         from schwarz.mailqueue.bootstrap import open_store
