@@ -1099,3 +1099,15 @@ def test_a_pass_goes_on_after_a_claim_of_only_corrupt_rows(stores: Callable[...,
         assert sorted(r for m in server.received for r in m.rcpt_tos) == [f'c{n}@example.org' for n in range(3)]
     assert sorted(msg_id for state, msg_id in store.ids()) == sorted(broken) and len(good) == 3
     assert {state for state, _ in store.ids()} == {FAILED}
+
+
+def test_a_failing_end_of_pass_claim_keeps_what_the_first_statement_claimed(
+        stores: Callable[..., PostgresQueue]) -> None:
+    store = stores()
+    queued = sorted(store.enqueue(BODY, 'shop@example.org', ['customer@example.org']) for _ in range(3))
+    store._sql_claim_ahead = 'SELECT no_such_function()'  # the second statement fails (fault injection)
+    batch = store.claim_due(16, now=now(), policy=POLICY)
+    assert sorted(msg.msg_id for msg in batch) == queued  # claimed and handed out, not left to their lease
+    for msg in batch:
+        store.complete(msg)
+    assert list(store.ids()) == []

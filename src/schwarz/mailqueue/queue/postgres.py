@@ -990,8 +990,16 @@ class PostgresQueue:
             # ordinary connection: its OR of two ranges needs the bitmap scans the runner's lack
             params['limit'] = limit - len(rows)
             ahead = self._sql_claim_ahead if policy.max_attempts is None else self._sql_claim_ahead_attempts
-            with self._conn() as conn:
-                rows += conn.execute(ahead, params).fetchall()
+            try:
+                with self._conn() as conn:
+                    rows += conn.execute(ahead, params).fetchall()
+            except QueueUnavailable:
+                if not rows:
+                    raise
+                # what the first statement claimed is ours: deliver it (unknown to us, it would
+                # wait a whole lease); the next claim tries the rest again
+                log.warning('PostgreSQL queue %s: the end-of-pass claim failed; going on with %d message(s)',
+                            self.location, len(rows))
         return rows
 
     def _corrupt(self, msg: QueuedMessage) -> bool:
