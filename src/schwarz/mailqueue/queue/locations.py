@@ -49,16 +49,17 @@ def known_schemes() -> List[str]:
 # libpq's other form, ``host=db dbname=mail user=mq``: not a path, and not accepted. A string made
 # only of ``word=value`` pairs is taken for one (a directory could be named so, but hardly
 # "host=db dbname=mail"); an absolute path never is.
+# (patterns, not compiled here: mq-sendmail imports this module on every start)
 _PAIR = r"""[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']*)"""
-_PAIRS = re.compile(rf'\s*{_PAIR}(?:\s+{_PAIR})*\s*')
-_KEYWORDS = re.compile(r'(?i)(?:^|\s)(?:host|hostaddr|dbname|user|password|port|service|sslmode)\s*=')
+_PAIRS = rf'\s*{_PAIR}(?:\s+{_PAIR})*\s*'
+_KEYWORDS = r'(?i)(?:^|\s)(?:host|hostaddr|dbname|user|password|port|service|sslmode)\s*='
 
 
 def check_not_keywords(location: str) -> None:
     """A ValueError for a libpq ``key=value`` string (it would be taken for a queue directory)."""
-    if location.startswith(('/', '~', '.')) or not _PAIRS.fullmatch(location):
+    if location.startswith(('/', '~', '.')) or not re.fullmatch(_PAIRS, location):
         return
-    if _KEYWORDS.search(location) or len(location.split()) > 1:
+    if re.search(_KEYWORDS, location) or len(location.split()) > 1:
         raise ValueError(f'{describe_location(location)} looks like a libpq key=value string; write the '
                          f'PostgreSQL queue as a URI: postgresql://user@host/dbname?sslmode=... (docs/postgresql.md)')
 
