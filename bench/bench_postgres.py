@@ -314,34 +314,48 @@ def run(args: argparse.Namespace) -> str:
 ANALYSIS = """### Reading these figures
 
 Measured on 2 cores shared by the runner processes, the sink and PostgreSQL, so the absolute
-numbers move by 10-30 % between runs (the maildir's enqueue figures most: fsync on a shared disk).
+numbers move by 10-30 % between runs. This run was made on a day when the machine was about half
+as fast as in the previous one (the same `mq-run` start-up on the maildir took 141 ms of CPU
+instead of 74 ms; a single-row DELETE costs the server 110-140 µs of CPU, most of it the round
+trip): the previous run of the same benchmark gave 2,337/s (1 process) and 4,324/s (4) for the
+enqueue, 98 / 108 / 73 % for the raw-sink drain, 99 / 93 / 89.5 % with the 5 ms sink and
+`stats` in 0.88 s. Compare ratios within one run, not figures across runs.
 
-- **Enqueue**: one commit per message is bound by the WAL flush of each commit; from one
-  connection that is about 2,000-2,400/s on this disk, whatever the store does. Several enqueuers
-  share flushes (group commit): 3,400-4,300/s from 4. They did not before schema version 2: every
-  insert sent `NOTIFY`, and a notifying commit takes a lock for the whole server, so commits
-  queued one behind the other (2,600/s from 4). Inserts now notify only while a runner waits.
-- **Drain, raw sink, 1 and 2 processes**: PostgreSQL now drains as fast as the maildir (87-108 %
+- **Enqueue**: one commit per message is bound by the WAL flush of each commit, whatever the
+  store does; several enqueuers share flushes (group commit). They did not before schema
+  version 2: every insert sent `NOTIFY`, and a notifying commit takes a lock for the whole
+  server, so commits queued one behind the other. Inserts now notify only while a runner waits.
+  The 2,500/s target depends on this machine's flush latency and CPU; PostgreSQL is ahead of
+  the maildir (which also syncs each message) in every run.
+- **Drain, raw sink, 1 and 2 processes**: PostgreSQL drains about as fast as the maildir (87-108 %
   in the runs of this work; 60 % and 32 % before). What closed the gap: the runner's connections
   commit asynchronously (a server crash can only cause a duplicate, see docs/postgresql.md),
   claims read the due index in order (without statistics the planner sorted every due row for
-  each claim), 16 messages per claim instead of 4 (a claim statement costs about 0.3 ms, a row
-  35 µs), a completion that is sent without waiting for its answer (`complete(wait=False)`),
-  and no LISTEN connection in a one-shot run.
-- **Drain, raw sink, 4 processes**: the two cores are saturated (idle under 10 %), so the rate is
-  the inverse of the CPU a message costs everyone together. Measured per message (12,000
-  messages, 4 processes): the runner processes 365 µs with PostgreSQL and 373 µs with the
-  maildir, the sink and kernel about 100-115 µs each, and the PostgreSQL server 132 µs (its
-  share of a claim statement and one DELETE), which the maildir does not have. That server CPU
-  is the remaining gap (73-77 %) and the 0.92x: on separate hosts it runs on the database
-  server, not on the runners' cores. The start-up line above is the other part: psycopg's import
-  and three connections, paid once per process.
+  each claim), up to 16 messages per claim (a claim statement costs about 0.3 ms, a row 35 µs),
+  a completion that is sent without waiting for its answer (`complete(wait=False)`), and no
+  LISTEN connection in a one-shot run.
+- **Drain, raw sink, 4 processes**: the two cores are saturated, so the rate is the inverse of
+  the CPU a message costs everyone together. The runner processes cost about the same per
+  message with either store; PostgreSQL adds its server's share of a claim (about 65 µs per
+  message) and one DELETE per message (110-160 µs, nearly all of it per statement: 16 rows in
+  one statement cost 15-19 µs each). Batching the DELETEs would close most of the gap, but a
+  completion held back to share a statement widens the duplicate window beyond one message per
+  worker (docs/reliability.md), and completions of one process overlap by chance only 2-4 % of
+  the time; so each message keeps its own DELETE, sent the moment the 250 arrives. On separate
+  hosts that server CPU is spent on the database server, not on the runners' cores. Start-up is
+  the other part (psycopg's import and three connections, once per process).
 - **Drain, 5 ms sink**: runners that wait for a smarthost over a network, as runners on separate
-  hosts do. 4 processes deliver 2.9x what one does (maildir 3.2x), and PostgreSQL stays within
-  90-99 % of the maildir.
+  hosts do. 4 processes deliver 2.6-2.9x what one does. With 2,000 messages per run the
+  start-up CPU (about 160 ms more per process than the maildir's, on this run's slower machine)
+  is a tenth of the whole: 80-90 % of the maildir at 4 processes, 89-99 % at 1 and 2.
+- **How much a runner claims** follows how fast it delivers (`runner.ClaimPace`): 16 at a time
+  against a quick smarthost, one per worker plus one ready against a slow one, so that runners on
+  other hosts are not kept waiting for mail one runner sits on. Against this benchmark's sinks
+  it claims 16 after the first delivery; A/B runs against the previous claim rule showed no
+  difference beyond noise.
 - **The store alone** (`claim_due(16)` + `complete` in a loop, no SMTP, 4,000 rows): about
-  3,400 messages/s from one process and 8,100/s from 4; it no longer slows down when processes
-  are added (1,700/s and 1,300/s before).
+  3,400 messages/s from one process and 8,100/s from 4 in the previous run; it no longer slows
+  down when processes are added (1,700/s and 1,300/s before).
 - **`mq-queue stats`**: two scans of the table in SQL (`PostgresQueue.summary`, the
   `contract.Summarizing` capability) instead of one Python row per message (19.3 s before)."""
 
