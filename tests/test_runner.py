@@ -151,17 +151,23 @@ class _BrokenPolicy(RetryPolicy):
         raise RuntimeError('bug in a policy')
 
 
-def test_unexpected_error_neither_hangs_the_pass_nor_loses_the_message(smtp_server, tmp_path) -> None:
+def _pass_within(runner: QueueRunner, seconds: float):
+    """``run_once()`` in a thread that must end within ``seconds`` (a hung pass fails the test)."""
     import threading
-    queue = MaildirQueue(str(tmp_path / 'q'))
-    ids = [str(queue.enqueue(MSG, 'a@x', [f'r{n}@x'])) for n in range(5)]
-    runner = QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=2)
+
     outcome = []
     thread = threading.Thread(target=lambda: outcome.append(runner.run_once()), daemon=True)
     thread.start()
-    thread.join(timeout=20)
+    thread.join(timeout=seconds)
     assert not thread.is_alive(), 'the pass hung'
-    assert outcome[0].skipped == 5
+    return outcome[0]
+
+
+def test_unexpected_error_neither_hangs_the_pass_nor_loses_the_message(smtp_server, tmp_path) -> None:
+    queue = MaildirQueue(str(tmp_path / 'q'))
+    ids = [str(queue.enqueue(MSG, 'a@x', [f'r{n}@x'])) for n in range(5)]
+    stats = _pass_within(QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=2), 20)
+    assert stats.skipped == 5
     assert sorted(names(queue, 'new')) == sorted(ids) and names(queue, 'cur') == []
     assert smtp_server.received == []
 
@@ -170,7 +176,7 @@ def test_a_failing_release_after_an_unexpected_error_does_not_hang_the_pass(smtp
                                                                            monkeypatch) -> None:
     """The file system refuses to give the message back (EROFS): still no worker dies."""
     import errno
-    import threading
+
     queue = MaildirQueue(str(tmp_path / 'q'))
     for n in range(5):
         queue.enqueue(MSG, 'a@x', [f'r{n}@x'])
@@ -179,13 +185,8 @@ def test_a_failing_release_after_an_unexpected_error_does_not_hang_the_pass(smtp
         raise OSError(errno.EROFS, 'Read-only file system')
 
     monkeypatch.setattr(queue, 'release', read_only)
-    runner = QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=1)
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(runner.run_once()), daemon=True)
-    thread.start()
-    thread.join(timeout=20)
-    assert not thread.is_alive(), 'the pass hung'
-    assert outcome[0].skipped == 5
+    stats = _pass_within(QueueRunner(queue, mailer=mailer(smtp_server), policy=_BrokenPolicy(), workers=1), 20)
+    assert stats.skipped == 5
     assert len(names(queue, 'new')) + len(names(queue, 'cur')) == 5  # nothing lost; the next pass recovers
 
 
