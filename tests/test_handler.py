@@ -220,3 +220,33 @@ def test_a_crashing_transport_does_not_lose_the_message(tmp_path, caplog) -> Non
     assert 'internal error in the debug transport: RuntimeError' in \
         (MaildirQueue(queue_dir).read_meta('new', name).last_error or '')
     assert any('bug in a transport' in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_a_crash_at_the_deferral_after_a_partial_refusal_forgets_no_refusal(smtp_server: SMTPTestServer,
+                                                                            tmp_path) -> None:
+    """The dead letter for the refused recipients is written before the deferral drops them from the
+    queue file: a process that dies at the deferral (here: it is stopped right there) keeps the record."""
+    queue_dir = str(tmp_path / 'q')
+    queue = MaildirQueue(queue_dir)
+    queue.enqueue(MSG, 'a@x', ['ok@x', 'later@x', 'nobody@x'])
+    smtp_server.set_recipient_reply('later@x', 451, 'greylisted')
+    smtp_server.set_recipient_reply('nobody@x', 550, 'no such user')
+
+    class Died(BaseException):
+        pass
+
+    def die(*args, **kwargs) -> None:
+        raise Died()  # where a SIGKILL could land
+
+    store = MaildirQueue(queue_dir)
+    store.defer = die  # type: ignore[method-assign]
+    msg = store.claim(next(iter(store.ids()))[1])
+    assert msg is not None
+    try:
+        MessageHandler([smtp(smtp_server)]).send_message(msg)
+    except Died:
+        pass
+    else:
+        raise AssertionError('the deferral was not reached')
+    [failed] = listing(queue_dir, 'failed')
+    assert queue.read_meta('failed', failed).to_addrs == ['nobody@x']  # the refusal is on record

@@ -336,6 +336,11 @@ class MessageHandler:
             self._log('discarded', list(deferred) + list(result.refused), msg.msg_bytes, from_addr, via,
                       attempts=attempts, queue_date=msg.queue_date, queue_id=msg.msg_id)
             return result
+        if deferred and result.refused:
+            # first the dead letter for the refused recipients, then the deferral that drops them
+            # from the queue file: a crash in between then repeats a refusal (a second dead
+            # letter), where the other order would forget it (found by the torture test)
+            self._keep_refused(msg, from_addr, result)
         if deferred:
             give_up = None
             if self.retry_policy is not None:
@@ -364,11 +369,13 @@ class MessageHandler:
             backend.fail(msg, _reason(result.refused), list(result.refused))
         else:
             backend.complete(msg, wait=False)  # the next message need not wait for the confirmation
-        if deferred and result.refused:
-            # the queue file now holds the deferred recipients; keep a dead letter for the refused ones
-            try:
-                backend.store_dead_letter(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
-            except Exception as exc:  # the delivery is recorded; a missing dead-letter copy must not undo that
-                logging.getLogger('mailqueue').error('could not keep a copy for the refused recipients of %s: '
-                                                     '%s', msg.msg_id, exc)
         return result
+
+    @staticmethod
+    def _keep_refused(msg: QueuedMessage, from_addr: str, result: SendResult) -> None:
+        """A dead letter for the refused recipients of a message whose others wait in the queue."""
+        try:
+            msg.store.store_dead_letter(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
+        except Exception as exc:  # the delivery goes on being recorded; a missing copy must not stop that
+            logging.getLogger('mailqueue').error('could not keep a copy for the refused recipients of %s: '
+                                                 '%s', msg.msg_id, exc)
