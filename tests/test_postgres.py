@@ -1111,3 +1111,24 @@ def test_a_failing_end_of_pass_claim_keeps_what_the_first_statement_claimed(
     for msg in batch:
         store.complete(msg)
     assert list(store.ids()) == []
+
+
+def test_a_connection_lent_out_while_the_sessions_end_is_not_pooled_again(stores: Callable[..., PostgresQueue]) -> None:
+    """Sessions ended (a restart, an admin) while one connection was in use: once another
+    operation has noticed, that connection does not go back to the pool either, so the next
+    statement is not sent on a dead session (it could not tell whether it ran)."""
+    store = stores()
+    store.ping_after = 3600.0  # a pooled connection is trusted without asking
+    msg_id = store.enqueue(BODY, 'shop@example.org', ['customer@example.org'])
+    with store._conn() as lent:
+        lent.execute('SELECT 1')
+        assert store.view(msg_id) is not None  # on a second connection, pooled afterwards
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                 [[c.info.backend_pid for c, _ in store._idle[False] + store._idle[True]]
+                                  + [lent.info.backend_pid]]).fetchall()
+        assert len(ended) == 2
+        with pytest.raises(QueueUnavailable):
+            store.view(msg_id)  # on the pooled connection: the loss is noticed here
+    assert lent.closed
+    assert store.view(msg_id) is not None  # on the first try

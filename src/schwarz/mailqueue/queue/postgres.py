@@ -649,6 +649,9 @@ class PostgresQueue:
         self._pid = os.getpid()
         # (connection, idle since) by kind: False for enqueue/admin, True for the runner's
         self._idle: Dict[bool, List[Tuple[psycopg.Connection[Any], float]]] = {False: [], True: []}
+        # counts _drop_idle's: a connection lent out before one may have lost its session as well
+        # and goes back to no pool (a statement sent on it could not tell whether it ran)
+        self._generation = 0
         self._checked = False
         self._owner_lock = threading.Lock()
         self._owner_conn: Optional[psycopg.Connection[Any]] = None
@@ -721,6 +724,7 @@ class PostgresQueue:
         if self._in_flight is not None:
             self._settle()  # what this store completed is gone for whatever it does next
         runner = runner and self.pooling == 'session'
+        generation = self._generation
         conn = self._pooled(runner)
         try:
             with self._translated():
@@ -740,7 +744,7 @@ class PostgresQueue:
             if (conn is not None and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
                     and os.getpid() == self._pid):
                 with self._lock:
-                    if len(self._idle[runner]) < _MAX_IDLE:
+                    if len(self._idle[runner]) < _MAX_IDLE and generation == self._generation:
                         self._idle[runner].append((conn, time.monotonic()))
                         kept = True
             if conn is not None and not kept and os.getpid() == self._pid:
@@ -750,6 +754,7 @@ class PostgresQueue:
         if os.getpid() != self._pid:
             return  # (a forked child must not close its parent's connections)
         with self._lock:
+            self._generation += 1
             idle = [conn for pool in self._idle.values() for conn, _since in pool]
             for pool in self._idle.values():
                 pool.clear()
@@ -1576,6 +1581,7 @@ class PostgresQueue:
             self._settle_locked()
             self._drop_completer()
         with self._lock:
+            self._generation += 1  # (nor do connections still lent out come back to a pool)
             idle, self._idle = self._idle, {False: [], True: []}
         for conn, _ in idle[False] + idle[True]:
             conn.close()
