@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from _pg import fresh_location, fresh_schema, server_url, server_version, with_params
 from schwarz.mailqueue.errors import ClaimLost, QueueUnavailable
@@ -138,6 +139,16 @@ def test_our_parameters_are_removed_before_libpq_sees_the_uri() -> None:
     assert split_location('postgresql://h/db?mq_schema=s') == ('postgresql://h/db', {'schema': 's'})
     with pytest.raises(ValueError, match='mq_nonsense'):
         split_location('postgresql://h/db?mq_nonsense=1')
+
+
+def test_a_question_mark_in_the_password_does_not_start_the_query() -> None:
+    """libpq reads the user info up to the first '@' before any '/'; so do we."""
+    conninfo, ours = split_location('postgresql://mq:pa?ss&mq_x=1@h/db?mq_schema=s2&sslmode=disable')
+    assert ours == {'schema': 's2'}
+    assert conninfo == 'postgresql://mq:pa?ss&mq_x=1@h/db?sslmode=disable'
+    assert conninfo_to_dict(conninfo)['password'] == 'pa?ss&mq_x=1'
+    assert split_location('postgresql://mq:pa?ss@h/db') == ('postgresql://mq:pa?ss@h/db', {})
+    assert split_location('postgresql://h/d@b?mq_schema=s3')[1] == {'schema': 's3'}  # no user info
     with pytest.raises(ValueError, match='schema'):
         PostgresQueue('postgresql://h/db?mq_schema=Robert%27);DROP')
     with pytest.raises(ValueError, match='mq_lease'):

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Tuple, Union
 if TYPE_CHECKING:  # pragma: no cover
     from .contract import QueueStore
 
-__all__ = ['check_not_keywords', 'describe_location', 'init_store', 'known_schemes', 'open_queue', 'split_location']
+__all__ = ['check_not_keywords', 'describe_location', 'init_store', 'known_schemes', 'open_queue', 'query_start',
+           'split_location']
 
 # scheme -> (module, factory function taking the rest of the location)
 _OPENERS: Dict[str, Tuple[str, str]] = {
@@ -108,6 +109,14 @@ def init_store(location: str) -> str:
     store = open_queue(location)  # the maildir creates its directories; memory needs nothing
     store.check()
     return 'ready'
+
+
+def query_start(location: str) -> int:
+    """Where a URI's query begins (its ``?``), or -1: after the user info, which may hold a ``?``
+    (libpq: the user info ends at the first ``@`` before any ``/``)."""
+    _scheme, sep, rest = location.partition('://')
+    found = re.match(r'[^@/]*@', rest) if sep else None
+    return location.find('?', len(location) - len(rest) + found.end() if found else 0)
 
 
 def describe_location(location: str) -> str:

@@ -79,7 +79,7 @@ from .contract import (
     record_attempt,
 )
 from .format import FAILED_REASON, LAST_ERROR, ORIGINAL_DATE, QueueMeta, check_envelope, format_date, parse_date
-from .locations import describe_location
+from .locations import describe_location, query_start
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
 __all__ = [
@@ -134,10 +134,11 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
 
     The rest of the URI is kept byte for byte (libpq decodes its own percent-escapes).
     """
-    base, sep, query = location.partition('?')
+    at = query_start(location)
+    base, query = (location[:at], location[at + 1:]) if at >= 0 else (location, '')
     ours: Dict[str, str] = {}
     kept: List[str] = []
-    for part in query.split('&') if sep else []:
+    for part in query.split('&') if at >= 0 else []:
         if not part:
             continue
         key, _, value = part.partition('=')
