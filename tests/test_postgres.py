@@ -75,7 +75,7 @@ def sql(location: str, query: str, *params: Any) -> List[Any]:
     conninfo, ours = split_location(location)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'SET search_path = "{ours["schema"]}"')
-        cur = conn.execute(query, params or None)  # type: ignore[arg-type]
+        cur = conn.execute(query, params or None)
         return cur.fetchall() if cur.description else []
 
 
@@ -693,7 +693,7 @@ def test_runner_processes_deliver_every_message_exactly_once(location: str, chil
 # --- wake-up ----------------------------------------------------------------------------------
 
 
-def _wake_up_after(store: PostgresQueue, enqueue: Callable[[], None]) -> float:
+def _wake_up_after(store: PostgresQueue, enqueue: Callable[[], object]) -> float:
     woke: List[float] = []
     listening = threading.Event()
 
@@ -960,7 +960,8 @@ def test_the_roles_of_the_docs(stores: Callable[..., PostgresQueue]) -> None:
     base = server_url()
     as_role = {name: with_params(base, user=real, mq_schema=schema) for name, real in roles.items()}
     with psycopg.connect(base, autocommit=True) as conn:
-        if not conn.execute('SELECT rolsuper FROM pg_roles WHERE rolname = current_user').fetchone()[0]:
+        superuser = conn.execute('SELECT rolsuper FROM pg_roles WHERE rolname = current_user').fetchone()
+        if not (superuser and superuser[0]):
             pytest.fail('the test server must let the tests create roles (a superuser)')
         conn.execute(adapted(_doc_sql('-- roles for the queue')))
     try:
