@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from schwarz.mailqueue.testutils import SMTPTestServer
+from schwarz.mailqueue.testutils import ScriptedSMTPServer, SMTPTestServer
 
 __all__ = [
     'ALIASES',
@@ -62,8 +62,8 @@ def sendmail_link(directory: Path) -> str:
 from helpers import UNCHANGED_HEADERS  # noqa: E402
 
 
-def write_config(directory: Path, server: Optional[SMTPTestServer] = None, *, name: str = 'mq.conf',
-                 aliases: Optional[str] = ALIASES, **values: str) -> Path:
+def write_config(directory: Path, server: Union[SMTPTestServer, ScriptedSMTPServer, None] = None, *,
+                 name: str = 'mq.conf', aliases: Optional[str] = ALIASES, **values: str) -> Path:
     """A config file pointing at ``server`` (or at a closed port), plus an aliases file next to it."""
     settings: Dict[str, str] = {}
     if server is not None:

@@ -140,9 +140,10 @@ def test_unprivileged_user_sends_with_the_smarthost_down_and_the_runner_delivers
     assert len(failed) == 2
     reasons = {name: parse_queue_bytes(data)[0] for name, data in failed.items()}
     junk_meta = reasons.pop(next(n for n, d in failed.items() if d.endswith(b'no queue file')))
-    assert 'not a valid submission' in junk_meta.failed_reason
+    assert junk_meta.failed_reason is not None and 'not a valid submission' in junk_meta.failed_reason
     assert junk_meta.extra[SUBMITTED_BY] == 'mqdropa'
     (forged_meta,) = reasons.values()
+    assert forged_meta.failed_reason is not None
     assert 'may not use the envelope sender ceo@example.com' in forged_meta.failed_reason
     assert forged_meta.extra[SUBMITTED_BY] == 'mqdropa'
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple, Union
 
 import pytest
 
@@ -59,7 +59,9 @@ def test_a_bad_host_list_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match='smtp_hostname: invalid value'):
         parse_config_text('[mqrunner]\nsmtp_hostname = a.example:587, b.example:99999\n')
     settings = parse_config_text('[mqrunner]\nsmtp_hostname = a.example:587, b.example\nsmtp_port = 2525\n')
-    assert build_smtp_transport(settings).hosts == [('a.example', 587), ('b.example', 2525)]
+    transport = build_smtp_transport(settings)
+    assert isinstance(transport, SMTPMailer)  # no accounts: a single mailer
+    assert transport.hosts == [('a.example', 587), ('b.example', 2525)]
 
 
 # --- failover ---------------------------------------------------------------------------------------
@@ -144,7 +146,9 @@ def test_all_hosts_down_is_one_unreachable_error_naming_each() -> None:
 def test_failover_from_the_configuration(second: SMTPTestServer) -> None:
     settings = settings_from_mapping({'smtp_hostname': f'127.0.0.1:{closed_port()}, 127.0.0.1:{second.port}',
                                       'smtp_tls': 'none'})
-    result = send(build_smtp_transport(settings))
+    transport = build_smtp_transport(settings)
+    assert isinstance(transport, SMTPMailer)  # no accounts: a single mailer
+    result = send(transport)
     assert result and len(second.received) == 1
 
 
@@ -156,7 +160,8 @@ def _resolving(monkeypatch: pytest.MonkeyPatch, name: str, port: int, order: Lis
     def getaddrinfo(host: Any, service: Any, *args: Any, **kwargs: Any) -> Any:
         if host != name:
             return real(host, service, *args, **kwargs)
-        infos = []
+        infos: List[Tuple[socket.AddressFamily, socket.SocketKind, int, str,
+                          Union[Tuple[str, int], Tuple[str, int, int, int]]]] = []
         for address in order:
             if ':' in address:
                 infos.append((socket.AF_INET6, socket.SOCK_STREAM, 6, '', (address, port, 0, 0)))

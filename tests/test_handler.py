@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime, timezone
+from typing import Dict, List
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_delivery_log_lines_are_logfmt(smtp_server: SMTPTestServer, tmp_path, ca
     smtp_server.set_recipient_reply('later@x', 451, 'greylisted')
     handler = MessageHandler([smtp(smtp_server), MaildirBackend(str(tmp_path / 'q'))], app='tests')
     handler.send_message(MSG, sender='a@x', recipients=['ok@x', 'later@x'])
-    lines = {r.name: [] for r in caplog.records}
+    lines: Dict[str, List[str]] = {r.name: [] for r in caplog.records}
     for record in caplog.records:
         lines[record.name].append(record.getMessage())
     [sent, deferred] = lines['mailqueue.delivery_log']

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Tuple
 
 import pytest
 
@@ -18,7 +19,8 @@ from helpers import run, script
 CRON = b'From: "(Cron Daemon)" <root>\nTo: root\nSubject: Cron <root@host> run-parts\n\nbody\n'
 
 
-def edit(data: bytes, args: tuple = (), **settings: object) -> bytes:
+def edit(data: bytes, args: Tuple[str, ...] = (), /, **settings: Any) -> bytes:
+    """``data`` as mq-sendmail ``-i [args]`` edits it; ``settings``: values for ``Settings``."""
     return edit_message(data, parse_args(['-i', *args, 'x@example.org']), sender='root@example.org',
                         recipients=['admin@example.org'], hostname=lambda: 'host.local',
                         settings=Settings(default_domain='example.org', **settings))

@@ -17,7 +17,7 @@ import termios
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Set
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -170,9 +170,9 @@ def test_list_filters(pop: Populated, env) -> None:
 def test_list_on_a_terminal_is_aligned_and_safe(pop: Populated, env) -> None:
     nasty = pop.queue.enqueue(message('nasty'), 'x@example.org', ['victim@example.org'])
     msg = pop.queue.claim(str(nasty))
-    assert msg is not None
+    assert msg is not None and msg.meta.queue_date is not None
     pop.queue.defer(msg, ['victim@example.org'], 'victim@example.org: 451 \x1b[2J\x1b]0;pwned\x07 ' + 'x' * 200,
-                    msg.meta.queue_date)  # type: ignore[arg-type]
+                    msg.meta.queue_date)
     code, out = on_terminal({k: v for k, v in env.items() if k != 'COLUMNS'}, ['--queue-dir', pop.queue.path, 'list'])
     assert code == 0, out
     lines = out.splitlines()
@@ -330,7 +330,8 @@ def test_retry_now_delivers_and_writes_json_logs(pop: Populated, env, tmp_path, 
     msg = pop.queue.claim(other)
     assert msg is not None
     for _ in range(2):
-        pop.queue.defer(msg, msg.to_addrs, 'later', msg.meta.queue_date)  # type: ignore[arg-type]
+        assert msg.meta.queue_date is not None
+        pop.queue.defer(msg, msg.to_addrs, 'later', msg.meta.queue_date)
         msg = pop.queue.claim(other)
         assert msg is not None
     pop.queue.release(msg)
@@ -572,7 +573,7 @@ def test_every_command_on_a_live_queue_with_a_runner_process(tmp_path, env, smtp
     smtp_server.set_delay('DATA', 0.02)  # a full pass takes longer than the admin rounds below
     runner = subprocess.Popen([sys.executable, '-c', RUNNER, queue.path, str(smtp_server.port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deleted = set()
+    deleted: Set[str] = set()
     try:
         assert runner.stdout is not None and runner.stdout.readline() == 'ready\n'
         for _round in range(3):

@@ -29,6 +29,7 @@ from schwarz.mailqueue.smtp.auth import (
 )
 from schwarz.mailqueue.smtp.errors import AuthenticationError, TokenRefused, TokenUnavailable, is_unreachable_error
 from schwarz.mailqueue.smtp.token_cache import TokenCache
+from schwarz.mailqueue.smtp.transport import SMTPMailer
 from schwarz.mailqueue.testutils import OAuth2TestEndpoint, SMTPTestServer
 from test_cli_helpers import run_tool, script, write_config
 
@@ -194,7 +195,9 @@ def test_token_is_refreshed_shortly_before_it_expires(server: SMTPTestServer, en
     settings = settings_from_mapping(oauth_values(server, endpoint,
                                                   smtp_oauth2_token_cache=str(tmp_path / 't.json')))
     transport = build_smtp_transport(settings, token_clock=lambda: now[0])
+    assert isinstance(transport, SMTPMailer)  # no accounts: a single mailer
     source = transport.token_source
+    assert source is not None  # OAuth2 configured
     first = source.token()
     now[0] += 3600 - 200
     assert source.token() is first
@@ -214,7 +217,7 @@ def test_refresh_token_grant_persists_a_rotated_refresh_token(server: SMTPTestSe
         assert endpoint.requests[-1]['grant_type'] == 'refresh_token'
         assert endpoint.requests[-1]['refresh_token'] == REFRESH
         rotated = endpoint.refresh_token
-        assert rotated != REFRESH and rotated in cache.read_text()
+        assert rotated is not None and rotated != REFRESH and rotated in cache.read_text()
         # later (the access token expired), another process: only the rotated refresh token works now
         now[0] += 7200
         with build_smtp_transport(settings, token_clock=lambda: now[0]) as mailer:
@@ -258,6 +261,7 @@ def test_token_endpoint_trouble_queues_the_message(server: SMTPTestServer, endpo
     assert result and result.queued and result.queued_to == ['b@example.org']
     assert server.received == [] and server.connection_count == 0  # no connection held while waiting
     [entry] = list(MaildirQueue(str(tmp_path / 'queue')).entries())
+    assert entry.meta is not None
     error = entry.meta.last_error or ''
     expected = {'invalid_grant': 'refused: invalid_grant', 'http_500': 'answered HTTP 500',
                 'slow': 'timed out', 'down': 'unreachable'}[fault]
@@ -372,13 +376,15 @@ def test_token_command_gets_no_stdin_and_its_failure_queues(server: SMTPTestServ
     values = {'smtp_hostname': server.hostname, 'smtp_port': str(server.port), 'smtp_tls': 'none',
               'smtp_username': USER, 'smtp_oauth2_token_command': command, 'queue_dir': str(tmp_path / 'q')}
     handler = MessageHandler(build_transports(settings_from_mapping(values)))
-    assert handler.send_message(MSG, sender=USER, recipients=['b@example.org']).accepted == ['b@example.org']
+    result = handler.send_message(MSG, sender=USER, recipients=['b@example.org'])
+    assert result is not None and result.accepted == ['b@example.org']
     handler.close()
     values['smtp_oauth2_token_command'] = 'echo cmd-token-123 >&2; exit 3'
     handler = MessageHandler(build_transports(settings_from_mapping(values)))
     result = handler.send_message(MSG, sender=USER, recipients=['b@example.org'])
     handler.close()
-    assert result.queued and 'smtp_oauth2_token_command exited with status 3' in (result.error or '')
+    assert result is not None and result.queued
+    assert 'smtp_oauth2_token_command exited with status 3' in (result.error or '')
     assert_no_secret('\n'.join(logs.lines) + (result.error or ''), ['cmd-token-123'])
 
 
@@ -411,6 +417,7 @@ def test_secrets_stay_out_of_reprs() -> None:
                                  f'smtp_oauth2_refresh_token = {REFRESH}\n', 'mq.conf')
     assert SECRET not in repr(settings) and REFRESH not in repr(settings)
     mailer = build_smtp_transport(settings)
+    assert isinstance(mailer, SMTPMailer)  # no accounts: a single mailer
     for text in (repr(mailer), repr(mailer.token_source)):
         assert SECRET not in text and REFRESH not in text
 

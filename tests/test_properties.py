@@ -145,7 +145,7 @@ corrupt_files = st.one_of(
 @example(data=_VALID_FILE.replace(b'+0000', b'+9999'))
 def test_any_bytes_parse_or_raise_queue_file_error(data: bytes) -> None:
     """A corrupt or foreign file is a QueueFileError (moved aside), never another exception."""
-    outcomes = []
+    outcomes: List[Optional[Tuple[QueueMeta, bytes]]] = []
     for parse in (lambda: parse_queue_bytes(data), lambda: _envelope_and_rest(data)):
         try:
             outcomes.append(parse())
@@ -337,6 +337,7 @@ def test_next_attempt_is_monotonic_bounded_and_matches_is_due(last: datetime, mi
     if retries == 0:
         assert this is None and policy.is_due(last, 0, last)  # never tried: due at once
         this = last
+    assert this is not None  # tried at least once: there is a next attempt
     assert last <= this <= following <= last + policy.max_delay
     if retries >= 1:
         assert this >= last + min(policy.min_delay, policy.max_delay)

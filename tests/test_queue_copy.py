@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -50,9 +50,12 @@ def _id_of(store: QueueStore, n: int) -> str:
     raise AssertionError(f'message {n} not found')
 
 
-def snapshot(store: QueueStore) -> Dict[bytes, Tuple[str, str, List[str], object, int, object, Dict[str, str]]]:
+Snapshot = Dict[bytes, Tuple[str, str, List[str], Optional[datetime], int, Optional[datetime], Dict[str, str]]]
+
+
+def snapshot(store: QueueStore) -> Snapshot:
     """Everything that must survive a copy, keyed by the message bytes."""
-    found = {}
+    found: Snapshot = {}
     for entry in store.entries():
         viewed = store.view(entry.msg_id)
         assert viewed is not None and entry.meta is not None

@@ -12,12 +12,13 @@ from typing import List
 import pytest
 
 from schwarz.mailqueue.bootstrap import build_runner, build_smtp_transport, build_transports
-from schwarz.mailqueue.config import ConfigError, parse_config_text, settings_from_mapping
+from schwarz.mailqueue.config import ConfigError, Settings, parse_config_text, settings_from_mapping
 from schwarz.mailqueue.handler import MessageHandler
 from schwarz.mailqueue.limits import RATE_LIMIT
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.smtp.errors import is_rate_reply
 from schwarz.mailqueue.smtp.ratelimit import RateLimiter
+from schwarz.mailqueue.smtp.transport import AccountRouter, SMTPMailer
 from schwarz.mailqueue.testutils import SMTPTestServer
 
 MSG = b'Subject: hi\r\n\r\nbody\r\n'
@@ -42,7 +43,7 @@ class FakeClock:
         return not stop.is_set()
 
 
-def settings_for(server: SMTPTestServer, **values: str):  # type: ignore[no-untyped-def]
+def settings_for(server: SMTPTestServer, **values: str) -> Settings:
     return settings_from_mapping({'smtp_hostname': server.hostname, 'smtp_port': str(server.port),
                                   'smtp_tls': 'none', **values})
 
@@ -93,6 +94,7 @@ match_from = @other.example
 smtp_hostname = other.example
 """)
     router = build_smtp_transport(settings)
+    assert isinstance(router, AccountRouter)  # accounts configured
     assert router.mailer_for('x@corp.example').rate_limiter.rate == pytest.approx(0.5)
     assert router.mailer_for('x@main.example').rate_limiter.rate == 10
     assert router.mailer_for('x@other.example').rate_limiter.rate is None  # not inherited
@@ -140,15 +142,18 @@ def test_a_slow_down_reply_pauses_the_account_without_holding_up_a_direct_sender
     settings = settings_for(smtp_server, queue_dir=str(tmp_path / 'queue'))
     transports = build_transports(settings)
     smtp = transports[0] = build_smtp_transport(settings, clock=clock)
+    assert isinstance(smtp, SMTPMailer)  # no accounts: a single mailer
     handler = MessageHandler(transports)
     smtp_server.set_reply('MAIL', 421, '4.7.0 Too many messages', times=1)
-    assert handler.send_message(MSG, sender='a@example.org', recipients=['r@example.net']).queued
+    result = handler.send_message(MSG, sender='a@example.org', recipients=['r@example.net'])
+    assert result is not None and result.queued
     assert smtp.rate_limiter.paused_for() == pytest.approx(60)
     connections = smtp_server.connection_count
     result = handler.send_message(MSG, sender='a@example.org', recipients=['s@example.net'])
-    assert result.queued and clock.now == 0 and smtp_server.connection_count == connections
+    assert result is not None and result.queued and clock.now == 0 and smtp_server.connection_count == connections
     clock.now = 61  # the pause is over
-    assert handler.send_message(MSG, sender='a@example.org', recipients=['t@example.net']).accepted
+    result = handler.send_message(MSG, sender='a@example.org', recipients=['t@example.net'])
+    assert result is not None and result.accepted
     assert MaildirQueue(str(tmp_path / 'queue')).stats()['new'].count == 2
     handler.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Optional
 
 from schwarz.mailqueue import SMTPMailer
 from schwarz.mailqueue.queue.maildir import MaildirQueue
@@ -147,7 +148,7 @@ def test_queue_of_corrupt_and_good_files_goes_on(smtp_server: SMTPTestServer, tm
 
 
 class _BrokenPolicy(RetryPolicy):
-    def give_up_reason(self, queue_date, retries, now):  # type: ignore[override]
+    def give_up_reason(self, queue_date: Optional[datetime], retries: int, now: datetime) -> Optional[str]:
         raise RuntimeError('bug in a policy')
 
 

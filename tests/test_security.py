@@ -26,7 +26,7 @@ from schwarz.mailqueue.config import ConfigError, load_config, parse_config_text
 from schwarz.mailqueue.queue.format import QueueFileError
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.runner import QueueRunner
-from schwarz.mailqueue.smtp.client import SMTPConnection
+from schwarz.mailqueue.smtp.client import SMTPConnection, TLSMode
 from schwarz.mailqueue.testutils import SMTPTestServer
 
 MSG = b'Subject: secret test\r\nMessage-ID: <sec@example.org>\r\n\r\nbody\r\n'
@@ -113,10 +113,9 @@ def test_auth_delivery_and_failed_auth_leak_nothing(all_logs: _Collect, tmp_path
 
 def _login_only_connection(server: SMTPTestServer, password: str) -> Any:
     """Our SMTP connection to the real server, told after EHLO that only AUTH LOGIN is on offer."""
-    from schwarz.mailqueue.smtp.client import SMTPConnection
     from schwarz.mailqueue.smtp.wire import SMTPWire
 
-    conn = SMTPConnection(server.hostname, server.port, tls='none', username=USER, password=password)
+    conn = SMTPConnection(server.hostname, server.port, tls=TLSMode.NONE, username=USER, password=password)
     wire = SMTPWire.connect(server.hostname, server.port, 5, logging.getLogger('mailqueue.smtp'))
     assert wire.read_reply()[0] == 220
     conn._wire = wire
@@ -242,7 +241,7 @@ def test_queue_files_0600_and_directories_0700_under_umask_0(tmp_path: Path, smt
         claimed = queue.enqueue_claimed(MSG, 'a@x', ['c@x'])
         queue.store_failed(MSG, 'a@x', ['d@x'], '550 no such user')
         msg = queue.claim(waiting)
-        assert msg is not None
+        assert msg is not None and msg.queue_date is not None
         queue.defer(msg, ['b@x'], '451 later', msg.queue_date)  # rewritten via tmp/
         (queue_dir / 'new' / 'junk').write_bytes(b'not a queue file')
         os.chmod(queue_dir / 'new' / 'junk', 0o666)
@@ -279,6 +278,7 @@ def test_tls_verification_is_on_by_default_for_remote_hosts(port: int, tls: str)
         context = mailer.context_for(peer_is_loopback=False)
         assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
         from_config = init_smtp_mailer({'smtp_hostname': name, 'smtp_port': str(port)})
+        assert isinstance(from_config, SMTPMailer)  # no accounts configured: a single mailer
         assert from_config.context_for(peer_is_loopback=False).verify_mode == ssl.CERT_REQUIRED
         connection = SMTPConnection(name, port)
         assert connection._context(False).verify_mode == ssl.CERT_REQUIRED

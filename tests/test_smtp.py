@@ -236,13 +236,13 @@ def test_no_auth_in_clear_text_to_remote_host() -> None:
     """
     import logging as logging_module
 
-    from schwarz.mailqueue.smtp.client import SMTPConnection, is_local_host
+    from schwarz.mailqueue.smtp.client import SMTPConnection, TLSMode, is_local_host
     from schwarz.mailqueue.smtp.errors import AuthenticationError
     from schwarz.mailqueue.smtp.wire import SMTPWire
     assert not is_local_host('smtp.example.com') and not is_local_host('127.mail.example.com')
     assert is_local_host('127.0.0.2') and is_local_host('::1') and is_local_host('[::1]')
     with SMTPTestServer(auth={'u': 'p'}) as server:
-        conn = SMTPConnection('smtp.example.com', 25, username='u', password='p', tls='none')
+        conn = SMTPConnection('smtp.example.com', 25, username='u', password='p', tls=TLSMode.NONE)
         wire = SMTPWire.connect('127.0.0.1', server.port, 5, logging_module.getLogger('mailqueue.smtp'))
         assert wire.read_reply()[0] == 220
         # Tests may talk only to 127.0.0.1: the one thing simulated is a peer address that is not loopback.

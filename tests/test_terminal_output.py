@@ -18,7 +18,7 @@ import select
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -44,7 +44,7 @@ def assert_neutralised(output: bytes) -> None:
 
 
 @pytest.fixture
-def hostile_server() -> SMTPTestServer:
+def hostile_server() -> Iterator[SMTPTestServer]:
     with SMTPTestServer() as server:
         server.set_recipient_reply('gone@example.org', 550, HOSTILE)
         server.set_recipient_reply('later@example.org', 451, HOSTILE)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 from datetime import datetime, timezone
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union, overload
 
 from ..errors import QueueError
 from ..message import message_bytes_from
@@ -101,6 +101,22 @@ class MaildirBackend(QueueTransport):
         return self.store
 
 
+@overload
+def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
+                    recipients: Union[Sequence[str], str], return_msg: Literal[True], in_progress: Literal[True],
+                    **queue_args: object) -> QueuedMessage: ...
+@overload
+def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
+                    recipients: Union[Sequence[str], str], return_msg: Literal[False] = False,
+                    in_progress: bool = False, **queue_args: object) -> str: ...
+@overload
+def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
+                    recipients: Union[Sequence[str], str], return_msg: bool = False,
+                    in_progress: Literal[False] = False, **queue_args: object) -> str: ...
+@overload
+def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
+                    recipients: Union[Sequence[str], str], return_msg: bool = False, in_progress: bool = False,
+                    **queue_args: object) -> Union[QueuedMessage, str]: ...
 def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str,
                     recipients: Union[Sequence[str], str], return_msg: bool = False, in_progress: bool = False,
                     **queue_args: object) -> Union[QueuedMessage, str]:
