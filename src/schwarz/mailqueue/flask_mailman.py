@@ -5,12 +5,14 @@
     app.config['MAILQUEUE'] = {'queue_dir': '/var/spool/myapp-mail'}   # ... and MAILQUEUE on top
     mail = Mail(app)
 
-Options, later ones winning: the ``MAIL_*`` keys of the app config that Flask-Mailman's SMTP
-backend uses (``MAIL_SERVER``, ``MAIL_PORT``, ``MAIL_USERNAME``, ``MAIL_PASSWORD``,
-``MAIL_USE_TLS``, ``MAIL_USE_SSL``, ``MAIL_TIMEOUT``), then ``app.config['MAILQUEUE']``
-(a dict of config-file keys plus ``config`` and ``mode``, or a config file path), then the
-keyword arguments of ``mail.get_connection(...)``. ``mode``: ``send`` (SMTP first, queue what
-cannot go out now; default) or ``queue`` (queue only; ``mq-run`` delivers).
+Options, later ones winning: the SMTP settings Flask-Mailman's own SMTP backend uses, read
+where it reads them (its state, ``app.extensions['mailman']``, which ``Mail(app)`` builds from
+``MAIL_SERVER``, ``MAIL_PORT``, ``MAIL_USERNAME``, ``MAIL_PASSWORD``, ``MAIL_USE_TLS``,
+``MAIL_USE_SSL``, ``MAIL_TIMEOUT``), then ``app.config['MAILQUEUE']`` (a dict of config-file
+keys plus ``config`` and ``mode``, or a config file path), then the keyword arguments of
+``mail.get_connection(...)``. Flask-Mailman's defaults (``localhost``, port 25) do not override
+a config file; they are the smarthost when nothing else names one. ``mode``: ``send`` (SMTP
+first, queue what cannot go out now; default) or ``queue`` (queue only; ``mq-run`` delivers).
 
 The same contract and results as the Django backend (docs/frameworks.md): ``send_messages``
 returns the number of messages that reached a recipient or the queue; refused recipients raise
@@ -23,7 +25,7 @@ import threading
 from typing import Any, Dict, Mapping, Optional
 
 try:
-    from flask import current_app
+    from flask import current_app, has_app_context
     from flask_mailman.backends.base import BaseEmailBackend
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError('schwarz.mailqueue.flask_mailman needs Flask-Mailman: '
@@ -46,12 +48,40 @@ MAIL_KEYS = {
     'MAIL_SSL_KEYFILE': 'ssl_keyfile',
     'MAIL_SSL_CERTFILE': 'ssl_certfile',
 }
+# the attribute of Flask-Mailman's state each key becomes, and the default Mail.init_mail gives it
+STATE = {
+    'MAIL_SERVER': ('server', 'localhost'),
+    'MAIL_PORT': ('port', 25),
+    'MAIL_USERNAME': ('username', None),
+    'MAIL_PASSWORD': ('password', None),
+    'MAIL_USE_TLS': ('use_tls', False),
+    'MAIL_USE_SSL': ('use_ssl', False),
+    'MAIL_TIMEOUT': ('timeout', None),
+    'MAIL_SSL_KEYFILE': ('ssl_keyfile', None),
+    'MAIL_SSL_CERTFILE': ('ssl_certfile', None),
+}
 
 
-def backend_config(app_config: Mapping[str, Any], options: Optional[Mapping[str, Any]] = None) -> BackendConfig:
-    """The configuration from a Flask app config (``MAIL_*``, then ``MAILQUEUE``) and ``options``."""
-    mail_keys: Dict[str, Any] = {name: app_config[key] for key, name in MAIL_KEYS.items() if key in app_config}
-    value = app_config.get(SETTING)
+def backend_config(app_config: Optional[Mapping[str, Any]], options: Optional[Mapping[str, Any]] = None, *,
+                   state: Any = None) -> BackendConfig:
+    """The configuration from Flask-Mailman's ``state`` (else the ``MAIL_*`` keys of
+    ``app_config``), then ``app_config['MAILQUEUE']``, then ``options``.
+
+    ``app_config`` None: no application is at hand (``MAILQUEUE`` is not read).
+    """
+    config = app_config if app_config is not None else {}
+    mail_keys: Dict[str, Any] = {}
+    for key, name in MAIL_KEYS.items():
+        if state is None:
+            if key in config:
+                mail_keys[name] = config[key]
+            continue
+        attr, default = STATE[key]
+        value = getattr(state, attr, None)
+        # a default of Flask-Mailman's must not override the smarthost of a config file
+        if key in config or value != default:
+            mail_keys[name] = value
+    value = config.get(SETTING)
     if value is None:
         ours: Dict[str, Any] = {}
     elif isinstance(value, Mapping):
@@ -61,15 +91,47 @@ def backend_config(app_config: Mapping[str, Any], options: Optional[Mapping[str,
     else:
         raise TypeError(f'app.config[{SETTING!r}] must be a dict of options or a config file path, '
                         f'not {type(value).__name__}')
-    return build_config([mail_keys, ours, dict(options or {})], where=f'app.config[{SETTING!r}]')
+    result = build_config([mail_keys, ours, dict(options or {})], where=f'app.config[{SETTING!r}]')
+    settings = result.settings
+    if result.mode == 'send' and settings.smtp_hostname is None and not settings.accounts:
+        # what Flask-Mailman's SMTP backend would talk to
+        settings.smtp_hostname = str(getattr(state, 'server', None) or config.get('MAIL_SERVER') or 'localhost')
+        if settings.smtp_port is None:
+            settings.smtp_port = int(getattr(state, 'port', None) or config.get('MAIL_PORT') or 25)
+    return result
 
 
 class EmailBackend(QueueingBackendMixin, BaseEmailBackend):
-    """``MAIL_BACKEND = 'schwarz.mailqueue.flask_mailman.EmailBackend'``; needs an application context."""
+    """``MAIL_BACKEND = 'schwarz.mailqueue.flask_mailman.EmailBackend'``.
+
+    Made by ``mail.get_connection()`` (which passes Flask-Mailman's state) it needs no application
+    context until the first message; ``app.config['MAILQUEUE']`` is read then, once.
+    """
 
     def __init__(self, mailman: Any = None, fail_silently: bool = False, **options: Any) -> None:
         super().__init__(mailman=mailman, fail_silently=fail_silently)
         self.fail_silently = fail_silently
         self._lock = threading.RLock()
-        self.config = backend_config(current_app.config, options)
-        self.sender = MailSender(self.config, 'flask')
+        self._options = options
+        self._sender: Optional[MailSender] = None
+        if has_app_context():
+            self._make_sender()  # a configuration error shows where the backend is made
+
+    def _make_sender(self) -> MailSender:
+        with self._lock:
+            if self._sender is None:
+                app_config = current_app.config if has_app_context() else None
+                self._sender = MailSender(backend_config(app_config, self._options, state=self.mailman), 'flask')
+            return self._sender
+
+    @property
+    def sender(self) -> MailSender:  # type: ignore[override]  # (the mixin's other user sets it in __init__)
+        return self._sender if self._sender is not None else self._make_sender()
+
+    @property
+    def config(self) -> BackendConfig:
+        return self.sender.config
+
+    def close(self) -> None:
+        if self._sender is not None:  # (nothing was opened before the configuration was read)
+            self._sender.close()

@@ -16,7 +16,7 @@ import email.policy
 import inspect
 import smtplib
 import threading
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 from .config import KNOWN_KEYS, ConfigError, Settings, load_config, settings_from_mapping
 from .errors import MailQueueError
@@ -67,18 +67,38 @@ class RecipientsFailed(MailQueueError, smtplib.SMTPRecipientsRefused):
         for _message, result in results:
             refused.update(result.refused)
             deferred.update(result.deferred)
-        recipients = {addr: (code, text.encode('utf-8', 'replace'))
-                      for addr, (code, text) in {**deferred, **refused}.items()}
-        super().__init__(recipients)
+        super().__init__(_as_smtplib(refused, deferred))
         self.refused = refused
         self.deferred = deferred
         self.results = results
         self.sent = sent
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # pickle (Celery, multiprocessing, parallel test runners) and copy: the outcome travels,
+        # the messages in ``results`` do not (their connection is this process's backend)
+        return (_restored, (type(self), self.refused, self.deferred, self.sent))
+
     def __str__(self) -> str:
         parts = [f'{addr}: {code} {text}'.strip() for addr, (code, text) in self.refused.items()]
         parts += [f'{addr}: {code} {text} (not queued)'.strip() for addr, (code, text) in self.deferred.items()]
         return f'{len(parts)} recipient(s) failed: ' + '; '.join(parts)
+
+
+_Outcome = Dict[str, Tuple[int, str]]
+
+
+def _as_smtplib(refused: _Outcome, deferred: _Outcome) -> Dict[str, Tuple[int, bytes]]:
+    """``SMTPRecipientsRefused.recipients``: ``{address: (code, reply bytes)}``."""
+    return {addr: (code, text.encode('utf-8', 'replace')) for addr, (code, text) in {**deferred, **refused}.items()}
+
+
+def _restored(cls: Type[RecipientsFailed], refused: _Outcome, deferred: _Outcome, sent: int) -> RecipientsFailed:
+    """A ``RecipientsFailed`` unpickled or copied: the same outcome, no ``results``."""
+    exc = cls([], sent)
+    exc.refused, exc.deferred = dict(refused), dict(deferred)
+    exc.recipients = _as_smtplib(exc.refused, exc.deferred)
+    exc.args = (exc.recipients,)
+    return exc
 
 
 class BackendConfig:
@@ -326,8 +346,12 @@ class QueueingBackendMixin:
             address = envelope_address(raw, local_domain=local_domain)
             if address not in recipients:
                 recipients.append(address)
-        sender_text = email_message.from_email or settings.from_addr or ''
-        sender = envelope_address(sender_text, local_domain=local_domain, what='sender') if sender_text else ''
+        sender_text = email_message.from_email or settings.from_addr
+        if not sender_text:
+            # (not the null sender: that is for bounces, and the message would have no From either)
+            raise ValueError('message has no sender: give it a from_email, or set DEFAULT_FROM_EMAIL '
+                             '(MAIL_DEFAULT_SENDER) or the "from" option')
+        sender = envelope_address(sender_text, local_domain=local_domain, what='sender')
         return sender, recipients, message_bytes(email_message)
 
     def send_messages(self, email_messages: Optional[Sequence[Any]]) -> int:
