@@ -263,3 +263,16 @@ def test_init_smtp_mailer_from_settings(smtp_server: SMTPTestServer) -> None:
         init_smtp_mailer({'smtp_hostnme': 'x'})
     with pytest.raises(ConfigError, match='smtp_port'):
         init_smtp_mailer({'smtp_port': 'abc'})
+
+
+def test_failures_sharing_a_reply_are_described_once_and_the_description_is_bounded() -> None:
+    from schwarz.mailqueue.result import FAILURES_TEXT_LIMIT, REPLY_TEXT_LIMIT, Reply, describe_failures
+
+    assert describe_failures({'a@x.org': (450, 'busy'), 'b@x.org': (450, 'busy'), 'c@x.org': (550, 'no')}) \
+        == 'a@x.org, b@x.org: 450 busy; c@x.org: 550 no'
+    huge = Reply(450, 'x' * 100_000)
+    assert len(huge.as_tuple()[1]) < REPLY_TEXT_LIMIT + 50 and str(huge).startswith('450 xxx')
+    many = {f'r{i}@x.org': (450 + i % 50, huge.as_tuple()[1]) for i in range(1000)}
+    text = describe_failures(many)
+    assert len(text) < FAILURES_TEXT_LIMIT + REPLY_TEXT_LIMIT + 100
+    assert text.endswith('more recipient(s)') and 'r0@x.org' in text

@@ -17,11 +17,12 @@ import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import MailQueueError
 from .logs import DELIVERY_LOG, QUEUE_LOG, log_event
 from .message import MessageSource, get_header, message_bytes_from, validate_address
 from .plugins import fire_delivery_failed, fire_delivery_successful
 from .queue.schedule import RetryPolicy, format_duration
-from .result import Reply, SendResult
+from .result import Reply, SendResult, describe_failures
 
 if TYPE_CHECKING:  # pragma: no cover
     from .protocols import QueueingTransport, SignalRegistry, Transport
@@ -103,10 +104,6 @@ def _as_queued_message(msg: object) -> Optional[QueuedMessage]:
     if contract is not None and isinstance(msg, contract.QueuedMessage):
         return msg
     return None
-
-
-def _reason(failures: Dict[str, Tuple[int, str]]) -> str:
-    return '; '.join(f'{addr}: {code} {text}'.strip() for addr, (code, text) in failures.items())
 
 
 class MessageHandler:
@@ -222,9 +219,14 @@ class MessageHandler:
                 if _is_queue(transport) and deferred:
                     # keep why it could not go out now: `mq-queue list` shows it before the first retry
                     queue: QueueingTransport = transport  # type: ignore[assignment]  # is_queue says so
-                    outcome: SendResult = queue.send(from_addr, pending, msg_bytes, last_error=_reason(deferred))
+                    outcome: SendResult = queue.send(from_addr, pending, msg_bytes,
+                                                     last_error=describe_failures(deferred))
                 else:
                     outcome = transport.send(from_addr, pending, msg_bytes)
+            except MailQueueError as exc:
+                # one the transport raised on purpose (a queue location it cannot use): its own words
+                logging.getLogger('mailqueue').error('the %s transport failed: %s', name, exc)
+                outcome = _all_deferred(name, pending, Reply(451, f'{name} transport: {exc}'))
             except Exception as exc:
                 # A bug in one transport must not lose the message: the next one (the queue) gets it.
                 logging.getLogger('mailqueue').exception('unexpected error in the %s transport', name)
@@ -277,11 +279,9 @@ class MessageHandler:
         if result.refused:
             queue = self._queue_transport()
             if queue is not None:
-                from .errors import MailQueueError
-
                 try:
                     queue.store.store_dead_letter(msg_bytes, from_addr, list(result.refused),
-                                                  _reason(result.refused))
+                                                  describe_failures(result.refused))
                 except MailQueueError as exc:
                     logging.getLogger('mailqueue').error('could not keep a copy of the refused message: %s', exc)
         info = MessageInfo(from_addr, list(to_addrs), msg_bytes)
@@ -345,7 +345,7 @@ class MessageHandler:
             give_up = None
             if self.retry_policy is not None:
                 give_up = self.retry_policy.give_up_reason(msg.queue_date, msg.retries + 1, now)
-            error = _reason(deferred)
+            error = describe_failures(deferred)
             if give_up:
                 backend.fail(msg, f'{give_up}; last error: {error}', list(deferred))
                 self._log('failed', list(deferred), msg.msg_bytes, from_addr, via, attempts=attempts,
@@ -366,7 +366,7 @@ class MessageHandler:
                 result.deferred = {}
                 result.queued_to = list(deferred)
         elif result.refused:
-            backend.fail(msg, _reason(result.refused), list(result.refused))
+            backend.fail(msg, describe_failures(result.refused), list(result.refused))
         else:
             backend.complete(msg, wait=False)  # the next message need not wait for the confirmation
         return result
@@ -375,7 +375,8 @@ class MessageHandler:
     def _keep_refused(msg: QueuedMessage, from_addr: str, result: SendResult) -> None:
         """A dead letter for the refused recipients of a message whose others wait in the queue."""
         try:
-            msg.store.store_dead_letter(msg.msg_bytes, from_addr, list(result.refused), _reason(result.refused))
+            msg.store.store_dead_letter(msg.msg_bytes, from_addr, list(result.refused),
+                                        describe_failures(result.refused))
         except Exception as exc:  # the delivery goes on being recorded; a missing copy must not stop that
             logging.getLogger('mailqueue').error('could not keep a copy for the refused recipients of %s: '
                                                  '%s', msg.msg_id, exc)

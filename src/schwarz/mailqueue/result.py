@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ['Reply', 'SendResult']
+__all__ = ['Reply', 'SendResult', 'describe_failures']
+
+# A server's words kept per recipient (results, logs, the queue's last error): enough for any real
+# reply; a server sending megabytes must not make every recipient's record megabytes.
+REPLY_TEXT_LIMIT = 1000
+FAILURES_TEXT_LIMIT = 8000
 
 if TYPE_CHECKING:  # pragma: no cover
     class _ReplyFields(NamedTuple):
@@ -35,10 +40,35 @@ class Reply(_ReplyFields):
         return 500 <= self.code < 600
 
     def __str__(self) -> str:
-        return f'{self.code} {self.message}'.strip()
+        return f'{self.code} {self.brief}'.strip()
+
+    @property
+    def brief(self) -> str:
+        """The text, cut to ``REPLY_TEXT_LIMIT`` characters."""
+        text = self.message
+        return text if len(text) <= REPLY_TEXT_LIMIT else f'{text[:REPLY_TEXT_LIMIT]}… ({len(text)} characters)'
 
     def as_tuple(self) -> Tuple[int, str]:
-        return (self.code, self.message)
+        return (self.code, self.brief)
+
+
+def describe_failures(failures: Dict[str, Tuple[int, str]]) -> str:
+    """``a@x, b@y: 450 text; c@z: 550 text``: recipients with the same reply share it, and the whole
+    stays under about ``FAILURES_TEXT_LIMIT`` characters (a reply to a thousand recipients is one)."""
+    grouped: Dict[Tuple[int, str], List[str]] = {}
+    for addr, (code, text) in failures.items():
+        grouped.setdefault((code, text), []).append(addr)
+    parts: List[str] = []
+    size = 0
+    for number, ((code, text), addrs) in enumerate(grouped.items()):
+        part = f'{", ".join(addrs)}: {code} {text}'.strip()
+        if size + len(part) > FAILURES_TEXT_LIMIT and parts:
+            left = sum(len(a) for a in list(grouped.values())[number:])
+            parts.append(f'… and {left} more recipient(s)')
+            break
+        parts.append(part if len(part) <= FAILURES_TEXT_LIMIT else f'{part[:FAILURES_TEXT_LIMIT]}…')
+        size += len(part)
+    return '; '.join(parts)
 
 
 class SendResult:

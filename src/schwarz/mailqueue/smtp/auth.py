@@ -582,9 +582,12 @@ def _error_challenge(message: str) -> str:
     import base64
     import json
 
+    text = message.strip()
+    if len(text) > 4096:
+        return ''  # a real one is a short JSON object; a huge one is not worth parsing
     try:
-        data = json.loads(base64.b64decode(message.strip(), validate=True).decode('utf-8'))
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(base64.b64decode(text, validate=True).decode('utf-8'))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: "[[[[...")
         return ''
     if not isinstance(data, dict):
         return ''

@@ -26,7 +26,7 @@ import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..message import dot_stuff, normalize_line_endings
-from ..result import Reply, SendResult
+from ..result import Reply, SendResult, describe_failures
 from .auth import (
     PASSWORD_MECHANISMS,
     AuthInfo,
@@ -259,6 +259,9 @@ class SMTPConnection:
             if ssl_module is not None and isinstance(exc, ssl_module.SSLError):
                 raise TLSError(f'TLS with {self.peer} failed: {_describe_ssl_error(exc)}') from None
             raise ConnectError(f'cannot connect to {self.peer}: {_describe_os_error(exc)}') from None
+        except BaseException:
+            self._abort()  # (whatever went wrong, the socket is not left half-way through a dialog)
+            raise
 
     def _ehlo(self) -> None:
         assert self._wire is not None
@@ -463,10 +466,15 @@ class SMTPConnection:
             if pipelined:
                 data_reply = wire.read_reply()
             elif accepted and mail_reply.code < 300:
+                _in_step(wire, self.peer)
                 wire.send(b'DATA\r\n')
                 data_reply = wire.read_reply()
             else:
                 data_reply = None
+            if data_reply is not None and data_reply.code != 354 and not 400 <= data_reply.code < 600:
+                # A 2xx to DATA before any data was sent is not a delivery (the antivirus proxy
+                # case); nor is any verdict read before it: the replies are out of step
+                raise ProtocolError(f'{self.peer} answered DATA with {data_reply}')
         except ProtocolError as exc:
             return self._protocol_error(result, to_addrs, exc)
         except _DISCONNECTED:
@@ -490,13 +498,9 @@ class SMTPConnection:
             if data_reply.code == 421:
                 self._abort()
                 return self._defer(result, accepted, data_reply)
-            if not 400 <= data_reply.code < 600:
-                # A 2xx to DATA before any data was sent is not a delivery (the antivirus proxy case).
-                return self._protocol_error(result, accepted, ProtocolError(
-                    f'{self.peer} answered DATA with {data_reply}'))
             self.reset()
             return self._settle(result, accepted, data_reply)
-        return self._upload(wire, result, accepted, data)
+        return self._upload(wire, result, accepted, to_addrs, data)
 
     def _recipients(self, wire: SMTPWire, result: SendResult, accepted: List[str], to_addrs: Sequence[str],
                     rcpt_cmds: Sequence[str], mail_reply: Reply, pipelined: bool, encoding: str) -> bool:
@@ -505,6 +509,7 @@ class SMTPConnection:
             if not pipelined:
                 if mail_reply.code >= 300:
                     break
+                _in_step(wire, self.peer)  # else a surplus line would be read as this RCPT's verdict
                 wire.send(rcpt_cmd.encode(encoding))
             reply = wire.read_reply()
             if reply.code == 421:
@@ -524,7 +529,8 @@ class SMTPConnection:
             result.smtp_response = reply
         return True
 
-    def _upload(self, wire: SMTPWire, result: SendResult, accepted: List[str], data: bytes) -> SendResult:
+    def _upload(self, wire: SMTPWire, result: SendResult, accepted: List[str], to_addrs: Sequence[str],
+                data: bytes) -> SendResult:
         """After a 354: the data, then the one reply to the final dot decides."""
         try:
             if wire.pending():
@@ -541,7 +547,7 @@ class SMTPConnection:
                 wire.send(b'.\r\n', summary='.')
             reply = wire.read_reply()
         except ProtocolError as exc:
-            return self._protocol_error(result, accepted, exc)
+            return self._protocol_error(result, to_addrs, exc)
         except _DISCONNECTED:
             # The server may or may not have the message; at-least-once means we retry.
             self._abort()
@@ -551,23 +557,32 @@ class SMTPConnection:
             self._abort()
             return self._settle(result, accepted, reply)
         if reply.code != 250 and not 400 <= reply.code < 600:
-            return self._protocol_error(result, accepted, ProtocolError(
+            return self._protocol_error(result, to_addrs, ProtocolError(
                 f'{self.peer} answered the end of data with {reply}'))
-        if wire.pending():
-            # A surplus line after the final reply: this message has its verdict, but the stream is
-            # out of step, so the connection is never used for another message.
-            self.log.warning('%s sent more replies than commands; dropping the connection', self.peer)
-            self._abort()
+        # The verdict stands from here on, whatever the connection does next (SPEC: after the
+        # final 250 the message is delivered even if QUIT fails; a hang-up is no reason to resend).
+        try:
+            out_of_step = wire.pending()
+        except _DISCONNECTED:
+            self._abort()  # closed right after its reply: nothing more to say on it
+        else:
+            if out_of_step:
+                # A surplus line after the final reply: the stream is out of step, so the
+                # connection is never used for another message.
+                self.log.warning('%s sent more replies than commands; dropping the connection', self.peer)
+                self._abort()
         return self._settle(result, accepted, reply)
 
     def _protocol_error(self, result: SendResult, recipients: Sequence[str], exc: OSError) -> SendResult:
-        """Out of step with the server: drop the connection; nobody unconfirmed counts as delivered."""
+        """Out of step with the server: drop the connection. Every verdict of this transaction may
+        have been read off the wrong reply, so each recipient sent to the server is deferred: none
+        counts as delivered, none as refused (only our own SMTPUTF8 refusals, made before, stand)."""
         self.log.warning('protocol error: %s; dropping the connection', exc)
         self._abort()
         reply = Reply(451, f'4.5.0 protocol error: {exc}')
         for addr in recipients:
-            if addr not in result.refused:
-                result.deferred[addr] = reply.as_tuple()
+            result.refused.pop(addr, None)
+            result.deferred[addr] = reply.as_tuple()
         result.accepted = []
         result.smtp_response = reply
         result.error = _summarise(result)
@@ -619,6 +634,12 @@ class SMTPConnection:
         return result
 
 
+def _in_step(wire: SMTPWire, peer: str) -> None:
+    """Before a command in lockstep: the server has said no more than its replies."""
+    if wire.pending():
+        raise ProtocolError(f'{peer} sent more replies than commands')
+
+
 class _ReconnectWithNewToken(Exception):
     """The server closed the connection after rejecting a token; open it again with the new one (once)."""
 
@@ -631,9 +652,7 @@ def _expect_classes(reply: Reply, command: str, classes: Tuple[int, ...]) -> Non
 
 def _summarise(result: SendResult) -> Optional[str]:
     failures: Dict[str, Tuple[int, str]] = {**result.deferred, **result.refused}
-    if not failures:
-        return None
-    return '; '.join(f'{addr}: {code} {text}'.strip() for addr, (code, text) in failures.items())
+    return describe_failures(failures) if failures else None
 
 
 def _describe_ssl_error(exc: OSError) -> str:

@@ -303,8 +303,15 @@ class SMTPWire:
         if 200 <= reply.code < 300:
             for entry in reply.message.split('\n')[1:]:
                 keyword, _, params = entry.strip().partition(' ')
+                keyword = keyword.lower()
+                if keyword.startswith('auth='):
+                    # the pre-RFC 2554 form some servers still send (AUTH=LOGIN PLAIN): the same offer
+                    params = ' '.join(filter(None, (self.features.get('auth', ''), keyword[5:], params)))
+                    keyword = 'auth'
+                elif keyword == 'auth' and 'auth' in self.features:
+                    params = ' '.join(filter(None, (self.features['auth'], params)))
                 if keyword:
-                    self.features[keyword.lower()] = params
+                    self.features[keyword] = params
         return reply
 
     def has(self, extension: str) -> bool:
