@@ -51,6 +51,7 @@ __all__ = [
     'Address',
     'InvalidAddressError',
     'Mailbox',
+    'address_argument',
     'check_text',
     'needs_smtputf8',
     'parse_address',
@@ -690,3 +691,14 @@ def parse_mailbox(value: str, *, allow_local: bool = False) -> Mailbox:
     if len(mailboxes) != 1:
         raise InvalidAddressError(value, 'expected exactly one address' if mailboxes else 'no address')
     return mailboxes[0]
+
+
+def address_argument(value: str, *, allow_null: bool = False) -> str:
+    """One address as a user gives it to a tool (``a@b``, ``<a@b>``, ``Name <a@b>``, or a local
+    name, qualified or resolved later): its envelope form. ``allow_null``: empty or ``<>`` is the
+    null sender, ``''``. The rule of every option that takes one address (``-f``, ``--to``, ...)."""
+    check_text(value)
+    text = value.strip(' ')
+    if allow_null and text in ('', '<>'):
+        return ''
+    return str(parse_mailbox(text, allow_local=True).address)

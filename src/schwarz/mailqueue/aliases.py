@@ -290,15 +290,19 @@ def load_aliases(path: StrPath = '/etc/aliases') -> dict[str, list[str]]:
     return parse_aliases(text, source=aliases_path, include_loader=read_include)
 
 
+# far beyond any real aliases file; what is bigger (/dev/zero, a log file by mistake) is refused
+_MAX_ALIASES_BYTES = 16 * 1024 * 1024
+
+
 def _read_text(path: str) -> str:
     with open(path, 'rb') as fp:
-        data = fp.read()
-    try:
-        return data.decode('utf-8')
-    except UnicodeDecodeError:
-        # Legacy files often carry Latin-1 umlauts in comments; refusing those
-        # would stop all outgoing mail. Latin-1 decodes any byte sequence.
-        return data.decode('latin-1')
+        data = fp.read(_MAX_ALIASES_BYTES + 1)
+    if len(data) > _MAX_ALIASES_BYTES:
+        raise AliasesError(f'larger than {_MAX_ALIASES_BYTES // (1024 * 1024)} MB: not an aliases file', path)
+    # Legacy files often carry Latin-1 umlauts in comments; refusing those would stop all
+    # outgoing mail. Such bytes are kept undecoded (surrogateescape), so a comment still parses
+    # while an address made of them is refused, not silently read as another address.
+    return data.decode('utf-8', 'surrogateescape')
 
 
 # --- resolving -----------------------------------------------------------------

@@ -48,12 +48,21 @@ def merge_settings(base: Settings, overrides: Optional[Mapping[str, Any]]) -> Se
     return base
 
 
-class _ConsoleFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """One record, one line: a line break in the message (a file name, a server's reply, a
+    database's DETAIL) is folded, so nobody can add a line that looks like one of ours. A
+    traceback (``-v``) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        text = super().formatMessage(record)
+        return text if '\n' not in text and '\r' not in text else ' '.join(text.split('\n')).replace('\r', ' ')
+
+
+class _ConsoleFormatter(_LineFormatter):
     """Console lines with control characters made harmless (``humanize.printable``).
 
     Log messages quote SMTP replies and queue file contents (at ``-v`` the whole dialog):
-    an escape sequence from a server must not reach the operator's terminal. Line breaks
-    stay (tracebacks at ``-v``); a bare CR, which could overwrite the line, does not.
+    an escape sequence from a server must not reach the operator's terminal.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -65,7 +74,7 @@ class _ConsoleFormatter(logging.Formatter):
 def _formatter(settings: Settings) -> logging.Formatter:
     if settings.log_format == 'json':
         return JSONFormatter()
-    return logging.Formatter('%(asctime)s %(message)s')
+    return _LineFormatter('%(asctime)s %(message)s')
 
 
 def _target_handler(settings: Settings, prog: str) -> Optional[logging.Handler]:
@@ -81,7 +90,7 @@ def _target_handler(settings: Settings, prog: str) -> Optional[logging.Handler]:
 
         if journal_available():
             handler = JournalHandler(identifier=prog)
-            handler.setFormatter(logging.Formatter('%(message)s'))
+            handler.setFormatter(_LineFormatter('%(message)s'))
             return handler
         target = 'syslog'
     if target == 'syslog':
@@ -91,7 +100,7 @@ def _target_handler(settings: Settings, prog: str) -> Optional[logging.Handler]:
     elif target == 'stderr':
         handler = logging.StreamHandler(sys.stderr)
     if handler is not None:
-        handler.setFormatter(_formatter(settings) if target == 'stderr' else logging.Formatter('%(message)s'))
+        handler.setFormatter(_formatter(settings) if target == 'stderr' else _LineFormatter('%(message)s'))
     return handler
 
 

@@ -88,6 +88,11 @@ def _domain(value: str) -> str:
 def _absolute_path(value: str) -> str:
     path = os.path.expanduser(value)
     if not os.path.isabs(path):
+        from .queue.locations import describe_location  # (only on this error: not at mq-sendmail's start)
+
+        if '://' in value:  # a URI may hold a password: never echoed
+            raise ValueError(f'must be an absolute path, got the URL {describe_location(value)!r} '
+                             f'(a queue at a URL is queue_url)')
         # cron, PHP and a login shell each start in another directory
         raise ValueError(f'must be an absolute path, got {value!r}')
     return path

@@ -16,8 +16,8 @@ Some classes also derive from the built-in exception they replaced
 
 from __future__ import annotations
 
-__all__ = ['ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueMisconfigured', 'QueueUnavailable',
-           'StoreNotInitialised']
+__all__ = ['BadLocation', 'ClaimLost', 'CorruptMessage', 'MailQueueError', 'QueueError', 'QueueMisconfigured',
+           'QueueUnavailable', 'StoreNotInitialised']
 
 
 class MailQueueError(Exception):
@@ -40,6 +40,12 @@ class QueueMisconfigured(QueueUnavailable):
 class StoreNotInitialised(QueueMisconfigured):
     """The store exists but is not set up for this version (a database schema missing or older):
     a configuration problem an operator fixes with ``mq-queue init`` (exit 78, not 75)."""
+
+
+class BadLocation(QueueMisconfigured, ValueError):
+    """A queue location that cannot be used as written (a parameter the store or its driver does
+    not know, a malformed URI). Also a ``ValueError``: a command-line tool says so with exit 64,
+    from a configuration file it is 78."""
 
 
 class CorruptMessage(QueueError):

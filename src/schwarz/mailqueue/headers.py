@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     'HeaderValueError',
+    'not_utf8',
     'body_transfer_encoding',
     'build_text_message',
     'check_header_text',
@@ -48,10 +49,18 @@ class HeaderValueError(ValueError):
 
 
 def check_header_text(what: str, value: str) -> str:
-    """Refuse text that could start a new header line or end the header block."""
+    """Refuse text that could start a new header line or end the header block, and text that
+    came as bytes that are not UTF-8 (an argument in another charset: it cannot be encoded)."""
     if any(ch in value for ch in '\r\n\x00'):
         raise HeaderValueError(f'{what} contains a line break or NUL: {value!r}')
+    if not_utf8(value):
+        raise HeaderValueError(f'{what} is not valid UTF-8: {ascii(value)}')
     return value
+
+
+def not_utf8(text: str) -> bool:
+    """Does ``text`` hold what ``os.fsdecode`` makes of bytes that are not UTF-8 (lone surrogates)?"""
+    return not text.isascii() and any('\ud800' <= ch <= '\udfff' for ch in text)
 
 
 def format_date(timestamp: Optional[float] = None) -> str:
@@ -203,6 +212,8 @@ def prepend_header(data: bytes, name: str, value: str) -> bytes:
     unfolded = value.replace('\r\n ', ' ').replace('\r\n\t', '\t')
     if any(ch in unfolded for ch in '\r\n\x00'):
         raise HeaderValueError(f'{name} value contains a line break or NUL: {value!r}')
+    if not_utf8(value):
+        raise HeaderValueError(f'{name} value is not valid UTF-8: {ascii(value)}')
     first_break = _LINE_BREAK.search(data)
     eol = first_break.group() if first_break else b'\r\n'
     field = f'{name}: {value}'.encode().replace(b'\r\n', eol)

@@ -103,7 +103,8 @@ def split_header_block(data: bytes) -> Tuple[bytes, bytes]:
                 return b'', data
         else:
             name, sep, _ = line.partition(b':')
-            if not sep or not _FIELD_NAME.match(name):
+            # "Bcc : x" is a field too (RFC 5322 obsolete syntax; sendmail and Postfix take it)
+            if not sep or not _FIELD_NAME.match(name.rstrip(b' \t')):
                 return data[:pos], data[pos:]
         pos = end
     return data, b''

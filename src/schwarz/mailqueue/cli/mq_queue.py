@@ -103,6 +103,14 @@ def _state(value: str) -> str:
     return value
 
 
+def _note(value: str) -> str:
+    from ..headers import not_utf8
+
+    if not_utf8(value):
+        raise argparse.ArgumentTypeError(f'not valid UTF-8: {ascii(value)}')
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     # Accepted before and after the sub-command; after it only overrides what was given.
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
@@ -166,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('hold', parents=[common], help='park waiting messages in hold/')
     _add_ids(p, bulk=True)
-    p.add_argument('--reason', metavar='TEXT', help='note kept with the message')
+    p.add_argument('--reason', metavar='TEXT', type=_note, help='note kept with the message')
 
     p = sub.add_parser('release', parents=[common], help='move held messages back to new/')
     _add_ids(p, bulk=True)
@@ -221,8 +229,12 @@ def _store_error(exc: Exception) -> CLIError:
     return CLIError(f'{filename}: {text}' if filename else text, exit_code)
 
 
-def _open_store(location: str, *, writable: bool) -> QueueStore:
-    """The store at ``location``; it must exist (an admin tool creates no queue)."""
+def _open_store(location: str, *, writable: bool, configured: bool = False) -> QueueStore:
+    """The store at ``location``; it must exist (an admin tool creates no queue).
+
+    ``configured``: the location came from the configuration file, so a malformed one is exit 78
+    (a configuration error), not 64 (usage).
+    """
     from ..errors import QueueError
     from ..queue.locations import open_queue
 
@@ -231,7 +243,7 @@ def _open_store(location: str, *, writable: bool) -> QueueStore:
         if writable:
             store.check()
     except ValueError as exc:  # not a location we know
-        raise CLIError(str(exc), EX_USAGE) from None
+        raise CLIError(str(exc), EX_CONFIG if configured else EX_USAGE) from None
     except (QueueError, OSError) as exc:
         raise _store_error(exc) from None
     return store
@@ -246,7 +258,7 @@ def list_queue(queue_dir: str, stream: TextIO, *, as_json: bool = False, policy:
     from ..errors import QueueError
 
     try:
-        admin = QueueAdmin(_open_store(queue_dir, writable=False), policy)
+        admin = QueueAdmin(_open_store(queue_dir, writable=False, configured=True), policy)  # (-bp: by config)
         return _write_listing(admin, stream, Selection(), as_json=as_json)
     except CLIError as exc:
         print_error(prog, str(exc))
@@ -403,7 +415,7 @@ def _write_bytes(data: bytes, terminal: bool) -> None:
 
 def _cmd_show(args: argparse.Namespace, admin: QueueAdmin, ctx: Any) -> int:
     terminal = is_terminal(sys.stdout)
-    for index, msg_id in enumerate(admin.resolve(args.ids)):
+    for index, msg_id in enumerate(_explicit_ids(args, admin)):
         view = admin.view(msg_id)
         if index:
             sys.stdout.write('\n')
@@ -578,7 +590,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         try:
             done = init_store(location)
         except ValueError as exc:
-            fail(str(exc), EX_USAGE)
+            fail(str(exc), EX_USAGE if args.queue_dir else EX_CONFIG)
         except (QueueError, OSError) as exc:
             raise _store_error(exc) from None
         print(f'{describe_location(location)}: {done}')
@@ -624,7 +636,7 @@ def _admin(args: argparse.Namespace, settings: Any) -> QueueAdmin:
     if not location:
         fail('no queue directory: use --queue-dir LOCATION or set queue_url or queue_dir in the configuration',
              EX_CONFIG if settings.path else EX_USAGE)
-    store = _open_store(location, writable=args.command not in _READ_ONLY)
+    store = _open_store(location, writable=args.command not in _READ_ONLY, configured=not args.queue_dir)
     return QueueAdmin(store, policy, wait=args.wait, app=PROG)
 
 

@@ -59,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _address(value: str, what: str) -> str:
-    from ..message import InvalidAddressError, validate_address
+    from ..addresses import InvalidAddressError, address_argument
 
     try:
         # a local name is resolved through the aliases (--to) or qualified (--from), as by mq-sendmail
-        return validate_address(value, allow_local=True)
+        return address_argument(value)
     except InvalidAddressError as exc:
         fail(f'invalid {what}: {exc}', EX_USAGE)
 

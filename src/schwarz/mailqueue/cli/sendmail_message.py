@@ -67,13 +67,13 @@ def edit_message(data: bytes, opts: SendmailOptions, *, sender: str, recipients:
         data = remove_headers(data, ('Bcc', 'Resent-Bcc'))
     if opts.set_to and recipients and not get_header(data, 'To'):
         data = prepend_header(data, 'To', format_address_list(list(recipients), name_length=4))
-    if settings.qualify_addresses:
-        from ..message import qualify_local_addresses
-
-        data = qualify_local_addresses(data, settings.local_domain() or hostname())
     if wanted(opts.set_from, settings.add_from_header) and not get_header(data, 'From'):
         from_value = format_address(opts.full_name, sender or 'MAILER-DAEMON', name_length=6)
         data = prepend_header(data, 'From', from_value)
+    if settings.qualify_addresses:  # (after From: is added: "MAILER-DAEMON" for a bounce gets a domain too)
+        from ..message import qualify_local_addresses
+
+        data = qualify_local_addresses(data, settings.local_domain() or hostname())
     if wanted(opts.set_msgid, settings.add_message_id_header) and not get_header(data, 'Message-ID'):
         data = prepend_header(data, 'Message-ID', make_message_id(domain_of(sender) or hostname()))
     if wanted(opts.set_date, settings.add_date_header) and not get_header(data, 'Date'):

@@ -223,14 +223,10 @@ def parse_args(args: Sequence[str], prog_name: str = PROG) -> SendmailOptions:
 def check_sender(value: str) -> str:
     """``-f`` value: ``<>``/empty is the null sender; else one address (``a@b``, ``<a@b>``,
     ``Name <a@b>``) or a local name that is qualified later."""
-    from ..addresses import InvalidAddressError, check_text, parse_mailbox
+    from ..addresses import InvalidAddressError, address_argument
 
     try:
-        check_text(value)
-        text = value.strip(' ')
-        if text in ('', '<>'):
-            return ''
-        return str(parse_mailbox(text, allow_local=True).address)
+        return address_argument(value, allow_null=True)
     except InvalidAddressError as exc:
         fail(f'invalid sender (-f/-r): {exc}', EX_USAGE)
 

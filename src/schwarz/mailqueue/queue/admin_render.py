@@ -264,12 +264,20 @@ class ListingWriter:
         return (f'{ident:<{self.id_width}}  {state:<6}  {age:>6}  {tries:>5}  {nxt:>7}  {size:>5}  '
                 f'{sender:<{self.from_width}}  {rcpts:<{self.to_width}}  {error}').rstrip() + '\n'
 
+    def _address(self, addr: str) -> str:
+        """One address as a cell: piped, white space (in a quoted local part) is written ``\\x20``,
+        so each column stays one whitespace-separated field for awk and cut."""
+        text = one_line(addr)
+        if self.terminal or not any(ch.isspace() for ch in text):
+            return text
+        return ''.join(f'\\x{ord(ch):02x}' if ch.isspace() else ch for ch in text)
+
     def _recipients(self, addrs: List[str]) -> str:
-        text = ','.join(one_line(a) for a in addrs) or '-'
+        text = ','.join(self._address(a) for a in addrs) or '-'
         if not self.terminal or len(text) <= self.to_width or len(addrs) < 2:
             return text if not self.terminal else ellipsize(text, self.to_width, self.marker)
         more = f',+{len(addrs) - 1}'
-        return ellipsize(one_line(addrs[0]), self.to_width - len(more), self.marker) + more
+        return ellipsize(self._address(addrs[0]), self.to_width - len(more), self.marker) + more
 
     def row(self, row: Row) -> None:
         if self.count == 0 and self.terminal:
@@ -277,7 +285,7 @@ class ListingWriter:
                                           'LAST ERROR')))
         self.count += 1
         self.total += row.size
-        sender = '-' if row.from_addr is None else (one_line(row.from_addr) or '<>')
+        sender = '-' if row.from_addr is None else (self._address(row.from_addr) or '<>')
         error = one_line(row.reason) or '-'
         if self.terminal:
             sender = ellipsize(sender, self.from_width, self.marker)

@@ -124,8 +124,10 @@ def parse_date(value: str) -> datetime:
 
 
 def _clean(value: str) -> str:
-    """Meta values are single lines; anything else would corrupt the file."""
-    return _UNSAFE.sub(' ', value)
+    """Meta values are single lines of UTF-8; anything else would corrupt the file (or fail to be
+    written at all: a lone surrogate, from an argument that was not UTF-8, cannot be encoded)."""
+    value = _UNSAFE.sub(' ', value)
+    return value if value.isascii() else value.encode('utf-8', 'replace').decode('utf-8')
 
 
 def check_envelope(from_addr: str, to_addrs: Sequence[str]) -> None:

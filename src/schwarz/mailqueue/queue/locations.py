@@ -126,7 +126,9 @@ def describe_location(location: str) -> str:
     scheme, sep, rest = location.partition('://')
     if not sep:
         return location
-    found = re.match(r'([^@/]*)@', rest)  # libpq: the user info ends at the first '@' before any '/'
+    # libpq: the user info ends at the first '@' before any '/'; but a second '@' there means a
+    # password with a raw '@' (libpq would take the rest for the host): all of it is masked
+    found = re.match(r'([^/]*)@', rest) if rest.split('/', 1)[0].count('@') > 1 else re.match(r'([^@/]*)@', rest)
     if found:
         user, colon, _password = found.group(1).partition(':')
         if colon:

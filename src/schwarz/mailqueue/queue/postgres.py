@@ -63,7 +63,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.pq.abc import PGconn
 
-from ..errors import ClaimLost, CorruptMessage, QueueMisconfigured, QueueUnavailable, StoreNotInitialised
+from ..errors import BadLocation, ClaimLost, CorruptMessage, QueueMisconfigured, QueueUnavailable, StoreNotInitialised
 from .contract import (
     CLAIMED,
     FAILED,
@@ -134,6 +134,10 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
 
     The rest of the URI is kept byte for byte (libpq decodes its own percent-escapes).
     """
+    _scheme, _sep, rest = location.partition('://')
+    if rest.split('/', 1)[0].split('?', 1)[0].count('@') > 1:
+        raise BadLocation('the user info of the PostgreSQL location holds a raw "@": write it as %40 '
+                         '(postgresql://user:pa%40ss@host/db)')
     at = query_start(location)
     base, query = (location[:at], location[at + 1:]) if at >= 0 else (location, '')
     ours: Dict[str, str] = {}
@@ -146,11 +150,11 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
             name = key[3:]
             if name not in _OUR_PARAMS:
                 known = ', '.join(f'mq_{p}' for p in _OUR_PARAMS)
-                raise ValueError(f'unknown queue parameter {key!r} in the PostgreSQL location (known: {known})')
+                raise BadLocation(f'unknown queue parameter {key!r} in the PostgreSQL location (known: {known})')
             if name in ours:
-                raise ValueError(f'queue parameter {key} given twice in the PostgreSQL location')
+                raise BadLocation(f'queue parameter {key} given twice in the PostgreSQL location')
             if not value:
-                raise ValueError(f'queue parameter {key} without a value in the PostgreSQL location')
+                raise BadLocation(f'queue parameter {key} without a value in the PostgreSQL location')
             ours[name] = unquote(value)
         else:
             kept.append(part)
@@ -191,7 +195,7 @@ def _rejected_setting(text: str) -> bool:
 
 def _check_schema_name(schema: str) -> str:
     if not _SCHEMA_NAME.match(schema or ''):
-        raise ValueError(f'invalid PostgreSQL schema name {schema!r} for the queue '
+        raise BadLocation(f'invalid PostgreSQL schema name {schema!r} for the queue '
                          f'(lower-case letters, digits and _; at most 63)')
     return schema
 
@@ -204,12 +208,12 @@ def _settings(location: str, schema: Optional[str], lease: Optional[object],
     try:
         lease_seconds = float(raw_lease)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f'mq_lease: not a number of seconds: {raw_lease!r}') from None
+        raise BadLocation(f'mq_lease: not a number of seconds: {raw_lease!r}') from None
     if not MIN_LEASE <= lease_seconds <= 86400:
-        raise ValueError(f'mq_lease: {lease_seconds:g} s is out of range ({MIN_LEASE:g} to 86400)')
+        raise BadLocation(f'mq_lease: {lease_seconds:g} s is out of range ({MIN_LEASE:g} to 86400)')
     mode = (pooling or ours.get('pooling') or 'session').lower()
     if mode not in ('session', 'transaction'):
-        raise ValueError(f'mq_pooling: {mode!r} is neither session nor transaction')
+        raise BadLocation(f'mq_pooling: {mode!r} is neither session nor transaction')
     return conninfo, schema, lease_seconds, mode
 
 
@@ -218,7 +222,7 @@ def _connect_kwargs(conninfo: str, pooling: str) -> Dict[str, Any]:
     try:
         given = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f'invalid PostgreSQL location {_shown(conninfo)}: {_without_quotes(exc)}') from None
+        raise BadLocation(f'invalid PostgreSQL location {_shown(conninfo)}: {_without_quotes(exc)}') from None
     wanted: Dict[str, Any] = {
         'keepalives': 1, 'keepalives_idle': 30, 'keepalives_interval': 10, 'keepalives_count': 3,
         'connect_timeout': 10, 'application_name': 'mailqueue-runner',
