@@ -22,6 +22,8 @@ __all__ = ['SessionReply', 'StdioSMTPSession', 'outcome_reply', 'serve', 'unavai
 _MAX_COMMAND = 2048
 _MAX_RECIPIENTS = 1000
 _MAX_ERRORS = 20
+# DATA is read in pieces of at most this much: a "line" of 64 MiB costs no more than its bytes
+_DATA_CHUNK = 64 * 1024
 
 
 class SessionReply(Exception):
@@ -53,6 +55,7 @@ class StdioSMTPSession:
         self.recipients: List[str] = []
         self.errors = 0
         self.closing = False
+        self.crlf = True  # the last command line ended in CRLF: then only CRLF.CRLF ends DATA
 
     def reply(self, code: int, text: str) -> None:
         lines = text.replace('\r', '').split('\n')
@@ -66,7 +69,8 @@ class StdioSMTPSession:
         self.recipients = []
 
     def _error(self, code: int, text: str) -> None:
-        """Reply with an error; a client that makes too many is sent away (it is probably not SMTP)."""
+        """Reply with an error; a client that makes too many without delivering a message in between
+        is sent away (it is probably not SMTP)."""
         self.errors += 1
         if self.errors > _MAX_ERRORS:
             self.reply(421, f'4.7.0 {self.hostname} too many errors, closing')
@@ -86,7 +90,12 @@ class StdioSMTPSession:
                     raw = self.rfile.readline(_MAX_COMMAND)
                 self._error(500, '5.5.2 line too long')
                 continue
-            line = raw.rstrip(b'\r\n').decode('utf-8', 'replace')
+            self.crlf = raw.endswith(b'\r\n')
+            try:
+                line = raw.rstrip(b'\r\n').decode('utf-8')
+            except UnicodeDecodeError:  # (RFC 6531: addresses are UTF-8; a guess would be another address)
+                self._error(501, '5.5.2 command is not valid UTF-8')
+                continue
             verb, _, argument = line.partition(' ')
             verb = verb.upper()
             handler = getattr(self, f'smtp_{verb}', None) if verb.isalpha() else None
@@ -182,26 +191,48 @@ class StdioSMTPSession:
             self._error(554, '5.5.1 no valid recipients')
             return
         self.reply(354, 'End data with <CR><LF>.<CR><LF>')
-        lines = []
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                # Connection lost mid-message: nothing is sent.
-                self._reset()
-                self.closing = True
-                return
-            if line in (b'.\r\n', b'.\n'):
-                break
-            if line.startswith(b'.'):
-                line = line[1:]  # dot-unstuffing (RFC 5321 4.5.2)
-            lines.append(line)
+        data = self._read_data()
+        if data is None:
+            # Connection lost mid-message: nothing is sent.
+            self._reset()
+            self.closing = True
+            return
         sender, recipients = self.sender, self.recipients
         self._reset()
         try:
-            code, text = self.deliver(sender, recipients, b''.join(lines))
+            code, text = self.deliver(sender, recipients, data)
         except SessionReply as refusal:
             code, text = refusal.reply
+        except Exception as exc:  # the client gets an answer, and the session goes on
+            import logging
+
+            logging.getLogger('mailqueue').error('cannot take the message: %s: %s', type(exc).__name__, exc)
+            code, text = 451, f'4.3.0 local error ({type(exc).__name__}); nothing was sent'
+        if code == 250:
+            self.errors = 0
         self.reply(code, text)
+
+    def _read_data(self) -> Optional[bytes]:
+        """The message after a 354, dot-unstuffed; None if the client went away before its end.
+
+        A session that sent DATA with CRLF ends the message only at CRLF.CRLF: a bare LF "\\n.\\n"
+        inside the text (an application passing a body through) must not end it, or what follows
+        would be read as commands: a second message nobody sent (SMTP smuggling).
+        """
+        import io
+
+        data = io.BytesIO()  # (its getvalue() hands over the buffer: one copy of the message, not two)
+        at_line_start = True
+        while True:
+            piece = self.rfile.readline(_DATA_CHUNK)
+            if not piece:
+                return None
+            if at_line_start and (piece == b'.\r\n' or (piece == b'.\n' and not self.crlf)):
+                return data.getvalue()
+            if at_line_start and piece.startswith(b'.'):
+                piece = piece[1:]  # dot-unstuffing (RFC 5321 4.5.2)
+            data.write(piece)
+            at_line_start = piece.endswith(b'\r\n') or (piece.endswith(b'\n') and not self.crlf)
 
     def smtp_RSET(self, arg: str) -> None:
         self._reset()
