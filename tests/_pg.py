@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 ENV = 'MQ_TEST_POSTGRES_DSN'
 MACHINE_URL = 'postgresql://postgres@127.0.0.1:5432/test'
@@ -109,6 +109,21 @@ def server_url() -> str:
 def with_params(url: str, **params: str) -> str:
     query = '&'.join(f'{key}={value}' for key, value in params.items())
     return url + ('&' if '?' in url else '?') + query
+
+
+def django_database() -> Dict[str, Any]:
+    """Django's DATABASES['default'] for the test server (a placeholder when there is none: only the
+    transactional tests connect, and they ask ``server_url()`` again for the reason)."""
+    try:
+        url = server_url()
+    except NoPostgres:
+        return {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'no_postgres_server'}
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    return {'ENGINE': 'django.db.backends.postgresql', 'NAME': params.get('dbname', ''),
+            'USER': params.get('user', ''), 'PASSWORD': params.get('password', ''),
+            'HOST': params.get('host', ''), 'PORT': str(params.get('port', ''))}
 
 
 def fresh_schema() -> str:

@@ -91,9 +91,9 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_tool(argv: Sequence[Union[str, bytes]], *, input: bytes = b'', home: Path, env: Optional[Mapping[str, str]] = None,
-             cwd: Optional[Path] = None, preexec_fn: Optional[Callable[[], None]] = None,
-             timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+def run_tool(argv: Sequence[Union[str, bytes]], *, input: bytes = b'', home: Path,
+             env: Optional[Mapping[str, str]] = None, cwd: Optional[Path] = None,
+             preexec_fn: Optional[Callable[[], None]] = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """Run a tool with ``HOME=home`` (so ``~/.mailqueue-runner.conf`` is ours), bounded in time."""
     environment = {
         'PATH': f'{BIN_DIR}:/usr/bin:/bin',

@@ -33,25 +33,10 @@ BACKEND = 'schwarz.mailqueue.django.EmailBackend'
 HAS_MAILERS = django.VERSION >= (6, 1)
 
 
-def _database() -> Dict[str, Any]:
-    """DATABASES['default'] for the PostgreSQL test server (a placeholder when there is none:
-    only the transactional tests connect, and they ask ``_pg`` again for the reason)."""
-    try:
-        url = _pg.server_url()
-    except _pg.NoPostgres:
-        return {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'no_postgres_server'}
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
-    return {'ENGINE': 'django.db.backends.postgresql', 'NAME': params.get('dbname', ''),
-            'USER': params.get('user', ''), 'PASSWORD': params.get('password', ''),
-            'HOST': params.get('host', ''), 'PORT': str(params.get('port', ''))}
-
-
 if not settings.configured:
     settings.configure(
         INSTALLED_APPS=['schwarz.mailqueue'],
-        DATABASES={'default': _database()},
+        DATABASES={'default': _pg.django_database()},
         DEFAULT_FROM_EMAIL='webmaster@example.org',
         USE_TZ=True,
     )

@@ -19,23 +19,8 @@ from django.conf import settings
 import _pg
 from schwarz.mailqueue.testutils import SMTPTestServer
 
-
-def _database() -> Dict[str, Any]:
-    # the same DATABASES as tests/test_django.py, whichever of the two modules configures Django first
-    try:
-        url = _pg.server_url()
-    except _pg.NoPostgres:
-        return {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'no_postgres_server'}
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
-    return {'ENGINE': 'django.db.backends.postgresql', 'NAME': params.get('dbname', ''),
-            'USER': params.get('user', ''), 'PASSWORD': params.get('password', ''),
-            'HOST': params.get('host', ''), 'PORT': str(params.get('port', ''))}
-
-
 if not settings.configured:
-    settings.configure(INSTALLED_APPS=['schwarz.mailqueue'], DATABASES={'default': _database()},
+    settings.configure(INSTALLED_APPS=['schwarz.mailqueue'], DATABASES={'default': _pg.django_database()},
                        DEFAULT_FROM_EMAIL='webmaster@example.org', USE_TZ=True)
     django.setup()
 

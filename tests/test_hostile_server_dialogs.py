@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
-import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import pytest
 
@@ -34,51 +32,19 @@ from schwarz.mailqueue.testutils import (
     ehlo_reply,
     smtp_reply,
 )
-
-TIMEOUT = 1.0
-LIMIT = 3 * TIMEOUT + 5.0
-SENDER = 'sender@example.com'
-PIPELINING = ('PIPELINING', '8BITMIME', 'SMTPUTF8')
-NO_PIPELINING = ('8BITMIME', 'SMTPUTF8')
-EXTENSIONS = pytest.mark.parametrize('extensions', [PIPELINING, NO_PIPELINING], ids=['pipelining', 'lockstep'])
+from test_hostile_servers import (
+    EXTENSIONS,
+    NO_PIPELINING,
+    PIPELINING,
+    SENDER,
+    TIMEOUT,
+    bounded_send,
+    mailer_for,
+)
 
 
 def message(marker: str) -> bytes:
     return f'From: {SENDER}\r\nSubject: message {marker}\r\n\r\nbody of {marker}\r\n'.encode()
-
-
-def mailer_for(srv: ScriptedSMTPServer, **options: Any) -> SMTPMailer:
-    options.setdefault('tls', 'none')
-    return SMTPMailer(srv.hostname, srv.port, timeout=TIMEOUT, **options)
-
-
-def bounded_send(srv: ScriptedSMTPServer, mailer: SMTPMailer, to_addrs: Sequence[str], msg: bytes,
-                 limit: float = LIMIT) -> Tuple[SendResult, float]:
-    """``mailer.send()`` in a thread; fails if it raises or takes longer than ``limit``."""
-    results: List[SendResult] = []
-    errors: List[BaseException] = []
-
-    def target() -> None:
-        try:
-            results.append(mailer.send(SENDER, list(to_addrs), msg))
-        except BaseException as exc:  # reported in the test's thread
-            errors.append(exc)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(limit)
-    elapsed = time.monotonic() - started
-    if thread.is_alive():
-        srv.drop_connections()
-        thread.join(5)
-        pytest.fail(f'send() still running after {elapsed:.1f} s (limit {limit:.1f} s)')
-    if errors:
-        raise AssertionError(f'send() raised {errors[0]!r} (SMTPMailer.send never raises for SMTP trouble)') \
-            from errors[0]
-    [result] = results
-    assert isinstance(result, SendResult), result
-    return result, elapsed
 
 
 def finish(srv: ScriptedSMTPServer, mailer: SMTPMailer) -> None:

@@ -51,7 +51,8 @@ def message(marker: str) -> bytes:
 
 
 def mailer_for(srv: ScriptedSMTPServer, **options: Any) -> SMTPMailer:
-    return SMTPMailer(srv.hostname, srv.port, tls='none', timeout=TIMEOUT, **options)
+    options.setdefault('tls', 'none')
+    return SMTPMailer(srv.hostname, srv.port, timeout=TIMEOUT, **options)
 
 
 def bounded_send(srv: ScriptedSMTPServer, mailer: SMTPMailer, to_addrs: Sequence[str], msg: bytes,
