@@ -315,6 +315,8 @@ class MessageHandler:
                     log.exception('cannot move %s to hold/ either; it stays claimed until this process '
                                   'ends', msg.msg_id)
             else:
+                log.error('the attempt on queued message %s could not be recorded (%s); it stays queued '
+                          'as it was', msg.msg_id, exc)
                 msg.store.release(msg)
             result.error = f'queue file not updated: {type(exc).__name__}: {exc}'
             result.deferred = {addr: (451, result.error) for addr in to_addrs if addr not in result.accepted}

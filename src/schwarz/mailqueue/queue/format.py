@@ -30,7 +30,10 @@ __all__ = [
     'META_END',
     'QueueFileError',
     'QueueMeta',
+    'check_date',
     'check_envelope',
+    'check_meta',
+    'clean_value',
     'format_date',
     'parse_date',
     'parse_message_envelope',
@@ -123,11 +126,25 @@ def parse_date(value: str) -> datetime:
     return parsed
 
 
-def _clean(value: str) -> str:
+def clean_value(value: str) -> str:
     """Meta values are single lines of UTF-8; anything else would corrupt the file (or fail to be
     written at all: a lone surrogate, from an argument that was not UTF-8, cannot be encoded)."""
     value = _UNSAFE.sub(' ', value)
     return value if value.isascii() else value.encode('utf-8', 'replace').decode('utf-8')
+
+
+def check_date(what: str, when: Optional[datetime]) -> None:
+    """A ``ValueError`` for a date no queue can hold (see ``_MIN_YEAR``; a database session in
+    another time zone could not even read one near year 1 or 9999)."""
+    if when is not None and not _MIN_YEAR <= when.year <= _MAX_YEAR:
+        raise ValueError(f'{what} {when.isoformat()} is out of range (years {_MIN_YEAR} to {_MAX_YEAR})')
+
+
+def check_meta(meta: QueueMeta) -> None:
+    """What every store checks before it writes a message: the envelope and the dates."""
+    check_envelope(meta.from_addr, meta.to_addrs)
+    check_date('queue date', meta.queue_date)
+    check_date('last attempt', meta.last_delivery_attempt)
 
 
 def check_envelope(from_addr: str, to_addrs: Sequence[str]) -> None:
@@ -153,6 +170,8 @@ def serialize_meta(meta: QueueMeta) -> bytes:
         check_envelope(meta.from_addr, meta.to_addrs)
     except InvalidAddressError as exc:
         raise InvalidAddressError(exc.address, f'cannot be stored in a queue file: {exc.reason}') from None
+    check_date('queue date', meta.queue_date)
+    check_date('last attempt', meta.last_delivery_attempt)
     lines = [
         f'Return-path: <{meta.from_addr}>',
         f'Envelope-to: {",".join(meta.to_addrs)}',
@@ -165,7 +184,7 @@ def serialize_meta(meta: QueueMeta) -> bytes:
     for name, value in meta.extra.items():
         if not name.startswith('X-Queue-') or name == 'X-Queue-Meta-End':
             raise ValueError(f'meta header outside the X-Queue- namespace: {name!r}')
-        lines.append(f'{name}: {_clean(value)}')
+        lines.append(f'{name}: {clean_value(value)}')
     return ('\r\n'.join(lines)).encode('utf-8') + b'\r\n' + META_END + b'\r\n'
 
 

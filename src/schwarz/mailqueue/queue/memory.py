@@ -32,7 +32,7 @@ from .contract import (
     is_due,
     record_attempt,
 )
-from .format import FAILED_REASON, QueueMeta, check_envelope, format_date
+from .format import FAILED_REASON, QueueMeta, check_envelope, check_meta, format_date
 from .schedule import RetryPolicy
 
 __all__ = ['MemoryQueue']
@@ -78,7 +78,7 @@ class MemoryQueue:
         return f'{secrets.token_hex(6)}.{next(self._serial)}'
 
     def _add(self, state: str, msg_bytes: bytes, meta: QueueMeta) -> Tuple[str, _Record]:
-        check_envelope(meta.from_addr, meta.to_addrs)
+        check_meta(meta)
         msg_id = self._new_id()
         record = _Record(state, _copy(meta), bytes(msg_bytes), time.time())
         with self._arrived:
@@ -131,7 +131,7 @@ class MemoryQueue:
         if not recipients:
             raise ValueError('cannot queue a message without recipients')
         meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc))
-        check_envelope(meta.from_addr, meta.to_addrs)
+        check_meta(meta)
         with self._lock:
             msg_id = self._new_id()
             record = self._records[msg_id] = _Record(CLAIMED, meta, bytes(msg_bytes), time.time())

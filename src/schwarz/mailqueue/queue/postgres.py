@@ -78,7 +78,18 @@ from .contract import (
     apply_move,
     record_attempt,
 )
-from .format import FAILED_REASON, LAST_ERROR, ORIGINAL_DATE, QueueMeta, check_envelope, format_date, parse_date
+from .format import (
+    FAILED_REASON,
+    LAST_ERROR,
+    ORIGINAL_DATE,
+    QueueMeta,
+    check_date,
+    check_envelope,
+    check_meta,
+    clean_value,
+    format_date,
+    parse_date,
+)
 from .locations import describe_location, query_start
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
@@ -376,6 +387,12 @@ def _insert_sql(schema: str) -> str:
             f'last_error, extra) VALUES (%s, %s, %s, %s::text[], %s, %s, %s, %s, %s::jsonb)')
 
 
+def _retries(count: int) -> int:
+    """The column is an ``integer``; a maildir file may say more (a count that high only ever
+    means "very many": the policy has long given up)."""
+    return min(max(int(count), 0), 2**31 - 1)
+
+
 def _seconds(delta: timedelta) -> float:
     return min(max(delta.total_seconds(), 0.0), _MAX_SECONDS)
 
@@ -394,7 +411,9 @@ def _new_id() -> str:
 
 def _split_extra(extra: Dict[str, str]) -> Tuple[Dict[str, str], Optional[str], Optional[datetime]]:
     """``(jsonb extra, last_error, next_attempt)``: two meta values have columns of their own."""
-    rest = dict(extra)
+    # the maildir's rule for meta values (one line, no NUL, UTF-8): text and jsonb refuse NUL, and
+    # a value that cannot be written must not stop a deferral (the message would be held instead)
+    rest = {name: clean_value(value) for name, value in extra.items()}
     last_error = rest.pop(LAST_ERROR, None)
     recorded = rest.pop(NEXT_ATTEMPT, None)
     next_attempt: Optional[datetime] = None
@@ -590,6 +609,7 @@ def enqueue_in_transaction(connection: Any, msg_bytes: bytes, sender: str, recip
         raise ValueError('cannot queue a message without recipients')
     sender = sender or ''
     check_envelope(sender, list(recipients))
+    check_date('queue date', queue_date)
     rest, last_error, _ = _split_extra(dict(extra or {}))
     msg_bytes = bytes(msg_bytes)
     msg_id = _new_id()
@@ -893,7 +913,7 @@ class PostgresQueue:
                 'id': msg_id, 'state': state, 'sender': meta.from_addr, 'recipients': list(meta.to_addrs),
                 'msg': msg_bytes, 'size': len(msg_bytes), 'queue_date': _utc(meta.queue_date),
                 'last_error': last_error, 'extra': json.dumps(rest), 'next_attempt': next_attempt,
-                'last_attempt': _utc(meta.last_delivery_attempt), 'retries': int(meta.retries),
+                'last_attempt': _utc(meta.last_delivery_attempt), 'retries': _retries(meta.retries),
             }
             if lease is None:
                 sql = (f'INSERT INTO {self._table} (id, state, sender, recipients, msg, size, queue_date, '
@@ -926,7 +946,7 @@ class PostgresQueue:
                          attempted, 1 if attempted is not None else 0, extra=dict(extra or {}))
         if attempted is not None:
             meta.extra[NEXT_ATTEMPT] = format_date(attempted)  # one attempt counted, due again at once
-        check_envelope(meta.from_addr, meta.to_addrs)  # refused before connecting
+        check_meta(meta)  # refused before connecting
         with self._conn() as conn:
             return self._insert(conn, NEW, bytes(msg_bytes), meta)[0]
 
@@ -935,7 +955,7 @@ class PostgresQueue:
         if not recipients:
             raise ValueError('cannot queue a message without recipients')
         meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc))
-        check_envelope(meta.from_addr, meta.to_addrs)
+        check_meta(meta)
         lease = self._lease_params()
         with self._conn() as conn:
             msg_id, token = self._insert(conn, CLAIMED, bytes(msg_bytes), meta, lease)
@@ -944,7 +964,7 @@ class PostgresQueue:
 
     def store_dead_letter(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], reason: str) -> str:
         meta = QueueMeta(sender or '', list(recipients), datetime.now(timezone.utc), extra={FAILED_REASON: reason})
-        check_envelope(meta.from_addr, meta.to_addrs)
+        check_meta(meta)
         with self._conn() as conn:
             return self._insert(conn, FAILED, bytes(msg_bytes), meta)[0]
 
@@ -1073,7 +1093,7 @@ class PostgresQueue:
         params = {
             'id': msg.msg_id, 'token': token, 'state': state, 'sender': meta.from_addr,
             'recipients': list(meta.to_addrs), 'queue_date': _utc(meta.queue_date) or datetime.now(timezone.utc),
-            'last_attempt': _utc(meta.last_delivery_attempt), 'retries': int(meta.retries),
+            'last_attempt': _utc(meta.last_delivery_attempt), 'retries': _retries(meta.retries),
             'next_attempt': next_attempt, 'last_error': last_error, 'extra': json.dumps(rest),
         }
         with self._conn() as conn:
@@ -1218,8 +1238,9 @@ class PostgresQueue:
         token = self._token(msg)
         rest, _, _ = _split_extra(meta.extra)
         params = {
-            'id': msg.msg_id, 'token': token, 'recipients': list(meta.to_addrs), 'retries': meta.retries,
-            'last_attempt': _utc(attempt_time), 'error': error, 'next_attempt': _utc(next_attempt),
+            'id': msg.msg_id, 'token': token, 'recipients': list(meta.to_addrs),
+            'retries': _retries(meta.retries), 'last_attempt': _utc(attempt_time), 'error': clean_value(error),
+            'next_attempt': _utc(next_attempt),
             'sender': meta.from_addr, 'queue_date': _utc(meta.queue_date) or datetime.now(timezone.utc),
             'extra': json.dumps(rest),
         }
