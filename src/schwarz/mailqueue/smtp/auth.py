@@ -62,6 +62,7 @@ DEFAULT_LIFETIME = 3600.0
 COMMAND_TOKEN_REUSE = 300.0
 _MAX_RESPONSE = 256 * 1024
 _COMMAND_TIMEOUT = 60
+_MAX_COMMAND_OUTPUT = 64 * 1024  # a token is a few KiB; `yes` is not
 
 
 # base64, hashlib and json are imported where used: a plain password delivery (mq-sendmail's
@@ -144,10 +145,17 @@ class TokenSource:
         raise NotImplementedError
 
     def _remember_secret(self, value: Optional[str]) -> None:
+        if not value:
+            return
+        from urllib.parse import quote, quote_plus
+
+        # also as it went over the wire in a form body (an endpoint may echo that): 1//0a+b -> 1%2F%2F0a%2Bb
+        forms = [value] + [form for form in (quote(value, safe=''), quote_plus(value)) if form != value]
         with self._secrets_lock:
-            if value and value not in self._secrets:
-                self._secrets.append(value)
-                del self._secrets[:-20]  # the old ones are useless by now
+            for form in forms:
+                if form not in self._secrets:
+                    self._secrets.append(form)
+            del self._secrets[:-60]  # the old ones are useless by now
 
     def secrets(self) -> List[str]:
         """Every secret this source knows (tokens handed out, client secret, refresh tokens)."""
@@ -180,20 +188,55 @@ class TokenSource:
 
 
 def _run_secret_command(command: str, key: str) -> str:
-    """Run a ``..._command`` (stdin from /dev/null, stderr dropped); its first line, or ``TokenUnavailable``."""
+    """Run a ``..._command`` (stdin from /dev/null, stderr dropped); its first line, or ``TokenUnavailable``.
+
+    Done when the command has exited and its output is read: a child it left running in the
+    background (which still holds the pipe open) is not waited for.
+    """
+    import os
+    import select
     import subprocess
 
     try:
-        proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, timeout=_COMMAND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise TokenUnavailable(f'{key} did not finish within {_COMMAND_TIMEOUT}s') from None
+        proc = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
     except OSError as exc:
         raise TokenUnavailable(f'{key} could not be run ({exc.strerror or type(exc).__name__})') from None
-    if proc.returncode != 0:
-        raise TokenUnavailable(f'{key} exited with status {proc.returncode}')
-    output = proc.stdout.decode('utf-8', 'replace').strip()
-    value = output.splitlines()[0].strip() if output else ''
+    assert proc.stdout is not None
+    deadline = time.monotonic() + _COMMAND_TIMEOUT
+    output = bytearray()
+    poller = select.poll()  # (not select(): descriptors above 1023 in a busy runner)
+    poller.register(proc.stdout.fileno(), select.POLLIN)
+    try:
+        while True:
+            exited = proc.poll() is not None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or len(output) > _MAX_COMMAND_OUTPUT:
+                proc.kill()
+                proc.wait()
+                if remaining <= 0:
+                    raise TokenUnavailable(f'{key} did not finish within {_COMMAND_TIMEOUT}s')
+                raise TokenUnavailable(f'{key} printed more than {_MAX_COMMAND_OUTPUT // 1024} KiB')
+            if not poller.poll(0 if exited else min(remaining, 0.05) * 1000):
+                if exited:
+                    break  # ended, and nothing more to read now
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            output += chunk
+        try:
+            returncode = proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:  # closed its output but goes on running
+            proc.kill()
+            proc.wait()
+            raise TokenUnavailable(f'{key} did not finish within {_COMMAND_TIMEOUT}s') from None
+    finally:
+        proc.stdout.close()
+    if returncode != 0:
+        raise TokenUnavailable(f'{key} exited with status {returncode}')
+    text = bytes(output).decode('utf-8', 'replace').strip()
+    value = text.splitlines()[0].strip() if text else ''
     if not value:
         raise TokenUnavailable(f'{key} printed nothing')
     return value
@@ -285,7 +328,12 @@ class OAuth2TokenSource(TokenSource):
     def _fetch(self, now: float, rejected: Optional[str]) -> Token:
         cache = self.cache
         if cache is None:
-            token, self._entry = self._from_endpoint(self._entry)
+            try:
+                token, self._entry = self._from_endpoint(self._entry)
+            except _RotatedOnly as exc:
+                self._entry = exc.entry
+                self._check_kept(False)
+                raise
             self._check_kept(False)
             return token
         with cache.locked():
@@ -295,10 +343,18 @@ class OAuth2TokenSource(TokenSource):
             if cached is not None and cached.value != rejected and cached.usable(self.clock()):
                 self._remember_secret(entry.get('refresh_token'))
                 return cached
-            token, self._entry = self._from_endpoint(entry)
-            entries = cache.load()  # unchanged under our lock, unless the lock could not be had
-            entries[self.cache_key] = self._entry
-            self._check_kept(cache.store(entries))
+            fresh: Optional[Dict[str, Any]] = None
+            try:
+                token, fresh = self._from_endpoint(entry)
+            except _RotatedOnly as exc:
+                fresh = exc.entry  # (only the rotated refresh token: stored all the same)
+                raise
+            finally:
+                if fresh is not None:
+                    self._entry = fresh
+                    entries = cache.load()  # unchanged under our lock, unless the lock could not be had
+                    entries[self.cache_key] = fresh
+                    self._check_kept(cache.store(entries))
             return token
 
     def _check_kept(self, stored: bool) -> None:
@@ -358,9 +414,7 @@ class OAuth2TokenSource(TokenSource):
                     continue
                 used = refresh
                 break
-        token = self._token_from(answer, self.clock())
-        new_entry: Dict[str, Any] = {'access_token': token.value, 'expires_at': token.expires_at,
-                                     'obtained_at': token.obtained_at}
+        new_entry: Dict[str, Any] = {}
         if self.grant == 'refresh_token':
             rotated = answer.get('refresh_token')
             if isinstance(rotated, str) and rotated:
@@ -371,6 +425,13 @@ class OAuth2TokenSource(TokenSource):
                 self._remember_secret(keep)
                 new_entry['refresh_token'] = keep
                 new_entry['refresh_token_of'] = _fingerprint(configured or '')
+        try:
+            token = self._token_from(answer, self.clock())
+        except TokenUnavailable as exc:
+            if new_entry:  # the old refresh token may be dead already: the new one must not be lost
+                raise _RotatedOnly(str(exc), new_entry) from None
+            raise
+        new_entry.update(access_token=token.value, expires_at=token.expires_at, obtained_at=token.obtained_at)
         return token, new_entry
 
     def _token_from(self, answer: Dict[str, Any], now: float) -> Token:
@@ -394,10 +455,13 @@ class OAuth2TokenSource(TokenSource):
         """One POST to the token endpoint: the JSON answer, ``TokenRefused`` or ``TokenUnavailable``."""
         import json
 
-        status, body = _http_post(self.token_url, fields, self.timeout, self.describe())
+        try:
+            status, body = _http_post(self.token_url, fields, self.timeout, self.describe())
+        except TokenUnavailable as exc:
+            raise TokenUnavailable(self.scrub(str(exc))) from None
         try:
             answer = json.loads(body.decode('utf-8')) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: "[[[[..." from a hostile endpoint)
             answer = None
         if status == 200 and isinstance(answer, dict):
             return answer
@@ -451,8 +515,30 @@ def _http_post(url: str, fields: Dict[str, str], timeout: float, what: str) -> T
     request = urllib.request.Request(url, data=data, method='POST', headers={
         'Content-Type': 'application/x-www-form-urlencoded', 'Accept': 'application/json',
         'User-Agent': 'mailqueue-runner'})
-    opener = urllib.request.build_opener(NoRedirect)
     deadline = time.monotonic() + 3 * timeout
+    timers: List[threading.Timer] = []
+
+    def bounded(connection_class: Any) -> Any:
+        class Bounded(connection_class):
+            # every read and write of this connection ends at the deadline, however slowly the
+            # endpoint trickles (a timeout per read would let it go on for ever)
+            def connect(self) -> None:
+                super().connect()
+                timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, (self.sock,))
+                timer.daemon = True
+                timers.append(timer)
+                timer.start()
+        return Bounded
+
+    class BoundedHTTP(urllib.request.HTTPHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+            return super().do_open(bounded(http_class), req, **kwargs)
+
+    class BoundedHTTPS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+            return super().do_open(bounded(http_class), req, **kwargs)
+
+    opener = urllib.request.build_opener(NoRedirect, BoundedHTTP, BoundedHTTPS)
 
     def read_body(response: Any) -> bytes:
         body = bytearray()
@@ -463,6 +549,8 @@ def _http_post(url: str, fields: Dict[str, str], timeout: float, what: str) -> T
             if not chunk:
                 break
             body += chunk
+        if time.monotonic() > deadline:
+            raise TimeoutError('the answer took too long')  # (cut off at the deadline: not all of it)
         if len(body) > _MAX_RESPONSE:
             raise TokenUnavailable(f'{what}: answer too large')
         return bytes(body)
@@ -485,9 +573,35 @@ def _http_post(url: str, fields: Dict[str, str], timeout: float, what: str) -> T
             getattr(reason, 'strerror', None) or str(reason))
         raise TokenUnavailable(f'{what} unreachable: {_safe_text(str(shown), 120)}') from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        shown = 'timed out' if isinstance(exc, socket.timeout) else (
-            getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__)
+        if time.monotonic() > deadline or isinstance(exc, socket.timeout):
+            shown = 'timed out'
+        elif isinstance(exc, OSError):
+            shown = exc.strerror or type(exc).__name__
+        else:  # what a malformed answer says may quote the server, which may quote our request
+            shown = f'malformed answer ({type(exc).__name__})'
         raise TokenUnavailable(f'{what} failed: {_safe_text(str(shown), 120)}') from None
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _cut(sock: Any) -> None:
+    """End a connection's reads and writes at once (from a timer thread)."""
+    import socket
+
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+
+
+class _RotatedOnly(TokenUnavailable):
+    """The endpoint rotated the refresh token but its answer is unusable otherwise: ``entry`` keeps
+    the new refresh token (the old one may be dead already)."""
+
+    def __init__(self, message: str, entry: Dict[str, Any]) -> None:
+        super().__init__(message)
+        self.entry = entry
 
 
 # --- SASL ---------------------------------------------------------------------------------------
@@ -509,7 +623,8 @@ def oauthbearer_response(username: str, token: str, host: str, port: int) -> str
 
 def token_secret_forms(username: str, token: str, host: str, port: int) -> List[str]:
     """The token and the encodings it travels in (a server may echo any of them)."""
-    forms = {token, xoauth2_response(username, token), oauthbearer_response(username, token, host, port)}
+    forms = {token, _b64(token.encode()), xoauth2_response(username, token),
+             oauthbearer_response(username, token, host, port)}
     forms |= {form.rstrip('=') for form in list(forms)}
     return sorted(forms, key=len, reverse=True)
 

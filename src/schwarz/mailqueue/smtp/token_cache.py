@@ -115,7 +115,7 @@ class TokenCache:
                     os.fchmod(fd, 0o600)
             with os.fdopen(fd, 'rb', closefd=False) as fp:
                 data = json.loads(fp.read().decode('utf-8'))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: "[[[[...")
             log.warning('OAuth2 token cache %s is unreadable (%s); starting afresh', self.path, type(exc).__name__)
             return {}
         finally:
