@@ -48,7 +48,9 @@ def _hostname() -> str:
 
 
 class DropIntake:
-    """One call per pass: every drop waiting is queued or failed. Returns how many were taken."""
+    """One call per pass: the drops waiting are queued or failed. Returns how many were taken."""
+
+    PER_PASS = 1000
 
     def __init__(self, queue: QueueStore, *, trusted_users: Sequence[str] = (), from_addr: Optional[str] = None,
                  local_domain: Optional[str] = None, max_size: int = DEFAULT_DROP_MAX_SIZE,
@@ -75,12 +77,15 @@ class DropIntake:
         return (f'user {user} may not use the envelope sender {sender} (add the user to trusted_users to '
                 f'allow it)')
 
-    def __call__(self) -> int:
+    def __call__(self, stop: Callable[[], bool] = lambda: False) -> int:
+        """Take what waits in the drop area, at most ``PER_PASS`` drops (the queue's own mail is not
+        kept waiting behind a flood of drops); ``stop`` ends it early (a daemon told to stop)."""
         from .queue.format import QueueFileError, parse_queue_bytes
         from .queue.maildir_drop import accept, reject, take_drops
 
         taken = 0
-        for drop in take_drops(self.queue, self.max_size):  # type: ignore[arg-type]
+        enough = lambda: stop() or taken >= self.PER_PASS  # noqa: E731
+        for drop in take_drops(self.queue, self.max_size, enough):  # type: ignore[arg-type]
             user = user_name(drop.uid)
             extra: Dict[str, str] = {SUBMITTED_BY: user}
             fields: Dict[str, object] = {'queue_id': drop.drop_id, 'submitted_by': user, 'size': drop.size,
@@ -118,7 +123,8 @@ class DropIntake:
         return taken
 
 
-def intake_for(settings: Settings, store: QueueStore, app: str = 'mq-run') -> Optional[Callable[[], int]]:
+def intake_for(settings: Settings, store: QueueStore,
+               app: str = 'mq-run') -> Optional[Callable[[Callable[[], bool]], int]]:
     """The drop intake of ``store``: None unless it is a maildir queue with a drop area."""
     if getattr(store, 'kind', None) != 'maildir':
         return None

@@ -189,7 +189,7 @@ class QueueRunner:
         progress: Optional[TextIO] = None,
         app: str = 'mq-run',
         abort_after_connection_failures: int = 3,
-        intake: Optional[Callable[[], int]] = None,
+        intake: Optional[Callable[[Callable[[], bool]], int]] = None,
     ) -> None:
         if mailer is None and handler is None:
             raise ValueError('QueueRunner needs a mailer or a handler')
@@ -413,7 +413,7 @@ class QueueRunner:
         halted = lambda: self.stop_event.is_set() or self._abort_pass.is_set()  # noqa: E731
         stats.recovered = self.queue.recover()
         if self.intake is not None:
-            stats.taken = self.intake()
+            stats.taken = self.intake(halted)
         total = self.queue.stats()[NEW].count if self.progress_stream else 0
         progress = _Progress(self.progress_stream, total)
         hand_off: queue_mod.Queue[Optional[QueuedMessage]] = queue_mod.Queue(maxsize=self.workers)

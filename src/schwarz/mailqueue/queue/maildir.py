@@ -222,6 +222,12 @@ class MaildirQueue:
             raise QueueWriteError(exc.errno or errno.EIO,
                                   f'cannot create {tmp_path}: {exc.strerror or exc}') from None
         try:
+            if os.geteuid() == 0:
+                # root (a cron job's mq-sendmail) writing into a queue of a dedicated user: the file
+                # must be the queue owner's, or that user's mq-run could never read it
+                owner = os.lstat(self.path)
+                if owner.st_uid != 0:
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
             if lock:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             _write_all(fd, content)

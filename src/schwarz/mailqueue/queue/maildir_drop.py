@@ -25,12 +25,13 @@ Only this module and ``maildir.py`` know about these files (``tests/test_layerin
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
 import time
 from datetime import datetime, timezone
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 from .format import FAILED_REASON, QueueMeta, serialize_meta
 from .maildir import (
@@ -54,6 +55,12 @@ QUEUE_MODE_WITH_DROP = 0o711
 _OUR_ID = re.compile(r'[0-9a-f]{12}\.[0-9]{1,12}\Z')
 # A temporary name older than this belongs to a writer that died: the runner removes it.
 _STALE_TMP = 3600.0
+# A drop still linked to its temporary name this long after it was written: its sender died
+# between link() and unlink(); the drop is complete (written and synced before the link).
+_STALE_LINK = 60.0
+# What ``failed/`` keeps of a drop that is not a valid submission: its start, enough to see what it
+# was (all of it would let a user turn a sparse file into disk space of the queue owner's).
+_KEPT_OF_REJECTED = 64 * 1024
 
 
 class Drop(NamedTuple):
@@ -89,6 +96,12 @@ def make_drop_area(queue: MaildirQueue) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise QueueWriteError(errno.ENOTDIR, f'{path} is not a directory')
     os.chmod(path, DROP_MODE)  # mkdir's mode is cut by the umask; the sticky bit needs chmod anyway
+    for state in os.listdir(queue.path):
+        # once others may pass through the queue directory, what is queued must not be readable
+        # by them (an older queue, or one made with mkdir -p, may have 0755 state directories)
+        state_path = os.path.join(queue.path, state)
+        if state != DROP and stat.S_ISDIR(os.lstat(state_path).st_mode):
+            os.chmod(state_path, 0o700)
     os.chmod(queue.path, QUEUE_MODE_WITH_DROP)
     return path
 
@@ -146,60 +159,133 @@ def _names(directory: str) -> List[str]:
         return []
 
 
-def take_drops(queue: MaildirQueue, max_size: int) -> Iterator[Drop]:
-    """Each drop waiting in ``drop/`` (oldest names first is not promised); stale temporaries go."""
+def take_drops(queue: MaildirQueue, max_size: int, stop: Callable[[], bool] = lambda: False) -> Iterator[Drop]:
+    """Each drop waiting in ``drop/`` (oldest names first is not promised); stale temporaries go.
+
+    A drop is locked (``flock``) from the moment it is opened until the caller has taken it in or
+    rejected it and the next one is asked for: another runner skips it, and finds it gone after.
+    ``stop``: asked before each drop (a daemon told to stop does not read 60 000 of them first).
+    """
     directory = drop_area(queue.path)
-    for name in _names(directory):
-        path = os.path.join(directory, name)
-        if name.startswith('.'):
+    unreadable = 0
+    try:
+        for name in _names(directory):
+            if stop():
+                return
+            path = os.path.join(directory, name)
+            if name.startswith('.'):
+                try:
+                    if time.time() - os.lstat(path).st_mtime > _STALE_TMP:
+                        os.unlink(path)
+                except OSError:
+                    pass
+                continue
             try:
-                if time.time() - os.lstat(path).st_mtime > _STALE_TMP:
-                    os.unlink(path)
-            except OSError:
-                pass
-            continue
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            yield Drop(name, st.st_uid, 0, b'', 'not a regular file')
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
-        except OSError as exc:
-            yield Drop(name, st.st_uid, 0, b'', f'cannot open ({exc.strerror or exc})')
-            continue
-        try:
-            st = os.fstat(fd)
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
             if not stat.S_ISREG(st.st_mode):
                 yield Drop(name, st.st_uid, 0, b'', 'not a regular file')
-            elif st.st_nlink != 1:
-                # a hard link to a file of someone else (say, /etc/shadow) is not that user's mail
-                yield Drop(name, st.st_uid, st.st_size, b'', f'{st.st_nlink} links to the file (only 1 allowed)')
-            elif st.st_size > max_size:
-                yield Drop(name, st.st_uid, st.st_size, b'', f'{st.st_size} bytes, more than drop_max_size '
-                           f'({max_size})')
-            else:
-                chunks = []
-                total = 0
-                while total <= max_size:
-                    chunk = os.read(fd, 1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    total += len(chunk)
-                data = b''.join(chunks)
-                if len(data) > max_size:  # grew while we read
-                    yield Drop(name, st.st_uid, len(data), b'', f'more than drop_max_size ({max_size}) bytes')
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+            except PermissionError as exc:
+                if os.geteuid() != 0:
+                    # drops are 0600, their sender's: only root reads them. Not the user's fault: the
+                    # drop stays, and the operator is told (docs/install.md: mq-run runs as root)
+                    unreadable += 1
+                    continue
+                yield Drop(name, st.st_uid, 0, b'', f'cannot open ({exc.strerror or exc})')
+                continue
+            except OSError as exc:
+                yield Drop(name, st.st_uid, 0, b'', f'cannot open ({exc.strerror or exc})')
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # another runner is taking it in
+                st = os.fstat(fd)
+                if not _still_named(path, st):
+                    continue  # taken in and removed by another runner meanwhile
+                if st.st_nlink == 2:
+                    if _in_flight(directory, name, st):
+                        continue  # its sender is between link() and unlink(): the next pass takes it
+                    st = os.fstat(fd)  # (a dead sender's temporary name may be gone now)
+                if not stat.S_ISREG(st.st_mode):
+                    yield Drop(name, st.st_uid, 0, b'', 'not a regular file')
+                elif st.st_nlink != 1:
+                    # a hard link to a file of someone else (say, /etc/shadow) is not that user's mail
+                    yield Drop(name, st.st_uid, st.st_size, b'', f'{st.st_nlink} links to the file (only 1 allowed)')
+                elif st.st_size > max_size:
+                    yield Drop(name, st.st_uid, st.st_size, b'', f'{st.st_size} bytes, more than drop_max_size '
+                               f'({max_size})')
                 else:
-                    yield Drop(name, st.st_uid, len(data), data, None)
-        finally:
-            os.close(fd)
+                    chunks = []
+                    total = 0
+                    while total <= max_size:
+                        chunk = os.read(fd, 1 << 20)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        total += len(chunk)
+                    data = b''.join(chunks)
+                    if len(data) > max_size:  # grew while we read
+                        yield Drop(name, st.st_uid, len(data), b'', f'more than drop_max_size ({max_size}) bytes')
+                    else:
+                        yield Drop(name, st.st_uid, len(data), data, None)
+            finally:
+                os.close(fd)
+    finally:
+        if unreadable:
+            import logging
+
+            logging.getLogger('mailqueue').error(
+                '%d drop(s) in %s cannot be read by this user and stay there: drops belong to their senders '
+                '(0600), so mq-run must run as root to take them in (docs/install.md)', unreadable, directory)
+
+
+def _still_named(path: str, st: os.stat_result) -> bool:
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _in_flight(directory: str, name: str, st: os.stat_result) -> bool:
+    """Is this drop's second link its sender's temporary name (``drop_message`` links, then
+    unlinks)? True while that may still happen; a sender that died there leaves a complete drop,
+    whose temporary name is removed here after ``_STALE_LINK`` (then False)."""
+    tmp_path = os.path.join(directory, f'.{name}.tmp')
+    try:
+        tmp = os.lstat(tmp_path)
+    except OSError:
+        return False
+    if (tmp.st_dev, tmp.st_ino) != (st.st_dev, st.st_ino):
+        return False
+    if time.time() - tmp.st_mtime < _STALE_LINK:
+        return True
+    _unlink_quietly(tmp_path)
+    try:
+        return os.lstat(os.path.join(directory, name)).st_nlink != 1
+    except OSError:
+        return True
 
 
 def _remove(queue: MaildirQueue, drop_id: str) -> None:
-    _unlink_quietly(os.path.join(drop_area(queue.path), drop_id))
+    path = os.path.join(drop_area(queue.path), drop_id)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        is_dir = False
+    if is_dir:
+        import shutil
+
+        # (a user's directory in drop/: rmtree works on file descriptors, no symlink is followed)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _unlink_quietly(path)
     if queue.fsync:
         fd = os.open(drop_area(queue.path), os.O_RDONLY | os.O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
         try:
@@ -232,7 +318,10 @@ def accept(queue: MaildirQueue, drop: Drop, msg_bytes: bytes, sender: str, recip
 
 def reject(queue: MaildirQueue, drop: Drop, reason: str, extra: Dict[str, str],
            sender: str = '', recipients: Sequence[str] = ()) -> str:
-    """Keep a drop that cannot be delivered in ``failed/`` with the reason (its bytes as they were)."""
+    """Keep a drop that cannot be delivered in ``failed/`` with the reason (its first 64 KiB, as
+    they were)."""
+    if len(drop.data) > _KEPT_OF_REJECTED:
+        reason = f'{reason} (the first {_KEPT_OF_REJECTED // 1024} KiB of {len(drop.data)} bytes kept)'
     meta = QueueMeta(from_addr=sender, to_addrs=list(recipients), queue_date=datetime.now(timezone.utc),
                      extra={**extra, FAILED_REASON: reason})
     try:
@@ -242,7 +331,8 @@ def reject(queue: MaildirQueue, drop: Drop, reason: str, extra: Dict[str, str],
         head = serialize_meta(meta)
     msg_id = _queue_id(queue, drop)
     if msg_id is not None:
-        fd, tmp_path = queue._write_tmp(msg_id, head + drop.data, lock=False)
+        data = drop.data[:_KEPT_OF_REJECTED]
+        fd, tmp_path = queue._write_tmp(msg_id, head + data, lock=False)
         queue._publish(fd, tmp_path, 'failed', msg_id, keep_fd=False)
     _remove(queue, drop.drop_id)
     return msg_id or drop.drop_id
