@@ -307,3 +307,18 @@ def test_an_smtp_server_echoing_the_base64_token_in_its_535_does_not_leak_it(rec
     assert not result.accepted
     everything = '\n'.join([result.error or '', repr(result.deferred), repr(result.refused), *records])
     assert encoded.rstrip('=') not in everything, everything[:300]
+
+
+def test_a_password_command_follows_the_same_rules_as_a_token_command() -> None:
+    """docs/oauth2.md: the `..._command` settings of passwords follow the token command's rules: done
+    when the command exits (a background child keeping the pipe open is not waited for), output
+    capped."""
+    from schwarz.mailqueue.config import ConfigError, settings_from_mapping
+
+    started = time.monotonic()
+    settings = settings_from_mapping({'smtp_password_command': 'echo pass-from-helper; sleep 3 &'})
+    assert settings.password() == 'pass-from-helper'
+    assert time.monotonic() - started < 2.5
+    flood = settings_from_mapping({'smtp_password_command': 'yes'})
+    with pytest.raises(ConfigError, match='more than 64 KiB'):
+        flood.password()

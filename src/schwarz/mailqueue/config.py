@@ -367,19 +367,13 @@ class Settings:
             return self.smtp_password
         if not self.smtp_password_command:
             return None
-        import subprocess
+        from .secret_command import CommandFailed, command_output
 
         try:
-            # stdin from /dev/null: otherwise the command would eat the message mq-sendmail reads.
-            proc = subprocess.run(self.smtp_password_command, shell=True, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f'command failed: {type(exc).__name__}', self.path,
-                              'smtp_password_command') from None
-        if proc.returncode != 0:
-            raise ConfigError(f'command exited with status {proc.returncode}', self.path,
-                              'smtp_password_command')
-        return proc.stdout.decode('utf-8', 'replace').rstrip('\r\n')
+            output = command_output(self.smtp_password_command)
+        except CommandFailed as exc:
+            raise ConfigError(f'command {exc}', self.path, 'smtp_password_command') from None
+        return output.decode('utf-8', 'replace').rstrip('\r\n')
 
 
 def settings_from_mapping(values: Mapping[str, Any], path: Optional[str] = None,

@@ -61,8 +61,7 @@ DEFAULT_LIFETIME = 3600.0
 # A token from the command is run again after this long (the command does its own caching).
 COMMAND_TOKEN_REUSE = 300.0
 _MAX_RESPONSE = 256 * 1024
-_COMMAND_TIMEOUT = 60
-_MAX_COMMAND_OUTPUT = 64 * 1024  # a token is a few KiB; `yes` is not
+_COMMAND_TIMEOUT = 60.0
 
 
 # base64, hashlib and json are imported where used: a plain password delivery (mq-sendmail's
@@ -188,54 +187,13 @@ class TokenSource:
 
 
 def _run_secret_command(command: str, key: str) -> str:
-    """Run a ``..._command`` (stdin from /dev/null, stderr dropped); its first line, or ``TokenUnavailable``.
-
-    Done when the command has exited and its output is read: a child it left running in the
-    background (which still holds the pipe open) is not waited for.
-    """
-    import os
-    import select
-    import subprocess
+    """Run a ``..._command`` (``secret_command``); its first line, or ``TokenUnavailable``."""
+    from ..secret_command import CommandFailed, command_output
 
     try:
-        proc = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-    except OSError as exc:
-        raise TokenUnavailable(f'{key} could not be run ({exc.strerror or type(exc).__name__})') from None
-    assert proc.stdout is not None
-    deadline = time.monotonic() + _COMMAND_TIMEOUT
-    output = bytearray()
-    poller = select.poll()  # (not select(): descriptors above 1023 in a busy runner)
-    poller.register(proc.stdout.fileno(), select.POLLIN)
-    try:
-        while True:
-            exited = proc.poll() is not None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or len(output) > _MAX_COMMAND_OUTPUT:
-                proc.kill()
-                proc.wait()
-                if remaining <= 0:
-                    raise TokenUnavailable(f'{key} did not finish within {_COMMAND_TIMEOUT}s')
-                raise TokenUnavailable(f'{key} printed more than {_MAX_COMMAND_OUTPUT // 1024} KiB')
-            if not poller.poll(0 if exited else min(remaining, 0.05) * 1000):
-                if exited:
-                    break  # ended, and nothing more to read now
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            output += chunk
-        try:
-            returncode = proc.wait(max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:  # closed its output but goes on running
-            proc.kill()
-            proc.wait()
-            raise TokenUnavailable(f'{key} did not finish within {_COMMAND_TIMEOUT}s') from None
-    finally:
-        proc.stdout.close()
-    if returncode != 0:
-        raise TokenUnavailable(f'{key} exited with status {returncode}')
-    text = bytes(output).decode('utf-8', 'replace').strip()
+        text = command_output(command, _COMMAND_TIMEOUT).decode('utf-8', 'replace').strip()
+    except CommandFailed as exc:
+        raise TokenUnavailable(f'{key} {exc}') from None
     value = text.splitlines()[0].strip() if text else ''
     if not value:
         raise TokenUnavailable(f'{key} printed nothing')
