@@ -68,7 +68,8 @@ def test_a_drop_taken_between_link_and_unlink_is_not_lost(tmp_path: Path, monkey
     assert _ids(queue, 'new') == [drop_id]
 
 
-def test_a_sender_killed_between_link_and_unlink_leaves_no_half_state(tmp_path: Path) -> None:
+def test_a_sender_killed_between_link_and_unlink_leaves_no_half_state(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/operations.md: "A crash leaves at most a .tmp file, which the runner removes after an
     hour." A sender killed right after link() leaves both names, and a complete message (written
     and synced before the link): a pass leaves it while the sender may still be at it, and once the
@@ -80,8 +81,7 @@ def test_a_sender_killed_between_link_and_unlink_leaves_no_half_state(tmp_path: 
     tmp.write_bytes(content)
     os.link(tmp, drop_dir / '0123456789ab.1700000000')  # ...and SIGKILL before unlink()
     assert DropIntake(queue)() == 0  # the sender may still be between link() and unlink()
-    long_ago = time.time() - 120
-    os.utime(tmp, (long_ago, long_ago))
+    monkeypatch.setattr(maildir_drop, '_STALE_LINK', 0.0)  # (a minute later: the link's ctime is old)
     assert DropIntake(queue)() == 1
     assert not tmp.exists()
     bodies = [queue.read_message('failed', i)[1] for i in _ids(queue, 'failed')]
@@ -92,20 +92,32 @@ def test_a_sender_killed_between_link_and_unlink_leaves_no_half_state(tmp_path: 
 # --- objects the runner cannot remove ---------------------------------------------------------------
 
 
-def test_a_directory_in_the_drop_area_adds_a_failed_entry_on_every_pass(tmp_path: Path) -> None:
-    """Any user may ``mkdir drop/x`` (1733). The runner "rejects" it, but _remove() unlinks it
-    quietly, which fails for a directory: it stays, and every pass (every second in the daemon,
-    whenever the user touches drop/) writes another root-owned file to failed/ -- outside any user
-    quota -- and logs another warning. N directories: N new dead letters per pass, for ever."""
+def test_directories_in_the_drop_area_add_no_dead_letters_and_cannot_stop_a_pass(tmp_path: Path) -> None:
+    """Any user may ``mkdir drop/x`` (1733). Rejecting it as a drop failed to remove it, so every
+    pass wrote another root-owned file to failed/; removing a deep tree with shutil.rmtree raised
+    RecursionError (Python < 3.13), which ended every pass. Directories are nothing to deliver or
+    keep: an empty one is removed, a tree left alone, and the pass goes on to real drops."""
     queue = _queue(tmp_path)
     drop_dir = Path(queue.path) / 'drop'
     for name in ('evil', 'nested'):
         (drop_dir / name).mkdir()
-    (drop_dir / 'nested' / 'sub').mkdir()  # not even rmdir() could remove this one
-    for _ in range(5):
-        DropIntake(queue)()
-    failed = _ids(queue, 'failed')
-    assert len(failed) <= 2, f'{len(failed)} dead letters from 2 directories after 5 passes'
+    (drop_dir / 'nested' / 'sub').mkdir()
+    fds = [os.open(drop_dir, os.O_RDONLY)]
+    try:
+        for _ in range(1100):  # deeper than the recursion limit
+            os.mkdir('d', dir_fd=fds[-1])
+            fds.append(os.open('d', os.O_RDONLY, dir_fd=fds[-1]))
+        drop_id = drop_message(queue.path, MSG, '', ['admin@example.com'], fsync=False)
+        taken = [DropIntake(queue)() for _ in range(5)]
+        assert taken == [1, 0, 0, 0, 0]
+        assert _ids(queue, 'failed') == []
+        assert _ids(queue, 'new') == [drop_id]
+        assert not (drop_dir / 'evil').exists() and (drop_dir / 'nested').exists()
+    finally:
+        for parent in reversed(fds[:-1]):  # (pytest's own clean-up would recurse too)
+            os.rmdir('d', dir_fd=parent)
+        for fd in fds:
+            os.close(fd)
 
 
 # --- disk: quotas and sparse files ------------------------------------------------------------------
@@ -291,3 +303,24 @@ def test_the_daemon_stops_on_sigterm_while_a_user_floods_the_drop_area(users: Di
             daemon.kill()
             daemon.wait(timeout=30)
     assert stopped, f'mq-run --daemon ignored SIGTERM for 5 s while taking drops ({left} still waiting)'
+
+
+def test_a_sender_whose_temporary_name_the_runner_removed_is_told_queued(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender slow between link() and unlink() (a long fsync, a stopped process) may find its
+    temporary name already removed by a runner that took it for dead: the drop is queued, so the
+    sender must say so (a failure would make its caller send the message again)."""
+    queue = _queue(tmp_path)
+    real_link = os.link
+    monkeypatch.setattr(maildir_drop, '_STALE_LINK', 0.0)
+
+    def link_then_runner_pass(src: str, dst: str, *args: object, **kwargs: object) -> None:
+        real_link(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+        if '/drop/' in dst:
+            DropIntake(queue)()
+
+    monkeypatch.setattr(os, 'link', link_then_runner_pass)
+    drop_id = drop_message(queue.path, MSG, '', ['admin@example.com'], fsync=False)  # no error
+    monkeypatch.setattr(os, 'link', real_link)
+    assert _ids(queue, 'new') == [drop_id]
+    assert DropIntake(queue)() == 0

@@ -115,7 +115,7 @@ class DropIntake:
                     msg_id = reject(self.queue, drop, reason, extra, sender, recipients)  # type: ignore[arg-type]
                     log_event(self.queue_log, {'status': 'failed', **fields, 'queue_id': msg_id, 'error': reason})
                     log.warning('drop %s of user %s moved to failed/: %s', msg_id, user, reason)
-            except OSError as exc:
+            except Exception as exc:  # one drop, whatever is wrong with it, never ends the pass
                 log.error('cannot take drop %s of user %s into the queue (it stays there): %s', drop.drop_id,
                           user, exc)
                 continue

@@ -526,6 +526,11 @@ class QueueRunner:
                 if stats.aborted:
                     self.stop_event.wait(min(full_scan_interval, 30.0))
                     continue
+                if stats.taken:
+                    # the intake takes a bounded number of drops per pass: more may be waiting,
+                    # and nothing would wake us for those
+                    pending_work = True
+                    continue
             try:
                 pending_work = self.queue.wait_for_work(poll_interval)
             except MailQueueError as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -137,7 +138,10 @@ def drop_message(queue_path: str, msg_bytes: bytes, sender: str, recipients: Seq
         if fsync:
             os.fsync(fd)
         os.link(tmp_path, final)
-        os.unlink(tmp_path)
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass  # the runner took the drop as one whose sender died after link(): it is queued
         if fsync:
             os.fsync(fd)  # commits the new name with the file (see the module docstring)
     except OSError as exc:
@@ -167,7 +171,7 @@ def take_drops(queue: MaildirQueue, max_size: int, stop: Callable[[], bool] = la
     ``stop``: asked before each drop (a daemon told to stop does not read 60 000 of them first).
     """
     directory = drop_area(queue.path)
-    unreadable = 0
+    unreadable = skipped = 0
     try:
         for name in _names(directory):
             if stop():
@@ -184,11 +188,22 @@ def take_drops(queue: MaildirQueue, max_size: int, stop: Callable[[], bool] = la
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
+            if stat.S_ISDIR(st.st_mode):
+                # a user's directory: nothing to deliver or keep. Removed when empty; a tree is
+                # left alone (removing a tree a user can change under us is a symlink race, and a
+                # deep one exhausts the recursion of shutil.rmtree)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    skipped += 1
+                continue
             if not stat.S_ISREG(st.st_mode):
                 yield Drop(name, st.st_uid, 0, b'', 'not a regular file')
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+            except FileNotFoundError:
+                continue  # taken in by another runner meanwhile
             except PermissionError as exc:
                 if os.geteuid() != 0:
                     # drops are 0600, their sender's: only root reads them. Not the user's fault: the
@@ -237,10 +252,12 @@ def take_drops(queue: MaildirQueue, max_size: int, stop: Callable[[], bool] = la
             finally:
                 os.close(fd)
     finally:
+        log = logging.getLogger('mailqueue')
+        if skipped:
+            log.warning('%d directories that are not empty in %s (made by users) are left alone', skipped,
+                        directory)
         if unreadable:
-            import logging
-
-            logging.getLogger('mailqueue').error(
+            log.error(
                 '%d drop(s) in %s cannot be read by this user and stay there: drops belong to their senders '
                 '(0600), so mq-run must run as root to take them in (docs/install.md)', unreadable, directory)
 
@@ -264,7 +281,7 @@ def _in_flight(directory: str, name: str, st: os.stat_result) -> bool:
         return False
     if (tmp.st_dev, tmp.st_ino) != (st.st_dev, st.st_ino):
         return False
-    if time.time() - tmp.st_mtime < _STALE_LINK:
+    if time.time() - tmp.st_ctime < _STALE_LINK:  # (ctime: link() sets it; a slow fsync is no death)
         return True
     _unlink_quietly(tmp_path)
     try:
@@ -274,18 +291,7 @@ def _in_flight(directory: str, name: str, st: os.stat_result) -> bool:
 
 
 def _remove(queue: MaildirQueue, drop_id: str) -> None:
-    path = os.path.join(drop_area(queue.path), drop_id)
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        is_dir = False
-    if is_dir:
-        import shutil
-
-        # (a user's directory in drop/: rmtree works on file descriptors, no symlink is followed)
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        _unlink_quietly(path)
+    _unlink_quietly(os.path.join(drop_area(queue.path), drop_id))
     if queue.fsync:
         fd = os.open(drop_area(queue.path), os.O_RDONLY | os.O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
         try:
