@@ -154,3 +154,18 @@ def test_memory_for_one_message_is_bounded(tmp_path: Path) -> None:
     # the message read, and the edited copy that goes out: two copies (three before: a list of
     # pieces, their join, the edit), plus the interpreter
     assert peak_mib < 2 * size / 2**20 + 30, f'peak RSS {peak_mib:.0f} MiB for a {size // 2**20} MiB message'
+
+
+def test_a_line_whose_crlf_falls_between_two_reads_still_ends_the_message(smtp_server: SMTPTestServer,
+                                                                           tmp_path: Path) -> None:
+    # DATA is read in pieces of 64 KiB: a line of 65 535 bytes is read as "...\r" and "\n". That is
+    # still a CRLF line end: the "..dot" line after it is unstuffed and ".\r\n" ends the message.
+    long_line = b'x' * 65535
+    body = b'Subject: long\r\n\r\n' + long_line + b'\r\n..dot\r\n'
+    dialog = (b'EHLO client\r\nMAIL FROM:<shop@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n'
+              + body + b'.\r\nQUIT\r\n')
+    proc = _session(tmp_path, smtp_server, dialog)
+    assert [r[:3] for r in _replies(proc)] == ['220', '250', '250', '250', '354', '250', '221'], _replies(proc)
+    [received] = smtp_server.received
+    # (the smarthost gets the long line folded, as every line over 998 octets)
+    assert received.msg_bytes.endswith(b'xxxx\r\n.dot\r\n') and received.msg_bytes.count(b'x') == 65535

@@ -223,6 +223,7 @@ class StdioSMTPSession:
 
         data = io.BytesIO()  # (its getvalue() hands over the buffer: one copy of the message, not two)
         at_line_start = True
+        after_cr = False  # the previous piece ended in CR (a long line's CRLF may fall between two)
         while True:
             piece = self.rfile.readline(_DATA_CHUNK)
             if not piece:
@@ -232,7 +233,9 @@ class StdioSMTPSession:
             if at_line_start and piece.startswith(b'.'):
                 piece = piece[1:]  # dot-unstuffing (RFC 5321 4.5.2)
             data.write(piece)
-            at_line_start = piece.endswith(b'\r\n') or (piece.endswith(b'\n') and not self.crlf)
+            at_line_start = piece.endswith(b'\n') and (
+                not self.crlf or piece.endswith(b'\r\n') or (piece == b'\n' and after_cr))
+            after_cr = piece.endswith(b'\r')
 
     def smtp_RSET(self, arg: str) -> None:
         self._reset()
