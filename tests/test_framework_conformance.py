@@ -162,3 +162,17 @@ def test_flask_mailmans_defaults_do_not_override_the_smarthost_of_a_config_file(
     with app.app_context():
         assert mail_ext.send_mail('Subject', 'Body', 'from@example.com', ['to@example.com']) == 1
     assert [m.rcpt_tos for m in server.received] == [['to@example.com']]
+
+
+def test_flask_backend_used_outside_an_app_context_says_so_instead_of_ignoring_mailqueue(tmp_path: Any) -> None:
+    # MAILQUEUE cannot be read without the app: defaults in its place would send mail that is
+    # configured to be queued only
+    app = Flask(__name__)
+    app.config.update(MAIL_BACKEND=FLASK_BACKEND, MAILQUEUE={'queue_dir': str(tmp_path / 'q'), 'mode': 'queue'})
+    connection = Mail(app).get_connection()
+    with pytest.raises(RuntimeError, match='application context'):
+        connection.open()
+    with app.app_context():
+        connection.open()
+        assert connection.config.mode == 'queue'
+        connection.close()

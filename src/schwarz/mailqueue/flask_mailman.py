@@ -120,8 +120,13 @@ class EmailBackend(QueueingBackendMixin, BaseEmailBackend):
     def _make_sender(self) -> MailSender:
         with self._lock:
             if self._sender is None:
-                app_config = current_app.config if has_app_context() else None
-                self._sender = MailSender(backend_config(app_config, self._options, state=self.mailman), 'flask')
+                if not has_app_context():
+                    # without it app.config['MAILQUEUE'] cannot be read, and defaults in its place
+                    # would send what should be queued (or not queue what cannot go out)
+                    raise RuntimeError('the mailqueue-runner backend reads app.config["MAILQUEUE"] with its '
+                                       'first message: send inside an application context (app.app_context())')
+                self._sender = MailSender(backend_config(current_app.config, self._options, state=self.mailman),
+                                          'flask')
             return self._sender
 
     @property
