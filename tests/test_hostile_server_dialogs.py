@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import pytest
 
-from schwarz.mailqueue import MaildirBackend, MessageHandler, SendResult, SMTPMailer
+from schwarz.mailqueue import MaildirBackend, MessageHandler, SendResult
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.smtp.auth import CommandTokenSource
 from schwarz.mailqueue.testutils import (
@@ -38,23 +38,15 @@ from test_hostile_servers import (
     PIPELINING,
     SENDER,
     TIMEOUT,
+    assert_consistent,
     bounded_send,
+    finish,
     mailer_for,
 )
 
 
 def message(marker: str) -> bytes:
     return f'From: {SENDER}\r\nSubject: message {marker}\r\n\r\nbody of {marker}\r\n'.encode()
-
-
-def finish(srv: ScriptedSMTPServer, mailer: SMTPMailer) -> None:
-    mailer.close()
-    srv.wait_for_disconnect(2.0)
-
-
-def assert_consistent(result: SendResult, to_addrs: Sequence[str]) -> None:
-    verdicts = list(result.accepted) + list(result.deferred) + list(result.refused)
-    assert sorted(verdicts) == sorted(to_addrs), result
 
 
 def assert_accepted_means_received(srv: ScriptedSMTPServer, msg: bytes, result: SendResult) -> None:

@@ -15,7 +15,7 @@ import re
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict
 
 import psycopg
 import pytest
@@ -28,6 +28,7 @@ from schwarz.mailqueue.queue.locations import open_queue
 from schwarz.mailqueue.queue.postgres import split_location
 from schwarz.mailqueue.smtp.client import fold_long_lines
 from schwarz.mailqueue.testutils import SMTPTestServer
+from test_postgres import sql
 
 from helpers import run, script, write_config
 
@@ -48,14 +49,6 @@ def normalised(data: bytes) -> bytes:
     """What the server must receive: CRLF line ends, lines over 998 octets folded (docs/reliability.md)."""
     data = re.sub(rb'\r\n|\r|\n', b'\r\n', data)
     return fold_long_lines(data)
-
-
-def sql(location: str, query: str, *params: Any) -> List[Any]:
-    conninfo, ours = split_location(location)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'SET search_path = "{ours["schema"]}"')
-        cur = conn.execute(query, params or None)
-        return cur.fetchall() if cur.description else []
 
 
 def mq_run(config: str, **env: str) -> None:
