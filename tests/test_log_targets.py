@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import shutil
 import socket
@@ -159,3 +160,22 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # Lines about other units of this host (it may not be booted with systemd) are not ours.
     ours = [line for line in result.stderr.splitlines() if 'mq-run' in line]
     assert not ours and result.returncode == 0, result.stderr
+
+
+def test_log_files_are_created_for_the_owner_and_group_only(tmp_path: Path) -> None:
+    """Who sent mail to whom (queue_log, delivery_log) is not for every local user: 0640 whatever
+    the umask. A file that exists keeps the mode its operator gave it."""
+    old = os.umask(0o022)
+    try:
+        configure_logging(Settings(delivery_log=str(tmp_path / 'delivery.log'),
+                                   queue_log=str(tmp_path / 'queue.log')))
+        log_event(logging.getLogger(QUEUE_LOG), EVENT)
+        assert (tmp_path / 'queue.log').stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / 'delivery.log').stat().st_mode & 0o777 == 0o640
+        assert 'queue_id=abc.1' in (tmp_path / 'queue.log').read_text()
+        os.chmod(tmp_path / 'queue.log', 0o644)
+        configure_logging(Settings(queue_log=str(tmp_path / 'queue.log')))
+        assert (tmp_path / 'queue.log').stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+        configure_logging(Settings())

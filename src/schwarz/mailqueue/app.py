@@ -145,6 +145,8 @@ def configure_logging(settings: Settings, verbose: int = 0, quiet: bool = False)
         handlers: List[logging.Handler] = [shared] if shared is not None else []
         if path:
             try:
+                # created 0640 whatever the umask: who sent mail to whom is not for every local user
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
                 file_handler = logging.FileHandler(path, encoding='utf-8')
             except OSError as exc:
                 # A log file we cannot write must never stop mail. A user sending as themselves
