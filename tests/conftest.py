@@ -19,11 +19,18 @@ def _checkout_reachable_by_other_users() -> Iterator[None]:
     "Permission denied" before our code runs. Directories on the way get o+x (search only, no
     listing) for the session, and are restored afterwards.
     """
+    import fcntl
     import os
     import stat
     import sysconfig
+    import tempfile
     from pathlib import Path
 
+    # Sessions running at the same time (two checkouts) share these directories: each holds a
+    # shared lock, and only one that finds itself alone at its end restores the modes (else a
+    # session still running would lose its access midway and fail)
+    lock = open(os.path.join(tempfile.gettempdir(), 'mailqueue-runner-tests.lock'), 'a')
+    fcntl.flock(lock, fcntl.LOCK_SH)
     changed = []
     if os.getuid() == 0:
         starts = [Path(__file__).resolve().parent, Path(sys.prefix).resolve(), Path(sys.executable).resolve()]
@@ -44,11 +51,16 @@ def _checkout_reachable_by_other_users() -> Iterator[None]:
                     os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
                     changed.append((directory, stat.S_IMODE(st.st_mode)))
     yield
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        changed = []  # another session still needs them
     for directory, mode in changed:
         try:
             os.chmod(directory, mode)
         except OSError:
             pass
+    lock.close()
 
 
 @pytest.fixture
