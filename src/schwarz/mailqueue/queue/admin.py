@@ -599,30 +599,37 @@ class QueueAdmin:
     def _acquire(self, action: str, msg_id: str, allowed: Collection[str],
                  wait: Optional[float] = None) -> Tuple[Optional[QueuedMessage], Optional[ActionResult]]:
         """Claim ``msg_id`` if it is in one of ``allowed``; wait (bounded) while someone else holds it."""
+        msg, failure, _state = self._acquire_from(action, msg_id, allowed, wait)
+        return msg, failure
+
+    def _acquire_from(self, action: str, msg_id: str, allowed: Collection[str], wait: Optional[float] = None
+                      ) -> Tuple[Optional[QueuedMessage], Optional[ActionResult], Optional[str]]:
+        """``_acquire``, and the state the message was claimed from: a wait may end with the message
+        elsewhere than where it was first seen (a runner failed it, an admin held it)."""
         deadline = time.monotonic() + (self.wait if wait is None else wait)
         pause = _POLL_FIRST
         while True:
             state = self.locate(msg_id)
             if state is None:
                 return None, ActionResult(msg_id, action, GONE,
-                                          'no longer in the queue (delivered or removed meanwhile)')
+                                          'no longer in the queue (delivered or removed meanwhile)'), None
             if state != CLAIMED and state not in allowed:
-                return None, ActionResult(msg_id, action, WRONG_STATE, f'is in {state}/', state=state)
+                return None, ActionResult(msg_id, action, WRONG_STATE, f'is in {state}/', state=state), None
             try:
                 msg = self.store.claim(msg_id, state)
             except CorruptMessage as exc:
                 return None, ActionResult(msg_id, action, CORRUPT,
-                                          f'not a valid queue file ({exc}); moved to failed/', state=FAILED)
+                                          f'not a valid queue file ({exc}); moved to failed/', state=FAILED), None
             if msg is not None:
                 if state == CLAIMED and NEW not in allowed:
                     # An abandoned claim is a waiting message: hand it back as recovery would.
                     self.store.release(msg)
-                    return None, ActionResult(msg_id, action, WRONG_STATE, 'is in new/', state=NEW)
-                return msg, None
+                    return None, ActionResult(msg_id, action, WRONG_STATE, 'is in new/', state=NEW), None
+                return msg, None, state
             if time.monotonic() >= deadline:
                 return None, ActionResult(msg_id, action, BUSY,
                                           'busy: being delivered by another process; try again later',
-                                          state=CLAIMED)
+                                          state=CLAIMED), None
             # Deliveries take milliseconds to seconds: poll soon, then less often.
             time.sleep(pause)
             pause = min(pause * 2, _POLL_MAX)
@@ -783,13 +790,13 @@ class QueueAdmin:
 
     def _copy_one(self, msg_id: str, target: QueueStore, copies: Dict[str, Tuple[str, str]],
                   wait: Optional[float]) -> ActionResult:
-        state = self.locate(msg_id)
-        msg, failure = self._acquire('copy', msg_id, (NEW, HELD, FAILED), wait)
+        msg, failure, claimed_from = self._acquire_from('copy', msg_id, (NEW, HELD, FAILED), wait)
         if msg is None:
             assert failure is not None
             return failure
-        if state not in (HELD, FAILED):
-            state = NEW  # an abandoned claim goes where recovery would put it
+        # where it was when claimed, not when first seen: a wait for a runner may have ended with it
+        # failed, or with another admin's hold; an abandoned claim goes where recovery would put it
+        state = claimed_from if claimed_from in (HELD, FAILED) else NEW
         meta = msg.meta
         try:
             known = copies.get(msg_id)

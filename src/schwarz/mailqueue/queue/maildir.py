@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from ..errors import ClaimLost, QueueUnavailable
 from .contract import (
@@ -63,6 +63,8 @@ _SUBDIRS = ('tmp',) + STATES
 _O_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
 _O_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
 _O_NONBLOCK = getattr(os, 'O_NONBLOCK', 0)
+# where an abandoned claim goes back to when it was claimed from there (see _mark_origin)
+_KEPT_ON_RECOVERY = ('hold', 'failed')
 
 
 class QueueWriteError(QueueUnavailable, OSError):
@@ -388,6 +390,8 @@ class MaildirQueue:
             if state != 'cur':
                 os.utime(fd)  # mtime = claim time, for the stale_after fallback
                 os.rename(self._file(state, msg_id), cur_path)
+                if state in _KEPT_ON_RECOVERY:
+                    self._mark_origin(msg_id, state)
         except BaseException:
             os.close(fd)
             raise
@@ -458,8 +462,31 @@ class MaildirQueue:
         os.close(old_fd)
         self._move_claimed(msg, target_state)
 
+    # Claims from hold/ and failed/ (admin tools) leave a mark in cur/, so that recovering the
+    # claim of a tool that died puts the message back there, not into new/ (a held message would
+    # be delivered, a failed one retried). Made after the rename into cur/, removed before the
+    # file leaves it: a mark never outlives its claim (a crash in between recovers into new/).
+
+    def _origin_mark(self, msg_id: str, state: str) -> str:
+        return os.path.join(self._dir('cur'), f'.{msg_id}.from-{state}')
+
+    def _mark_origin(self, msg_id: str, state: str) -> None:
+        os.close(os.open(self._origin_mark(msg_id, state), os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC,
+                         0o600))
+
+    def _unmark_origin(self, msg_id: str) -> None:
+        for state in _KEPT_ON_RECOVERY:
+            _unlink_quietly(self._origin_mark(msg_id, state))
+
+    def _marked_origin(self, msg_id: str) -> str:
+        for state in _KEPT_ON_RECOVERY:
+            if os.path.lexists(self._origin_mark(msg_id, state)):
+                return state
+        return 'new'
+
     def _move_claimed(self, msg: QueuedMessage, target_state: str) -> None:
         _claim_of(msg)  # ClaimLost before anything moves
+        self._unmark_origin(msg.msg_id)
         cur_path = self._file('cur', msg.msg_id)
         target = self._file(target_state, msg.msg_id)
         try:
@@ -480,6 +507,7 @@ class MaildirQueue:
         """Delivered: remove the file. (A crash before this is the at-least-once window.)"""
         fd = _claim_of(msg).fd  # ClaimLost when the claim has ended
         msg.token = None
+        self._unmark_origin(msg.msg_id)
         try:
             os.unlink(self._file('cur', msg.msg_id))
         except FileNotFoundError:
@@ -604,8 +632,10 @@ class MaildirQueue:
         return self.recover_stale()
 
     def recover_stale(self) -> int:
-        """Move abandoned claims (nobody holds the lock) from cur/ back to new/."""
+        """Move abandoned claims (nobody holds the lock) from cur/ back to new/ (to hold/ or failed/
+        when an admin tool that claimed it from there died)."""
         recovered = 0
+        back: Set[str] = set()
         for msg_id in self.iter_ids('cur'):
             try:
                 locked = self._lock_file('cur', msg_id)
@@ -617,15 +647,18 @@ class MaildirQueue:
                 fd = os.open(self._file('cur', msg_id), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
             else:
                 fd = locked[0]
+            origin = self._marked_origin(msg_id)
             try:
-                os.rename(self._file('cur', msg_id), self._file('new', msg_id))
+                os.rename(self._file('cur', msg_id), self._file(origin, msg_id))
                 recovered += 1
+                back.add(origin)
             except FileNotFoundError:
                 pass
             finally:
                 os.close(fd)
-        if recovered:
-            self._fsync_dir('new')
+            self._unmark_origin(msg_id)
+        for state in back:
+            self._fsync_dir(state)
         self._clean_tmp()
         return recovered
 
