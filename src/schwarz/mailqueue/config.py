@@ -98,6 +98,11 @@ def _absolute_path(value: str) -> str:
     return path
 
 
+def _user_path(value: str) -> str:
+    """A file name, ``~`` expanded as in queue_dir and include."""
+    return os.path.expanduser(_str(value))
+
+
 def _queue_location(value: str) -> str:
     """A path (absolute) or a store URL (``maildir:///path``, ``postgresql://...``)."""
     from .queue.locations import check_not_keywords, known_schemes, split_location
@@ -216,11 +221,11 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'queue_dir': ('queue_dir', _absolute_path),
     'queue_url': ('queue_url', _queue_location),
     'from': ('from_addr', _address),
-    'logging_config': ('logging_config', _str),
-    'logging_conf': ('logging_config', _str),
+    'logging_config': ('logging_config', _user_path),
+    'logging_conf': ('logging_config', _user_path),
     'log_format': ('log_format', _log_format),
-    'delivery_log': ('delivery_log', _str),
-    'queue_log': ('queue_log', _str),
+    'delivery_log': ('delivery_log', _user_path),
+    'queue_log': ('queue_log', _user_path),
     'plugins': ('plugins', _str),
     'retry_min_delay': ('retry_min_delay', limits.RETRY_DELAY),
     'retry_max_delay': ('retry_max_delay', limits.RETRY_DELAY),
@@ -228,7 +233,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     'max_attempts': ('max_attempts', limits.ATTEMPTS),
     'workers': ('workers', limits.WORKERS),
     'stale_claim_timeout': ('stale_claim_timeout', limits.STALE_CLAIM),
-    'aliases': ('aliases', _str),
+    'aliases': ('aliases', _user_path),
     'default_domain': ('default_domain', _domain),
     # headers MTAs add (each on by default)
     'add_date_header': ('add_date_header', _bool),
@@ -538,7 +543,9 @@ def _merge_accounts(settings: Settings, included: Settings) -> None:
 def parse_config_text(text: str, path: Optional[str] = None, *, finish: bool = True) -> Settings:
     import configparser
 
-    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
+    # (no DEFAULT section: configparser would copy its keys, say a password, into every account)
+    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False,
+                                       default_section='\0')
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         parser.read_string(text, source=path or '<config>')
@@ -550,10 +557,10 @@ def parse_config_text(text: str, path: Optional[str] = None, *, finish: bool = T
     accounts: List[Tuple[str, Mapping[str, str]]] = []
     for section in parser.sections():
         if section.startswith(ACCOUNT_PREFIX):
-            accounts.append((section[len(ACCOUNT_PREFIX):], dict(parser.items(section, raw=True))))
+            accounts.append((section[len(ACCOUNT_PREFIX):], _section_items(parser, section, path)))
         elif section != SECTION:
             raise ConfigError(f'unknown section [{section}] (known: [{SECTION}], [{ACCOUNT_PREFIX}NAME])', path)
-    settings = settings_from_mapping(dict(parser.items(SECTION, raw=True)), path, check=False)
+    settings = settings_from_mapping(_section_items(parser, SECTION, path), path, check=False)
     if accounts:
         settings.accounts = tuple(_account_settings(name, values, path) for name, values in accounts)
     if finish and not settings.include:
@@ -561,11 +568,43 @@ def parse_config_text(text: str, path: Optional[str] = None, *, finish: bool = T
     return settings
 
 
-def load_config(path: str, *, finish: bool = True) -> Settings:
+# far beyond any configuration; /dev/zero or a log file by mistake is refused
+_MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_config_file(path: str) -> Tuple[str, os.stat_result]:
+    """The text of a configuration file: a regular file (a FIFO would block, a device never end)
+    of at most 1 MiB, that not every user may write (it may name commands the tools run)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0))
+    with os.fdopen(fd, 'rb') as fp:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError('is a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file', path)
+        if st.st_mode & stat.S_IWOTH:
+            raise ConfigError(f'any user may write it (it may name commands to run); run: chmod o-w {path}', path)
+        data = fp.read(_MAX_CONFIG_BYTES + 1)
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f'larger than {_MAX_CONFIG_BYTES // 1024} KiB: not a configuration file', path)
+    return data.decode('utf-8'), st
+
+
+def _section_items(parser: Any, section: str, path: Optional[str]) -> Dict[str, str]:
+    """A section's keys as written; one given twice in another case (smtp_port, SMTP_PORT) is an
+    error, as one given twice in the same case is (configparser's strict mode)."""
+    items: Dict[str, str] = dict(parser.items(section, raw=True))
+    seen: Dict[str, str] = {}
+    for key in items:
+        normal = key.strip().lower()
+        if normal in seen:
+            raise ConfigError(f'set twice in [{section}] (also as {seen[normal]})', path, key)
+        seen[normal] = key
+    return items
+
+
+def load_config(path: str, *, finish: bool = True, nested: bool = False) -> Settings:
     try:
-        with open(path, encoding='utf-8') as fp:
-            text = fp.read()
-            mode = os.fstat(fp.fileno()).st_mode
+        text, st = _read_config_file(path)
+        mode = st.st_mode
     except FileNotFoundError:
         raise ConfigError('file not found', path) from None
     except PermissionError:
@@ -577,6 +616,8 @@ def load_config(path: str, *, finish: bool = True) -> Settings:
     except OSError as exc:
         raise ConfigError(f'cannot read ({exc.strerror or exc})', path) from None
     settings = parse_config_text(text, path, finish=finish)
+    if nested and settings.include:
+        raise ConfigError('an included file cannot include another one', path, 'include')
     if settings.holds_secret() and mode & (stat.S_IRGRP | stat.S_IROTH):
         settings.warnings.append(
             f'{path} holds a secret (smtp_password, smtp_oauth2_client_secret or smtp_oauth2_refresh_token) '
@@ -598,11 +639,13 @@ def _merge_include(settings: Settings) -> None:
     path = settings.include
     assert path is not None
     try:
-        included = load_config(path, finish=False)  # checked as a whole, with the including file
+        included = load_config(path, finish=False, nested=True)  # checked as a whole, with the including file
     except ConfigError as exc:
         if exc.problem == 'permission denied' and exc.key is None and exc.path == path:
             settings.include_unreadable = path
             return
+        if exc.key is None and exc.path == path:  # (the file itself: say where it is named)
+            raise ConfigError(f'{path}: {exc.problem}', settings.path, 'include') from None
         raise
     if included.include:
         raise ConfigError('an included file cannot include another one', path, 'include')

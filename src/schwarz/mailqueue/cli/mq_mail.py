@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .common import (
     EX_CONFIG,
@@ -113,18 +113,48 @@ def _resolve_for_headers(submitter: Any, addresses: Sequence[str]) -> List[str]:
     return result
 
 
+# The options that take a value, as mail/mailx parse them (getopt): the next argument is the
+# value even when it starts with "-" ("mail -s -- root": the subject is "--"). argparse would take
+# such a value for an option (or drop a "--"), so they are taken out before it parses the rest.
+_VALUE_OPTIONS = {'-s': 'subject', '--subject': 'subject', '-r': 'from_address', '--from-address': 'from_address',
+                  '-c': 'cc', '-b': 'bcc', '-S': 'variables', '-C': 'config', '--config': 'config',
+                  '--aliases': 'aliases'}
+_REPEATED = ('cc', 'bcc', 'variables')
+
+
+def _parse(args: List[str]) -> argparse.Namespace:
+    """The options; recipients after a "--" that stands where an option could."""
+    rest: List[str] = []
+    taken: List[Tuple[str, str]] = []
+    after_dashes: List[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == '--':
+            after_dashes = args[i + 1:]
+            break
+        if arg in _VALUE_OPTIONS and i + 1 < len(args):
+            taken.append((_VALUE_OPTIONS[arg], args[i + 1]))
+            i += 2
+            continue
+        rest.append(arg)
+        i += 1
+    opts = build_parser().parse_intermixed_args(rest)
+    for dest, value in taken:
+        if dest in _REPEATED:
+            getattr(opts, dest).append(value)
+        else:
+            setattr(opts, dest, value)
+    opts.recipients = list(opts.recipients) + after_dashes
+    return opts
+
+
 def _body(args: Sequence[str]) -> int:
     from ..addresses import InvalidAddressError, check_text, parse_mailbox
     from ..headers import HeaderValueError, build_text_message, check_header_text
 
-    args = list(args)
-    # argparse's intermixed parsing mishandles "--", so everything after it is split off here.
-    after_dashes: List[str] = []
-    if '--' in args:
-        split = args.index('--')
-        args, after_dashes = args[:split], args[split + 1:]
-    opts = build_parser().parse_intermixed_args(args)
-    to = _addresses(opts.recipients + after_dashes, 'recipient')
+    opts = _parse(list(args))
+    to = _addresses(opts.recipients, 'recipient')
     cc = _addresses(opts.cc, 'Cc address')
     bcc = _addresses(opts.bcc, 'Bcc address')
     if not (to or cc or bcc):
