@@ -576,12 +576,16 @@ def _read_config_file(path: str) -> Tuple[str, os.stat_result]:
     """The text of a configuration file: a regular file (a FIFO would block, a device never end)
     of at most 1 MiB, that not every user may write (it may name commands the tools run)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_CLOEXEC', 0))
-    with os.fdopen(fd, 'rb') as fp:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError('is a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file', path)
         if st.st_mode & stat.S_IWOTH:
             raise ConfigError(f'any user may write it (it may name commands to run); run: chmod o-w {path}', path)
+    except BaseException:
+        os.close(fd)  # (os.fdopen would refuse a directory and leave the descriptor open)
+        raise
+    with os.fdopen(fd, 'rb') as fp:
         data = fp.read(_MAX_CONFIG_BYTES + 1)
     if len(data) > _MAX_CONFIG_BYTES:
         raise ConfigError(f'larger than {_MAX_CONFIG_BYTES // 1024} KiB: not a configuration file', path)
@@ -609,8 +613,6 @@ def load_config(path: str, *, finish: bool = True, nested: bool = False) -> Sett
         raise ConfigError('file not found', path) from None
     except PermissionError:
         raise ConfigError('permission denied', path) from None
-    except IsADirectoryError:
-        raise ConfigError('is a directory', path) from None
     except UnicodeDecodeError:
         raise ConfigError('not valid UTF-8', path) from None
     except OSError as exc:
@@ -647,8 +649,6 @@ def _merge_include(settings: Settings) -> None:
         if exc.key is None and exc.path == path:  # (the file itself: say where it is named)
             raise ConfigError(f'{path}: {exc.problem}', settings.path, 'include') from None
         raise
-    if included.include:
-        raise ConfigError('an included file cannot include another one', path, 'include')
     for attr, value in vars(included).items():
         if attr in ('path', 'warnings', 'include', 'include_unreadable', 'inherited'):
             continue
