@@ -54,8 +54,7 @@ class _LineFormatter(logging.Formatter):
     traceback (``-v``) keeps its lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        text = super().formatMessage(record)
-        return text if '\n' not in text and '\r' not in text else ' '.join(text.split('\n')).replace('\r', ' ')
+        return super().formatMessage(record).replace('\r', ' ').replace('\n', ' ')
 
 
 class _ConsoleFormatter(_LineFormatter):

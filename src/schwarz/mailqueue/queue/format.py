@@ -143,6 +143,10 @@ def check_date(what: str, when: Optional[datetime]) -> None:
 def check_meta(meta: QueueMeta) -> None:
     """What every store checks before it writes a message: the envelope and the dates."""
     check_envelope(meta.from_addr, meta.to_addrs)
+    _check_dates(meta)
+
+
+def _check_dates(meta: QueueMeta) -> None:
     check_date('queue date', meta.queue_date)
     check_date('last attempt', meta.last_delivery_attempt)
 
@@ -170,8 +174,7 @@ def serialize_meta(meta: QueueMeta) -> bytes:
         check_envelope(meta.from_addr, meta.to_addrs)
     except InvalidAddressError as exc:
         raise InvalidAddressError(exc.address, f'cannot be stored in a queue file: {exc.reason}') from None
-    check_date('queue date', meta.queue_date)
-    check_date('last attempt', meta.last_delivery_attempt)
+    _check_dates(meta)
     lines = [
         f'Return-path: <{meta.from_addr}>',
         f'Envelope-to: {",".join(meta.to_addrs)}',
