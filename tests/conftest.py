@@ -9,6 +9,8 @@ import pytest
 
 from schwarz.mailqueue.testutils import SMTPTestServer, smtp_server_fixture
 
+from helpers import Logs
+
 
 @pytest.fixture(scope='session', autouse=True)
 def _checkout_reachable_by_other_users() -> Iterator[None]:
@@ -91,3 +93,18 @@ def _isolated_logging() -> Iterator[None]:
         logger.handlers[:] = handlers
         logger.propagate = propagate
         logger.disabled = disabled
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    """What the ``mailqueue`` loggers say during the test, at every level."""
+    import logging
+
+    handler = Logs()
+    logger = logging.getLogger('mailqueue')
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -39,3 +40,15 @@ def run(args: List[str], *, input: Optional[bytes] = None, timeout: float = 60,
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(args, input=input, capture_output=True, timeout=timeout, env=full_env)
+
+
+class Logs(logging.Handler):
+    """Everything our loggers say, at every level (the test server's own aiosmtpd logger excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith('mailqueue'):
+            self.lines.append(self.format(record))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import socket
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import pytest
 
@@ -53,6 +53,20 @@ def assert_accepted_means_received(srv: ScriptedSMTPServer, msg: bytes, result: 
     for rcpt in result.accepted:
         assert any(t.data == msg and rcpt in t.accepted_rcpts for t in srv.confirmed), (
             f'{rcpt} reported as delivered, but the server never confirmed it: {result!r} {srv.transfers!r}')
+
+
+def _one_message_to_two(script_: Script) -> Tuple[SendResult, ScriptedSMTPServer]:
+    """One message to two recipients through ``script_``: every recipient has one verdict, and
+    one counted delivered was confirmed by the server."""
+    to = ['first@example.org', 'second@example.org']
+    with ScriptedSMTPServer(script_) as srv:
+        mailer = mailer_for(srv)
+        msg = message('M1')
+        result, _ = bounded_send(srv, mailer, to, msg)
+        finish(srv, mailer)
+        assert_consistent(result, to)
+        assert_accepted_means_received(srv, msg, result)
+    return result, srv
 
 
 class HangUpServer(ScriptedSMTPServer):
@@ -121,16 +135,8 @@ def test_a_surplus_5xx_line_never_refuses_a_recipient_permanently(extensions: Se
     # out of step from there on: whatever it reads next is not the server's verdict on that
     # recipient, so nobody may end up refused (moved to failed/, never retried).
     surplus = smtp_reply(250, '2.1.0 Ok') + smtp_reply(550, '5.1.1 surplus line')
-    script_ = Script(replies={after: [surplus]}, extensions=extensions)
-    to = ['first@example.org', 'second@example.org']
-    with ScriptedSMTPServer(script_) as srv:
-        mailer = mailer_for(srv)
-        msg = message('M1')
-        result, _ = bounded_send(srv, mailer, to, msg)
-        finish(srv, mailer)
-        assert_consistent(result, to)
-        assert result.refused == {}, f'a surplus line made a recipient permanently refused: {result!r}'
-        assert_accepted_means_received(srv, msg, result)
+    result, _srv = _one_message_to_two(Script(replies={after: [surplus]}, extensions=extensions))
+    assert result.refused == {}, f'a surplus line made a recipient permanently refused: {result!r}'
 
 
 # --- 3. AUTH oddities ------------------------------------------------------------------------
@@ -308,17 +314,9 @@ def test_a_failing_rset_between_messages_loses_nothing(rset: ScriptAction) -> No
 @pytest.mark.parametrize('missing', ['MAIL', 'RCPT', 'DATA'])
 def test_a_pipelining_server_that_leaves_out_a_reply(missing: str) -> None:
     # MAIL, RCPT, RCPT, DATA go out in one batch; the server answers one of them with nothing.
-    script_ = Script(replies={missing: [b'']}, extensions=PIPELINING)
-    to = ['first@example.org', 'second@example.org']
-    with ScriptedSMTPServer(script_) as srv:
-        mailer = mailer_for(srv)
-        msg = message('M1')
-        result, _ = bounded_send(srv, mailer, to, msg)
-        finish(srv, mailer)
-        assert_consistent(result, to)
-        assert result.accepted == [] and result.refused == {}, result
-        assert_accepted_means_received(srv, msg, result)
-        assert srv.messages == [], 'the data went out although the replies did not add up'
+    result, srv = _one_message_to_two(Script(replies={missing: [b'']}, extensions=PIPELINING))
+    assert result.accepted == [] and result.refused == {}, result
+    assert srv.messages == [], 'the data went out although the replies did not add up'
 
 
 @pytest.mark.parametrize('greeting', [smtp_reply(554, '5.7.1 no service for you'), smtp_reply(421, '4.3.2 busy'),

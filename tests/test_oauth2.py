@@ -6,7 +6,6 @@ refresh token appears in a log record, an error text, a queue entry or mq-queue'
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import stat
 import threading
@@ -32,6 +31,8 @@ from schwarz.mailqueue.smtp.token_cache import TokenCache
 from schwarz.mailqueue.smtp.transport import SMTPMailer
 from schwarz.mailqueue.testutils import OAuth2TestEndpoint, SMTPTestServer
 from test_cli_helpers import run_tool, script, write_config
+
+from helpers import Logs
 
 USER = 'mailbox@example.com'
 SECRET = 'client-secret-Zq8vX2'
@@ -76,30 +77,6 @@ def secret_texts(endpoint: OAuth2TestEndpoint, *extra: str) -> List[str]:
     for token in endpoint.issued:
         forms += [xoauth2_response(USER, token).rstrip('='), oauthbearer_response(USER, token, '127.0.0.1', 25)[:40]]
     return forms
-
-
-class Logs(logging.Handler):
-    """Everything our loggers say, at every level (the test server's own aiosmtpd logger excluded)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith('mailqueue'):
-            self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    handler = Logs()
-    logger = logging.getLogger('mailqueue')
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 def assert_no_secret(text: str, secrets: List[str]) -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import logging
 import os
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -28,6 +27,8 @@ from schwarz.mailqueue.smtp.token_cache import TokenCache
 from schwarz.mailqueue.smtp.transport import SMTPMailer
 from schwarz.mailqueue.testutils import Script, ScriptedSMTPServer, SMTPTestServer, smtp_reply
 from test_cli_helpers import run_tool, script, write_config
+
+from helpers import Logs
 
 SECRET = 'client-secret-Zq8vX2'
 # Google's refresh tokens look like this ("1//0..."): slashes, so the form body carries it %-encoded
@@ -98,25 +99,6 @@ def in_thread(call: Callable[[], Token], limit: float) -> Tuple[bool, object]:
     thread.start()
     thread.join(limit)
     return (not thread.is_alive()), (outcome[0] if outcome else None)
-
-
-@pytest.fixture
-def records() -> Iterator[List[str]]:
-    lines: List[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.name.startswith('mailqueue'):
-                lines.append(record.getMessage())
-
-    handler = Collect(logging.DEBUG)
-    logger = logging.getLogger('mailqueue')
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
 
 
 # --- a hostile token endpoint -------------------------------------------------------------------------
@@ -285,7 +267,7 @@ def test_a_token_command_that_leaves_a_background_child_is_not_reported_as_hangi
 
 # --- a hostile SMTP server -----------------------------------------------------------------------------
 
-def test_an_smtp_server_echoing_the_base64_token_in_its_535_does_not_leak_it(records: List[str]) -> None:
+def test_an_smtp_server_echoing_the_base64_token_in_its_535_does_not_leak_it(logs: Logs) -> None:
     """535 with the token base64-encoded (as it is inside the SASL response). For passwords,
     secret_forms() scrubs base64(password); token_secret_forms() has only the raw token and the whole
     XOAUTH2/OAUTHBEARER responses, so base64(token) goes into the AuthenticationError, the result
@@ -305,7 +287,7 @@ def test_an_smtp_server_echoing_the_base64_token_in_its_535_does_not_leak_it(rec
         result = mailer.send(USER, ['b@example.org'], MSG)
         mailer.close()
     assert not result.accepted
-    everything = '\n'.join([result.error or '', repr(result.deferred), repr(result.refused), *records])
+    everything = '\n'.join([result.error or '', repr(result.deferred), repr(result.refused), *logs.lines])
     assert encoded.rstrip('=') not in everything, everything[:300]
 
 
