@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List
 
-from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW
+from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 
 from helpers import script
@@ -67,24 +68,35 @@ def test_copy_waiting_for_a_claim_that_ends_in_hold_releases_the_held_message(tm
     assert _states(target) == [HELD], f'copied into {_states(target)}; {out!r}'
 
 
-def test_sigkilled_copy_of_held_messages_puts_one_back_into_new(tmp_path: Path) -> None:
-    """Killing mq-queue while it holds the claim of a held message: recovery must give it back to
-    hold/ (held messages are never delivered), as the PostgreSQL store does (claimed_from)."""
+def test_an_admin_tool_killed_while_it_holds_a_held_or_failed_message_gives_it_back(tmp_path: Path) -> None:
+    """Killing mq-queue (copy, delete) while it holds the claim of a held or failed message:
+    recovery must give it back to hold/ or failed/ (held messages are never delivered, failed
+    ones not retried), as the PostgreSQL store does (claimed_from). The tool's claim is made by a
+    child process that is SIGKILLed once it holds both."""
     queue_dir = tmp_path / 'src'
     source = MaildirQueue(str(queue_dir))
-    for n in range(400):
-        msg = source.claim(source.enqueue(body(n), 'a@example.org', [f'r{n}@example.org']))
+    ids = {}
+    for state in (HELD, FAILED):
+        msg = source.claim(source.enqueue(body(0), 'a@example.org', [f'{state}@example.org']))
         assert msg is not None
-        source.move(msg, HELD)
-    caught = False
-    for _attempt in range(10):
-        proc = _copy(queue_dir, tmp_path / 'dst', tmp_path)
-        time.sleep(0.4 + 0.05 * _attempt)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        if CLAIMED in _states(source):
-            caught = True
-            break
-    assert caught, 'mq-queue was never killed while holding a claim'
-    source.recover()  # what the next mq-run does first
-    assert NEW not in _states(source), 'a held message went to new/: the next run delivers it'
+        source.move(msg, state)
+        ids[state] = msg.msg_id
+    child = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\n'
+         'from schwarz.mailqueue.queue.maildir import MaildirQueue\n'
+         'q = MaildirQueue(sys.argv[1])\n'
+         'held = [q.claim(sys.argv[2], "hold"), q.claim(sys.argv[3], "failed")]\n'
+         'print("claimed" if all(held) else "not claimed", flush=True)\n'
+         'time.sleep(60)\n', str(queue_dir), ids[HELD], ids[FAILED]],
+        stdout=subprocess.PIPE, env={**ENV})
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b'claimed\n'
+        assert _states(source) == [CLAIMED, CLAIMED]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert source.recover() == 2  # what the next mq-run does first
+    assert source.locate(ids[HELD]) == HELD, 'a held message went to new/: the next run delivers it'
+    assert source.locate(ids[FAILED]) == FAILED, 'a failed message went to new/: the next run retries it'
