@@ -107,7 +107,11 @@ def test_daemon_picks_up_new_mail_and_sigterm_leaves_nothing_claimed(tmp_path) -
                 time.sleep(0.05)
             assert server.received, 'daemon did not pick up a new message within 3 s'
             fill(queue_dir, 400)
-            time.sleep(1.5)  # busy delivering now
+            # 400 messages take at least 400 * 0.02 s / 3 workers; wait until some are claimed
+            # rather than for a fixed time, which a loaded machine may not honour.
+            deadline = time.monotonic() + 5
+            while not os.listdir(os.path.join(queue_dir, 'cur')) and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert os.listdir(os.path.join(queue_dir, 'cur')), 'expected deliveries in flight'
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
