@@ -1093,6 +1093,38 @@ def test_a_claim_reads_the_due_index_in_order_before_any_analyze(location: str,
     assert len(store.claim_due(16, now=now(), policy=POLICY)) == 16
 
 
+def test_the_runner_plans_its_claim_once_and_reads_the_due_index_at_any_size(
+        location: str, stores: Callable[..., PostgresQueue]) -> None:
+    """On an analyzed table PostgreSQL planned the claim afresh on every execution (its
+    parameters looked worth a custom plan): 0.8 ms of server CPU per claim. The runner's
+    connections keep one generic plan, and that plan walks the due index in order even when
+    most rows lie in the future and the heap is in no particular order."""
+    store = stores()
+    sql(location, """
+        INSERT INTO messages (id, state, sender, recipients, msg, size, queue_date, retries, last_attempt,
+                              next_attempt)
+        SELECT md5(n::text), 'new', 'a@example.org', ARRAY['b@example.org'], '\\x00', 1,
+               now() - random() * interval '2 days',
+               CASE WHEN n % 10 = 0 THEN 0 ELSE 1 END, CASE WHEN n % 10 = 0 THEN NULL ELSE now() END,
+               CASE WHEN n % 10 = 0 THEN NULL ELSE now() + random() * interval '1 hour' END
+          FROM generate_series(1, 20000) AS n""")
+    sql(location, 'ANALYZE messages')
+    for _ in range(8):  # past psycopg's prepare threshold and PostgreSQL's five custom plans
+        batch = store.claim_due(16, now=now(), policy=POLICY)
+        assert len(batch) == 16
+        for msg in batch:
+            store.complete(msg)
+    with store._conn(runner=True) as conn:
+        plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                             "WHERE statement LIKE 'UPDATE % SET state = ''cur''%FOR UPDATE SKIP LOCKED%'").fetchall()
+        assert len(plans) == 1 and plans[0][0] >= 3 and plans[0][1] == 0, plans
+        params = store._lease_params()
+        params.update(postgres._policy_params(POLICY, now()))
+        params.update({'pass': store._pass_id, 'limit': 16})
+        plan = '\n'.join(row[0] for row in conn.execute('EXPLAIN ' + store._sql_claim_due, params, prepare=True))
+    assert 'messages_due' in plan and 'Sort' not in plan and 'Seq Scan' not in plan, plan
+
+
 def test_a_pass_goes_on_after_a_claim_of_only_corrupt_rows(stores: Callable[..., PostgresQueue],
                                                            location: str) -> None:
     from schwarz.mailqueue import SMTPMailer

@@ -125,7 +125,10 @@ _SETTLE_TIMEOUT = 60.0  # seconds to wait for the server's answer to a completio
 #   duplicate windows). Enqueues stay synchronous: an accepted message is on disk.
 # - enable_bitmapscan off: on a small table without statistics yet the planner would sort every
 #   due row for each claim instead of reading the due index in order.
-_RUNNER_SETTINGS = 'SET synchronous_commit = off; SET enable_bitmapscan = off'
+# - plan_cache_mode force_generic_plan: the claim's parameters (now, the limit) made PostgreSQL
+#   plan it afresh on every execution (0.8 ms: half the server's time per claimed message); its
+#   generic plan reads the due index in order as the custom ones do, at any size of the queue.
+_RUNNER_SETTINGS = 'SET synchronous_commit = off; SET enable_bitmapscan = off; SET plan_cache_mode = force_generic_plan'
 # Durations in SQL are clamped to this (100 years): a longer one means "never" and would
 # overflow PostgreSQL's interval/timestamp arithmetic.
 _MAX_SECONDS = 100 * 365.25 * 86400
