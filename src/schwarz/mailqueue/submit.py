@@ -134,7 +134,8 @@ class Submitter:
 
     # --- addresses ------------------------------------------------------------------------
 
-    def _alias_table(self) -> Dict[str, List[str]]:
+    def alias_table(self) -> Dict[str, List[str]]:
+        """The aliases file's table (read once); raises ``AliasesError`` subclasses."""
         if self._aliases is None:
             from .aliases import AliasesError, load_aliases
 
@@ -162,7 +163,7 @@ class Submitter:
             return result
         from .aliases import resolve_recipients
 
-        table = self._alias_table() if self.use_aliases else {}
+        table = self.alias_table() if self.use_aliases else {}
         return resolve_recipients(recipients, table, default_domain=self.settings.local_domain())
 
     def qualify_sender(self, name: str) -> str:

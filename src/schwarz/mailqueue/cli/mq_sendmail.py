@@ -171,7 +171,7 @@ def _check_aliases(opts: SendmailOptions) -> int:
         submitter = Submitter(app.settings, aliases_path=opts.aliases)
         path = opts.aliases or app.settings.aliases or DEFAULT_ALIASES
         try:
-            table = submitter._alias_table()
+            table = submitter.alias_table()
         except AliasesError as exc:
             fail(str(exc), EX_CONFIG)
     finally:

@@ -281,9 +281,13 @@ class MaildirQueue:
             meta.extra[NEXT_ATTEMPT] = format_date(attempted)
         if not meta.to_addrs:
             raise ValueError('cannot queue a message without recipients')
-        msg_id = _new_id()
-        fd, tmp_path = self._write_tmp(msg_id, serialize_meta(meta) + msg_bytes, lock=False)
-        self._publish(fd, tmp_path, 'new', msg_id, keep_fd=False)
+        return self.store_entry('new', _new_id(), serialize_meta(meta) + msg_bytes)
+
+    def store_entry(self, state: str, msg_id: str, content: bytes) -> str:
+        """Write a whole queue file (meta block and message) durably into ``state`` as ``msg_id``
+        (which must not exist yet in tmp/); ``msg_id``."""
+        fd, tmp_path = self._write_tmp(msg_id, content, lock=False)
+        self._publish(fd, tmp_path, state, msg_id, keep_fd=False)
         return msg_id
 
     def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
@@ -305,10 +309,7 @@ class MaildirQueue:
         """Keep a dead-letter copy (e.g. for permanently refused recipients) with the reason."""
         meta = QueueMeta(from_addr=sender or '', to_addrs=list(recipients),
                          queue_date=datetime.now(timezone.utc), extra={FAILED_REASON: reason})
-        msg_id = _new_id()
-        fd, tmp_path = self._write_tmp(msg_id, serialize_meta(meta) + msg_bytes, lock=False)
-        self._publish(fd, tmp_path, 'failed', msg_id, keep_fd=False)
-        return msg_id
+        return self.store_entry('failed', _new_id(), serialize_meta(meta) + msg_bytes)
 
     # --- claiming ---------------------------------------------------------------------------
 

@@ -316,8 +316,7 @@ def accept(queue: MaildirQueue, drop: Drop, msg_bytes: bytes, sender: str, recip
     if msg_id is not None:
         meta = QueueMeta(from_addr=sender, to_addrs=list(recipients), queue_date=datetime.now(timezone.utc),
                          extra=dict(extra))
-        fd, tmp_path = queue._write_tmp(msg_id, serialize_meta(meta) + msg_bytes, lock=False)
-        queue._publish(fd, tmp_path, 'new', msg_id, keep_fd=False)
+        queue.store_entry('new', msg_id, serialize_meta(meta) + msg_bytes)
     _remove(queue, drop.drop_id)
     return msg_id or drop.drop_id
 
@@ -338,7 +337,6 @@ def reject(queue: MaildirQueue, drop: Drop, reason: str, extra: Dict[str, str],
     msg_id = _queue_id(queue, drop)
     if msg_id is not None:
         data = drop.data[:_KEPT_OF_REJECTED]
-        fd, tmp_path = queue._write_tmp(msg_id, head + data, lock=False)
-        queue._publish(fd, tmp_path, 'failed', msg_id, keep_fd=False)
+        queue.store_entry('failed', msg_id, head + data)
     _remove(queue, drop.drop_id)
     return msg_id or drop.drop_id
