@@ -11,6 +11,8 @@ import resource
 from pathlib import Path
 from typing import Sequence, Union
 
+import pytest
+
 from schwarz.mailqueue import enqueue_message
 from schwarz.mailqueue.queue.maildir import MaildirQueue
 from schwarz.mailqueue.testutils import SMTPTestServer
@@ -124,6 +126,20 @@ def test_postgres_password_containing_at_sign_is_not_partly_shown(tmp_path: Path
 
     assert proc.returncode != 0
     assert b'retpw' not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize('password, refused', [('Xq7?Zk9@Wv3', True), ('Xq7@Zk9@Wv3', True),
+                                               ('Xq7@Zk9?Wv3', False)])
+def test_a_raw_at_sign_in_a_password_shows_no_part_of_it_wherever_a_question_mark_stands(
+        tmp_path: Path, password: str, refused: bool) -> None:
+    # libpq ends the user info at the first "@" whether or not a "?" comes before it: with
+    # "Xq7?Zk9@Wv3" the host became "Wv3@127.0.0.1", printed in the error ("failed to resolve
+    # host"). With "Xq7@Zk9?Wv3" libpq reads a host "Zk9" and a query: its error, the location masked.
+    proc = run_tool(tool('mq-queue', '--queue-dir', f'postgresql://mq:{password}@127.0.0.1:1/mail', 'stats'),
+                    home=tmp_path)
+    assert proc.returncode == 64, proc.stderr
+    assert not any(part.encode() in proc.stderr for part in ('Xq7', 'Zk9', 'Wv3')), proc.stderr
+    assert (b'%40' in proc.stderr) == refused, proc.stderr
 
 
 def test_sendmail_queue_url_with_bad_libpq_parameter_prints_no_traceback(tmp_path: Path) -> None:

@@ -119,6 +119,16 @@ def query_start(location: str) -> int:
     return location.find('?', len(location) - len(rest) + found.end() if found else 0)
 
 
+def has_raw_at(location: str) -> bool:
+    """The password of a ``scheme://user:pass@host`` location holds an unescaped ``@``: libpq
+    would read part of it as the host (and print it in its error)."""
+    _scheme, sep, rest = location.partition('://')
+    # libpq: the user info ends at the first '@' before any '/' (a '?' does not end it); the
+    # host that follows runs to the first '/' or '?' and cannot hold an '@'
+    found = re.match(r'[^@/]*@', rest) if sep else None
+    return bool(found) and '@' in re.split(r'[/?]', rest[found.end():], maxsplit=1)[0]  # type: ignore[union-attr]
+
+
 def describe_location(location: str) -> str:
     """The location without a password (for messages and logs), also when it is malformed."""
     # libpq's key=value form
@@ -126,8 +136,9 @@ def describe_location(location: str) -> str:
     scheme, sep, rest = location.partition('://')
     if not sep:
         return location
-    # libpq: the user info ends at the first '@' before any '/'; but a second '@' there means a
-    # password with a raw '@' (libpq would take the rest for the host): all of it is masked
+    # libpq: the user info ends at the first '@' before any '/'; but a second '@' there most
+    # likely belongs to a password with a raw '@' (libpq would read the rest as host or query;
+    # has_raw_at refuses the clear cases): all of it is masked, if need be a query value too
     found = re.match(r'([^/]*)@', rest) if rest.split('/', 1)[0].count('@') > 1 else re.match(r'([^@/]*)@', rest)
     if found:
         user, colon, _password = found.group(1).partition(':')

@@ -90,7 +90,7 @@ from .format import (
     format_date,
     parse_date,
 )
-from .locations import describe_location, query_start
+from .locations import describe_location, has_raw_at, query_start
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
 __all__ = [
@@ -148,8 +148,7 @@ def split_location(location: str) -> Tuple[str, Dict[str, str]]:
 
     The rest of the URI is kept byte for byte (libpq decodes its own percent-escapes).
     """
-    _scheme, _sep, rest = location.partition('://')
-    if rest.split('/', 1)[0].split('?', 1)[0].count('@') > 1:
+    if has_raw_at(location):
         raise BadLocation('the user info of the PostgreSQL location holds a raw "@": write it as %40 '
                          '(postgresql://user:pa%40ss@host/db)')
     at = query_start(location)
