@@ -89,8 +89,23 @@ def test_help() -> None:
     (b'', False, b''),
 ])
 def test_read_message(data: bytes, ignore_dots: bool, expected: bytes) -> None:
-    assert read_message(io.BytesIO(data), ignore_dots) == expected
-    assert read_message(None, ignore_dots) == b''
+    assert read_message(io.BytesIO(data), ignore_dots, 1024) == expected
+    assert read_message(None, ignore_dots, 1024) == b''
+
+
+@pytest.mark.parametrize('ignore_dots', [True, False])
+def test_read_message_stops_past_the_limit(ignore_dots: bool) -> None:
+    from schwarz.mailqueue.cli.common import CLIError
+
+    exact = b'x' * 1023 + b'\n'
+    if not ignore_dots:  # the terminating dot does not count
+        assert read_message(io.BytesIO(exact + b'.\n'), ignore_dots, 1024) == exact
+    assert read_message(io.BytesIO(exact), ignore_dots, 1024) == exact
+    stream = io.BytesIO(exact + b'y' * 10_000_000)  # one endless line: not read whole
+    with pytest.raises(CLIError) as info:
+        read_message(stream, ignore_dots, 1024)
+    assert info.value.exit_code == 65 and 'max_message_size (1.0K)' in str(info.value)
+    assert stream.tell() <= 2 * 1024 + 2
 
 
 def run_session(commands: bytes) -> Tuple[List[str], List[Tuple[str, List[str], bytes]]]:
@@ -122,7 +137,8 @@ def test_session_pipelined_client_and_dot_unstuffing() -> None:
         b'NOOP\r\n')  # nothing after QUIT is read
     assert replies == [
         '220 host.example ESMTP mq-sendmail ready',
-        '250-host.example', '250-8BITMIME', '250-SMTPUTF8', '250-ENHANCEDSTATUSCODES', '250 HELP',
+        '250-host.example', '250-8BITMIME', '250-SMTPUTF8', f'250-SIZE {64 * 1024 * 1024}', '250-ENHANCEDSTATUSCODES',
+        '250 HELP',
         '250 2.1.0 Ok', '250 2.1.5 Ok', '250 2.1.5 Ok',
         '354 End data with <CR><LF>.<CR><LF>',
         '250 2.0.0 Ok: delivered',

@@ -169,3 +169,40 @@ def test_a_line_whose_crlf_falls_between_two_reads_still_ends_the_message(smtp_s
     [received] = smtp_server.received
     # (the smarthost gets the long line folded, as every line over 998 octets)
     assert received.msg_bytes.endswith(b'xxxx\r\n.dot\r\n') and received.msg_bytes.count(b'x') == 65535
+
+
+# --- max_message_size ----------------------------------------------------------------------
+
+
+def test_a_message_over_max_message_size_is_refused_and_the_session_goes_on(smtp_server: SMTPTestServer,
+                                                                           tmp_path: Path) -> None:
+    big = b'Subject: big\r\n\r\n' + b'x' * 3000 + b'\r\n'
+    small = b'Subject: small\r\n\r\nhi\r\n'
+    dialog = (b'EHLO c\r\n'
+              b'MAIL FROM:<a@example.org> SIZE=5000\r\n'  # announced too large: refused before DATA
+              b'MAIL FROM:<a@example.org> SIZE=x\r\n'
+              b'MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n' + big + b'.\r\n'
+              b'MAIL FROM:<a@example.org> SIZE=40\r\nRCPT TO:<b@example.org>\r\nDATA\r\n' + small + b'.\r\n'
+              b'QUIT\r\n')
+    proc = _session(tmp_path, smtp_server, dialog, config={'max_message_size': '2k'})
+    assert b'250-SIZE 2048\r\n' in proc.stdout, proc.stdout
+    replies = _replies(proc)
+    assert [line[:3] for line in replies] == ['220', '250', '552', '501', '250', '250', '354', '552',
+                                              '250', '250', '354', '250', '221'], replies
+    assert [msg.as_message()['Subject'] for msg in smtp_server.received] == ['small']
+
+
+@pytest.mark.parametrize('tool', ['mq-sendmail', 'mq-sendmail -i', 'mq-mail'])
+def test_endless_stdin_is_refused_with_65_after_max_message_size(smtp_server: SMTPTestServer, tmp_path: Path,
+                                                                tool: str) -> None:
+    config = write_config(tmp_path, smtp_server, max_message_size='1M')
+    name, *options = tool.split()
+    argv = [script(name), '-C', str(config), *options] + (['-s', 'x'] if name == 'mq-mail' else []) + ['b@example.org']
+    # an endless line and endless lines: the tool stops reading past the limit, not at memory's end
+    for source in ('yes', 'cat /dev/zero'):
+        with subprocess.Popen(['sh', '-c', source], stdout=subprocess.PIPE) as feeder:
+            proc = subprocess.run(argv, stdin=feeder.stdout, capture_output=True, timeout=60)
+            feeder.kill()
+        assert proc.returncode == 65, proc.stderr
+        assert proc.stderr.decode().strip() == f'{name}: message larger than max_message_size (1.0M); nothing was sent'
+    assert smtp_server.received == []

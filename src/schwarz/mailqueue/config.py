@@ -243,6 +243,8 @@ KNOWN_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     # submissions of users who cannot use the queue (the drop area) and where logs go
     'trusted_users': ('trusted_users', _names),
     'drop_max_size': ('drop_max_size', _size),
+    # the largest message mq-sendmail and mq-mail take (stdin, -bs); more is refused (exit 65, 552)
+    'max_message_size': ('max_message_size', _size),
     'log_target': ('log_target', _log_target),
     'include': ('include', _absolute_path),
 }
@@ -314,6 +316,7 @@ class Settings:
     qualify_addresses: bool = True
     trusted_users: Tuple[str, ...] = ()
     drop_max_size: int = 64 * 1024 * 1024
+    max_message_size: int = 64 * 1024 * 1024
     # stderr: only the console; file: delivery_log/queue_log; syslog: /dev/log; journal: systemd's journal
     log_target: str = 'file'
     # a second file (credentials, 0600) read after this one; None when it could not be read (see

@@ -10,7 +10,7 @@ import errno
 import io
 import os
 import sys
-from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence
+from typing import IO, Any, Callable, Mapping, NoReturn, Optional, Sequence
 
 __all__ = [
     'EX_CONFIG',
@@ -118,6 +118,23 @@ def _sane_standard_streams() -> None:
 
 def fail(message: str, exit_code: int) -> NoReturn:
     raise CLIError(message, exit_code)
+
+
+def too_large(limit: int) -> NoReturn:
+    """Refuse a message over ``max_message_size`` (exit 65): retrying would not make it smaller."""
+    from ..humanize import format_size
+
+    fail(f'message larger than max_message_size ({format_size(limit)}); nothing was sent', EX_DATAERR)
+
+
+def read_input(stream: Optional[IO[bytes]], limit: int) -> bytes:
+    """All of ``stream`` (stdin), at most ``limit`` bytes: endless input must not exhaust memory."""
+    if stream is None:
+        return b''
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        too_large(limit)
+    return data
 
 
 def load_app(config_path: Optional[str], options: Optional[Mapping[str, Any]] = None, *,

@@ -17,6 +17,7 @@ from .common import (
     EX_USAGE,
     fail,
     load_app,
+    read_input,
     report_outcome,
     run_main,
 )
@@ -180,7 +181,7 @@ def _body(args: Sequence[str]) -> int:
         from ..config import ConfigError
         from ..submit import Submitter, summarize
 
-        body = sys.stdin.buffer.read() if sys.stdin is not None else b''
+        body = read_input(getattr(sys.stdin, 'buffer', None), app.settings.max_message_size)
         if opts.skip_empty and not body.strip():
             return EX_OK
         with Submitter(app.settings, plugins=app.plugins, app=PROG, aliases_path=opts.aliases) as submitter:

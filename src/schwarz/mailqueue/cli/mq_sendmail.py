@@ -85,7 +85,7 @@ def _deliver_stdin(opts: SendmailOptions) -> int:
         fail('no recipients given (name them as arguments or use -t)', EX_USAGE)
     app = load_app(opts.config, {'verbose': opts.verbose})
     try:
-        data = read_message(getattr(sys.stdin, 'buffer', None), opts.ignore_dots)
+        data = read_message(getattr(sys.stdin, 'buffer', None), opts.ignore_dots, app.settings.max_message_size)
         recipients = list(cli_recipients)
         if opts.extract_recipients:
             recipients += [addr for addr in header_recipients(data) if addr not in recipients]

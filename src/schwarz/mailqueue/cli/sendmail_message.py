@@ -18,16 +18,22 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ['choose_sender', 'edit_message', 'header_recipients', 'read_message']
 
 
-def read_message(stream: Optional[IO[bytes]], ignore_dots: bool) -> bytes:
-    """The message from stdin; without ``ignore_dots`` a line with a single ``.`` ends it."""
-    if stream is None:
-        return b''
-    if ignore_dots:
-        return stream.read()
+def read_message(stream: Optional[IO[bytes]], ignore_dots: bool, limit: int) -> bytes:
+    """The message from stdin; without ``ignore_dots`` a line with a single ``.`` ends it. More
+    than ``limit`` bytes: exit 65."""
+    from .common import read_input, too_large
+
+    if ignore_dots or stream is None:
+        return read_input(stream, limit)
     lines = []
-    for line in stream:
+    size = 0
+    # (a line may be read whole up to just past the limit: the terminator test needs whole lines)
+    for line in iter(lambda: stream.readline(limit + 2), b''):
         if line in (b'.\n', b'.\r\n', b'.'):
             break
+        size += len(line)
+        if size > limit:
+            too_large(limit)
         lines.append(line)
     return b''.join(lines)
 

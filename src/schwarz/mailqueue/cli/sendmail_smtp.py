@@ -24,6 +24,7 @@ _MAX_RECIPIENTS = 1000
 _MAX_ERRORS = 20
 # DATA is read in pieces of at most this much: a "line" of 64 MiB costs no more than its bytes
 _DATA_CHUNK = 64 * 1024
+_DEFAULT_MAX_SIZE = 64 * 1024 * 1024  # (Settings.max_message_size)
 
 
 class SessionReply(Exception):
@@ -39,13 +40,15 @@ class StdioSMTPSession:
 
     Each accepted message goes to ``deliver(sender, recipients, data)``, which returns
     the final ``Reply`` for the DATA command. ``resolve`` turns one RCPT address into
-    the recipient list (aliases). Either refuses by raising ``SessionReply``.
+    the recipient list (aliases). Either refuses by raising ``SessionReply``. A message of
+    more than ``max_size`` bytes is refused (552; SIZE in the EHLO reply says so ahead).
     """
 
     def __init__(self, rfile: IO[bytes], wfile: IO[bytes], hostname: str,
                  deliver: Callable[[str, List[str], bytes], Reply],
-                 resolve: Callable[[str], List[str]]) -> None:
+                 resolve: Callable[[str], List[str]], *, max_size: int = _DEFAULT_MAX_SIZE) -> None:
         self.rfile = rfile
+        self.max_size = max_size
         self.wfile = wfile
         self.hostname = hostname
         self.deliver = deliver
@@ -111,7 +114,7 @@ class StdioSMTPSession:
             self._error(501, '5.5.4 EHLO needs a domain')
             return
         self._reset()
-        self.reply(250, f'{self.hostname}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nHELP')
+        self.reply(250, f'{self.hostname}\n8BITMIME\nSMTPUTF8\nSIZE {self.max_size}\nENHANCEDSTATUSCODES\nHELP')
 
     def smtp_HELO(self, arg: str) -> None:
         if not arg:
@@ -137,9 +140,16 @@ class StdioSMTPSession:
             return
         smtputf8 = False
         for param in params.split():
-            name = param.partition('=')[0].upper()
+            name, _, value = param.partition('=')
+            name = name.upper()
             if name not in ('SIZE', 'BODY', 'SMTPUTF8'):
                 self._error(555, f'5.5.4 unsupported MAIL parameter {param}')
+                return
+            if name == 'SIZE' and not (value.isascii() and value.isdigit()):
+                self._error(501, '5.5.4 SIZE needs a number of bytes')
+                return
+            if name == 'SIZE' and int(value) > self.max_size:
+                self.reply(552, f'5.3.4 message larger than {self.max_size} bytes')
                 return
             smtputf8 = smtputf8 or name == 'SMTPUTF8'
         if address.needs_smtputf8 and not smtputf8:
@@ -197,6 +207,10 @@ class StdioSMTPSession:
             self._reset()
             self.closing = True
             return
+        if len(data) > self.max_size:
+            self._reset()
+            self.reply(552, f'5.3.4 message larger than {self.max_size} bytes; nothing was sent')
+            return
         sender, recipients = self.sender, self.recipients
         self._reset()
         try:
@@ -214,6 +228,7 @@ class StdioSMTPSession:
 
     def _read_data(self) -> Optional[bytes]:
         """The message after a 354, dot-unstuffed; None if the client went away before its end.
+        Past ``max_size`` the rest is read and dropped: only the length shows it was too large.
 
         A session that sent DATA with CRLF ends the message only at CRLF.CRLF: a bare LF "\\n.\\n"
         inside the text (an application passing a body through) must not end it, or what follows
@@ -232,7 +247,8 @@ class StdioSMTPSession:
                 return data.getvalue()
             if at_line_start and piece.startswith(b'.'):
                 piece = piece[1:]  # dot-unstuffing (RFC 5321 4.5.2)
-            data.write(piece)
+            if data.tell() <= self.max_size:
+                data.write(piece)
             at_line_start = piece.endswith(b'\n') and (
                 not self.crlf or piece.endswith(b'\r\n') or (piece == b'\n' and after_cr))
             after_cr = piece.endswith(b'\r')
@@ -314,4 +330,4 @@ def serve(submitter: Submitter, opts: SendmailOptions, hostname: str, rfile: IO[
             print_error(prog, line)
         return outcome_reply(outcome)
 
-    StdioSMTPSession(rfile, wfile, hostname, deliver, resolve).run()
+    StdioSMTPSession(rfile, wfile, hostname, deliver, resolve, max_size=submitter.settings.max_message_size).run()
