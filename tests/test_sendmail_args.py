@@ -80,6 +80,21 @@ def test_help() -> None:
     assert parse_args(['-h']).show_help
 
 
+@pytest.mark.parametrize('args', [['-h', '5', 'rcpt@example.org'], ['-h5', 'rcpt@example.org'],
+                                  ['-oi', '-h', '17', '--', 'rcpt@example.org']])
+def test_a_hop_count_is_ignored_whether_glued_or_not(args: List[str]) -> None:
+    opts = parse_args(args)
+    assert not opts.show_help and opts.recipients == ['rcpt@example.org']
+
+
+@pytest.mark.parametrize('args', [['-h', 'rcpt@example.org'], ['--help', 'rcpt@example.org'],
+                                  ['-h', '--', 'rcpt@example.org']])
+def test_help_with_recipients_is_a_usage_error_not_a_silent_exit_0(args: List[str]) -> None:
+    with pytest.raises(CLIError) as excinfo:
+        parse_args(args)
+    assert excinfo.value.exit_code == 64 and 'hop count' in str(excinfo.value)
+
+
 @pytest.mark.parametrize('data, ignore_dots, expected', [
     (b'a\n.\nb\n', False, b'a\n'),
     (b'a\r\n.\r\nb\r\n', False, b'a\r\n'),

@@ -203,9 +203,12 @@ def parse_args(args: Sequence[str], prog_name: str = PROG) -> SendmailOptions:
                 opts.mode = 'q'
                 break
             if letter == 'h':
-                # "-h" alone is help; sendmail's hop count only ever comes glued here (-h17).
+                # "-h" alone is help; sendmail's hop count (-h17, -h 17) is ignored
                 if pos == len(arg):
-                    opts.show_help = True
+                    if index < count and args[index].isascii() and args[index].isdigit():
+                        index += 1
+                    else:
+                        opts.show_help = True
                 break
             if letter in _WITH_VALUE:
                 value = arg[pos:]
@@ -217,6 +220,9 @@ def parse_args(args: Sequence[str], prog_name: str = PROG) -> SendmailOptions:
                 _apply_letter(opts, letter, value)
                 break
             fail(f'unknown option -{letter} (see --help)', EX_USAGE)
+    if opts.show_help and opts.recipients:
+        # help and exit 0 would drop the message the caller meant to send
+        fail('-h is help here and takes no recipients (a hop count goes with its number: -h 17)', EX_USAGE)
     return opts
 
 
