@@ -93,6 +93,9 @@ def test_help_with_recipients_is_a_usage_error_not_a_silent_exit_0(args: List[st
     with pytest.raises(CLIError) as excinfo:
         parse_args(args)
     assert excinfo.value.exit_code == 64 and 'hop count' in str(excinfo.value)
+    with pytest.raises(CLIError) as excinfo:
+        parse_args(['--version', 'rcpt@example.org'])
+    assert excinfo.value.exit_code == 64
 
 
 @pytest.mark.parametrize('data, ignore_dots, expected', [

@@ -223,6 +223,8 @@ def parse_args(args: Sequence[str], prog_name: str = PROG) -> SendmailOptions:
     if opts.show_help and opts.recipients:
         # help and exit 0 would drop the message the caller meant to send
         fail('-h is help here and takes no recipients (a hop count goes with its number: -h 17)', EX_USAGE)
+    if opts.show_version and opts.recipients:
+        fail('--version takes no recipients', EX_USAGE)
     return opts
 
 
