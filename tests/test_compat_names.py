@@ -171,3 +171,29 @@ def test_reset_empties_received_messages(smtp_server: object) -> None:
     smtp_server.wait_for_messages(1)
     smtp_server.reset()
     assert smtp_server.received_messages.empty()
+
+
+def test_enqueue_message_takes_the_queue_args_of_1x_and_no_others(tmp_path: Path) -> None:
+    """1.x passed ``**queue_args`` on to serialize_message_with_queue_data: queue_date, last and
+    retries become the queue file's X-Queue-Date, X-Last-Attempt and X-Retries."""
+    from datetime import datetime, timezone
+
+    from schwarz.mailqueue import enqueue_message, parse_message_envelope
+
+    queue_dir = str(tmp_path / 'q')
+    queued = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
+    last = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)
+    msg_id = enqueue_message(b'Subject: x\r\n\r\nbody\r\n', queue_dir, 'a@example.org', ['b@example.org'],
+                             queue_date=queued, last=last, retries=3)
+    with open(os.path.join(queue_dir, 'new', msg_id), 'rb') as fp:
+        head = fp.read().split(b'\n\n', 1)[0]
+        fp.seek(0)
+        envelope = parse_message_envelope(fp)
+    assert b'X-Retries: 3' in head and b'X-Last-Attempt:' in head and b'X-Queue-Next-Attempt' not in head, head
+    assert (envelope.retries, envelope.last_delivery_attempt, envelope.queue_date) == (3, last, queued)
+    with pytest.raises(TypeError, match="'retry'"):
+        enqueue_message(b'Subject: x\r\n\r\n', queue_dir, 'a@example.org', ['b@example.org'], retry=3)
+    for bad in ({'retries': '3'}, {'last': '2026-11-01'}, {'retries': -1}):
+        with pytest.raises(ValueError):
+            enqueue_message(b'Subject: x\r\n\r\n', queue_dir, 'a@example.org', ['b@example.org'], **bad)
+    assert sorted(os.listdir(os.path.join(queue_dir, 'new'))) == [msg_id]  # nothing else written

@@ -163,6 +163,28 @@ def test_defer_without_next_attempt_uses_the_policy(store: QueueStore) -> None:
     assert due_ids(store, now=later + timedelta(minutes=21)) == [msg_id]
 
 
+def test_enqueue_with_an_attempt_just_made_is_due_at_once(store: QueueStore) -> None:
+    msg_id = store.enqueue(BODY, SENDER, RCPTS, queue_date=T0, attempted=T0)
+    meta = meta_of(store, msg_id)
+    assert (meta.retries, meta.last_delivery_attempt) == (1, T0)
+    assert due_ids(store, now=T0) == [msg_id]
+
+
+def test_enqueue_with_earlier_attempts_waits_for_the_schedule(store: QueueStore) -> None:
+    """1.x's X-Retries/X-Last-Attempt (enqueue_message(..., retries=, last=)): the backoff
+    schedule counts from them, as after that many deferrals."""
+    msg_id = store.enqueue(BODY, SENDER, RCPTS, queue_date=T0, attempted=T0, retries=2)
+    meta = meta_of(store, msg_id)
+    assert (meta.retries, meta.last_delivery_attempt) == (2, T0)
+    assert due_ids(store, now=T0 + timedelta(minutes=19)) == []  # POLICY: 20 minutes after 2 attempts
+    assert due_ids(store, now=T0 + timedelta(minutes=21)) == [msg_id]
+    never = store.enqueue(BODY, SENDER, RCPTS, queue_date=T0, retries=0)
+    assert meta_of(store, never).retries == 0 and due_ids(store, now=T0) == [never]
+    for bad in (-1, True, '2'):
+        with pytest.raises(ValueError):
+            store.enqueue(BODY, SENDER, RCPTS, attempted=T0, retries=bad)  # type: ignore[arg-type]
+
+
 def test_a_deferral_without_next_attempt_forgets_an_earlier_next_attempt(store: QueueStore) -> None:
     msg_id = enqueue(store)
     msg = claim(store, msg_id)

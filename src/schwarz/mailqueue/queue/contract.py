@@ -242,12 +242,14 @@ class QueueStore(Protocol):
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
                 queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
-                attempted: Optional[datetime] = None) -> str:
+                attempted: Optional[datetime] = None, retries: Optional[int] = None) -> str:
         """Store durably in ``new``; the id. ``QueueUnavailable`` when nothing could be stored.
 
         ``attempted``: the caller already tried to deliver it at that time (one attempt counted,
         so the queue, ``mq-queue`` and the delivery log agree on the number of attempts); it is
-        due again at once all the same (the first runner pass tries it).
+        due again at once all the same (the first runner pass tries it). With ``retries``: that
+        many attempts were made, the last at ``attempted``, and the backoff schedule decides
+        (``entering_meta``).
         """
         ...
 
@@ -368,6 +370,31 @@ class QueueStore(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def entering_meta(sender: str, recipients: Sequence[str], *, queue_date: Optional[datetime] = None,
+                  extra: Optional[Dict[str, str]] = None, attempted: Optional[datetime] = None,
+                  retries: Optional[int] = None) -> QueueMeta:
+    """The meta block of a message entering the queue: what every store's ``enqueue`` writes.
+
+    ``attempted`` alone: the caller tried it just now (one attempt), due again at once.
+    ``retries``: attempts made before, the last at ``attempted`` (1.x's ``X-Retries`` and
+    ``X-Last-Attempt``); due when the backoff schedule says.
+    """
+    from datetime import timezone
+
+    if not recipients:
+        raise ValueError('cannot queue a message without recipients')
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise ValueError(f'retries must be a whole number from 0, not {retries!r}')
+    if attempted is not None and not isinstance(attempted, datetime):
+        raise ValueError(f'the last attempt must be a datetime, not {attempted!r}')
+    if retries is None:
+        retries = 1 if attempted is not None else 0
+        if attempted is not None:
+            extra = {**(extra or {}), NEXT_ATTEMPT: format_date(attempted)}
+    return QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc), attempted,
+                     retries, extra=dict(extra or {}))
 
 
 def record_attempt(meta: QueueMeta, recipients: Sequence[str], error: str, attempt_time: datetime,

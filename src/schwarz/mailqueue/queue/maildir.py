@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Opti
 
 from ..errors import ClaimLost, QueueUnavailable
 from .contract import (
-    NEXT_ATTEMPT,
     STATES,
     ClaimBatch,
     QueuedMessage,
     QueueEntry,
     StateCount,
     apply_move,
+    entering_meta,
     is_due,
     record_attempt,
 )
@@ -48,7 +48,6 @@ from .format import (
     QueueFileError,
     QueueMeta,
     check_envelope,
-    format_date,
     parse_message_envelope,
     parse_queue_bytes,
     serialize_meta,
@@ -272,15 +271,10 @@ class MaildirQueue:
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
                 queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
-                attempted: Optional[datetime] = None) -> str:
+                attempted: Optional[datetime] = None, retries: Optional[int] = None) -> str:
         """Store a message durably in new/; its id."""
-        meta = QueueMeta(from_addr=sender or '', to_addrs=list(recipients),
-                         queue_date=queue_date or datetime.now(timezone.utc), extra=dict(extra or {}),
-                         last_delivery_attempt=attempted, retries=1 if attempted is not None else 0)
-        if attempted is not None:
-            meta.extra[NEXT_ATTEMPT] = format_date(attempted)
-        if not meta.to_addrs:
-            raise ValueError('cannot queue a message without recipients')
+        meta = entering_meta(sender, recipients, queue_date=queue_date, extra=extra, attempted=attempted,
+                             retries=retries)
         return self.store_entry('new', _new_id(), serialize_meta(meta) + msg_bytes)
 
     def store_entry(self, state: str, msg_id: str, content: bytes) -> str:

@@ -21,7 +21,6 @@ from .contract import (
     CLAIMED,
     FAILED,
     NEW,
-    NEXT_ATTEMPT,
     STATES,
     ClaimBatch,
     ClaimLost,
@@ -29,10 +28,11 @@ from .contract import (
     QueueEntry,
     StateCount,
     apply_move,
+    entering_meta,
     is_due,
     record_attempt,
 )
-from .format import FAILED_REASON, QueueMeta, check_envelope, check_meta, format_date
+from .format import FAILED_REASON, QueueMeta, check_envelope, check_meta
 from .schedule import RetryPolicy
 
 __all__ = ['MemoryQueue']
@@ -117,13 +117,9 @@ class MemoryQueue:
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
                 queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
-                attempted: Optional[datetime] = None) -> str:
-        if not recipients:
-            raise ValueError('cannot queue a message without recipients')
-        meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc),
-                         attempted, 1 if attempted is not None else 0, extra=dict(extra or {}))
-        if attempted is not None:
-            meta.extra[NEXT_ATTEMPT] = format_date(attempted)
+                attempted: Optional[datetime] = None, retries: Optional[int] = None) -> str:
+        meta = entering_meta(sender, recipients, queue_date=queue_date, extra=extra, attempted=attempted,
+                             retries=retries)
         return self._add(NEW, msg_bytes, meta)[0]
 
     def enqueue_claimed(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,

@@ -76,6 +76,7 @@ from .contract import (
     StateCount,
     StoreSummary,
     apply_move,
+    entering_meta,
     record_attempt,
 )
 from .format import (
@@ -941,13 +942,9 @@ class PostgresQueue:
 
     def enqueue(self, msg_bytes: bytes, sender: str, recipients: Sequence[str], *,
                 queue_date: Optional[datetime] = None, extra: Optional[Dict[str, str]] = None,
-                attempted: Optional[datetime] = None) -> str:
-        if not recipients:
-            raise ValueError('cannot queue a message without recipients')
-        meta = QueueMeta(sender or '', list(recipients), queue_date or datetime.now(timezone.utc),
-                         attempted, 1 if attempted is not None else 0, extra=dict(extra or {}))
-        if attempted is not None:
-            meta.extra[NEXT_ATTEMPT] = format_date(attempted)  # one attempt counted, due again at once
+                attempted: Optional[datetime] = None, retries: Optional[int] = None) -> str:
+        meta = entering_meta(sender, recipients, queue_date=queue_date, extra=extra, attempted=attempted,
+                             retries=retries)
         check_meta(meta)  # refused before connecting
         with self._conn() as conn:
             return self._insert(conn, NEW, bytes(msg_bytes), meta)[0]

@@ -126,28 +126,42 @@ def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str
     ("conservative sending"); ``return_msg=True`` alone returns an id that
     ``MessageHandler.send_message`` can claim.
 
+    ``queue_args`` as in 1.x: ``queue_date``, and ``retries`` with ``last`` (the attempts made
+    before and the time of the last one: the backoff schedule decides when it is due). New:
     ``connection=conn`` (a ``postgresql://`` location only): insert through the application's
     own DB-API connection (psycopg 2 or 3) without committing: the mail exists if and only if
     the application's transaction commits.
     """
+    unknown = sorted(set(queue_args) - {'queue_date', 'last', 'retries', 'connection'})
+    if unknown:
+        raise TypeError(f'enqueue_message() got an unexpected keyword argument {unknown[0]!r}')
     if isinstance(recipients, str):
         recipients = [recipients]
     queue_date = queue_args.get('queue_date')
     when = queue_date if isinstance(queue_date, datetime) else None
+    last, retries = queue_args.get('last'), queue_args.get('retries')
+    if last is not None and not isinstance(last, datetime):
+        raise ValueError(f'last must be a datetime, not {last!r}')
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise ValueError(f'retries must be a whole number, not {retries!r}')
+    history = last is not None or retries is not None
     msg_bytes = message_bytes_from(msg)
     connection = queue_args.get('connection')
     if connection is not None:
         if not isinstance(queue_path, str) or split_location(queue_path)[0] not in ('postgresql', 'postgres'):
             raise ValueError('connection= needs a postgresql:// queue location')
-        if in_progress or return_msg:
-            raise ValueError('connection= cannot be combined with in_progress or return_msg: '
+        if in_progress or return_msg or history:
+            raise ValueError('connection= cannot be combined with in_progress, return_msg, retries or last: '
                              'the message does not exist before the caller commits')
         from .postgres import enqueue_in_transaction
 
         return enqueue_in_transaction(connection, msg_bytes, sender, list(recipients), location=queue_path,
                                       queue_date=when)
+    if in_progress and return_msg and history:
+        raise ValueError('a message claimed at once (in_progress) starts without retries or last')
     store = open_queue(queue_path)
     if in_progress and return_msg:
         return store.enqueue_claimed(msg_bytes, sender, list(recipients), queue_date=when)
-    msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when)
+    msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when, attempted=last,
+                           retries=(retries or 0) if history else None)
     return QueuedId(store, msg_id) if return_msg else msg_id
