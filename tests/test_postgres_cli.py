@@ -24,6 +24,14 @@ def test_tools_on_a_postgres_queue(tmp_path: Path) -> None:
             proc = run(argv)
             assert proc.returncode == 78, proc.stderr
             assert b'mq-queue init' in proc.stderr and b'Traceback' not in proc.stderr
+        # the submitting tools meet the missing schema only when the smarthost says "later"
+        server.set_reply('MAIL', 451)
+        for argv in ([script('mq-sendmail'), '-C', config, 'rcpt@example.org'],
+                     [script('mq-mail'), '-C', config, '-s', 'x', 'rcpt@example.org']):
+            proc = run(argv, input=MSG)
+            assert proc.returncode == 78, proc.stderr
+            assert b'mq-queue init' in proc.stderr and b'Traceback' not in proc.stderr
+        server.clear_reply('MAIL')
         first = run([script('mq-queue'), '-C', config, 'init'])
         again = run([script('mq-queue'), '-C', config, 'init'])
         assert first.returncode == again.returncode == 0, (first.stderr, again.stderr)

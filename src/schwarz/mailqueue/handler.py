@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import MailQueueError
+from .errors import MailQueueError, QueueMisconfigured
 from .logs import DELIVERY_LOG, QUEUE_LOG, log_event
 from .message import MessageSource, get_header, message_bytes_from, validate_address
 from .plugins import fire_delivery_failed, fire_delivery_successful
@@ -227,6 +227,7 @@ class MessageHandler:
                 # one the transport raised on purpose (a queue location it cannot use): its own words
                 logging.getLogger('mailqueue').error('the %s transport failed: %s', name, exc)
                 outcome = _all_deferred(name, pending, Reply(451, f'{name} transport: {exc}'))
+                outcome.queue_misconfigured = _is_queue(transport) and isinstance(exc, QueueMisconfigured)
             except Exception as exc:
                 # A bug in one transport must not lose the message: the next one (the queue) gets it.
                 logging.getLogger('mailqueue').exception('unexpected error in the %s transport', name)
@@ -260,6 +261,7 @@ class MessageHandler:
             if outcome.deferred:
                 deferred = dict(outcome.deferred)
             result.connection_failed = outcome.connection_failed
+            result.queue_misconfigured = outcome.queue_misconfigured
             if outcome.error and not result.error:
                 result.error = outcome.error
             pending = [addr for addr in pending if addr in outcome.deferred]

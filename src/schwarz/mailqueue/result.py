@@ -80,7 +80,7 @@ class SendResult:
     """
 
     __slots__ = ('transport', 'queued', 'host', 'smtp_response', 'error', 'discarded', 'accepted', 'queued_to',
-                 'refused', 'deferred', 'queue_id', 'connection_failed')
+                 'refused', 'deferred', 'queue_id', 'connection_failed', 'queue_misconfigured')
 
     def __init__(
         self,
@@ -96,6 +96,7 @@ class SendResult:
         deferred: Optional[Dict[str, Tuple[int, str]]] = None,
         queue_id: Optional[str] = None,
         connection_failed: bool = False,
+        queue_misconfigured: bool = False,
     ) -> None:
         self.transport = transport
         self.queued = queued
@@ -111,6 +112,9 @@ class SendResult:
         # True when the server could not be reached at all (refused, TLS, AUTH, 421 greeting):
         # the runner stops its pass instead of touching every queued message.
         self.connection_failed = connection_failed
+        # True when the queue could not take the message for a reason only an operator can fix
+        # (QueueMisconfigured: a PostgreSQL schema missing or too old, a missing grant)
+        self.queue_misconfigured = queue_misconfigured
 
     @property
     def is_success(self) -> bool:

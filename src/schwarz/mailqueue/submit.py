@@ -69,11 +69,13 @@ def local_hostname() -> str:
 class Outcome:
     """What happened to a message, in terms a command-line tool reports."""
 
-    __slots__ = ('status', 'problems', 'delivered', 'queued')
+    __slots__ = ('status', 'problems', 'delivered', 'queued', 'misconfigured')
 
     def __init__(self, status: str, problems: Optional[List[str]] = None, delivered: Optional[List[str]] = None,
-                 queued: Optional[List[str]] = None) -> None:
+                 queued: Optional[List[str]] = None, misconfigured: bool = False) -> None:
         self.status = status
+        # a temporary failure whose cause only an operator can fix (the queue's set-up): exit 78
+        self.misconfigured = misconfigured
         self.problems: List[str] = problems if problems is not None else []
         self.delivered: List[str] = delivered if delivered is not None else []
         self.queued: List[str] = queued if queued is not None else []
@@ -105,7 +107,8 @@ def summarize(result: SendResult, *, queue_configured: bool) -> Outcome:
         status = STATUS_REFUSED
     else:
         status = STATUS_OK
-    return Outcome(status, problems, list(result.accepted), list(result.queued_to))
+    return Outcome(status, problems, list(result.accepted), list(result.queued_to),
+                   misconfigured=bool(result.deferred) and queue_configured and result.queue_misconfigured)
 
 
 class Submitter:

@@ -160,7 +160,7 @@ def report_outcome(prog: str, outcome: Any) -> int:
     for line in outcome.problems:
         print_error(prog, line)  # the lines quote the server's replies
     if outcome.status == STATUS_TEMPFAIL:
-        return EX_TEMPFAIL
+        return EX_CONFIG if outcome.misconfigured else EX_TEMPFAIL
     if outcome.status == STATUS_REFUSED:
         return EX_UNAVAILABLE
     return EX_OK

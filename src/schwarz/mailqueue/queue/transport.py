@@ -10,7 +10,7 @@ import errno
 from datetime import datetime, timezone
 from typing import Literal, Optional, Sequence, Union, overload
 
-from ..errors import QueueError
+from ..errors import QueueError, QueueMisconfigured
 from ..message import message_bytes_from
 from ..result import SendResult
 from .contract import QueuedId, QueuedMessage, QueueStore
@@ -60,7 +60,8 @@ class QueueTransport:
             if dropped is not None:
                 return dropped
             return SendResult(transport=self._kind_or_queue(), queued=False, error=str(exc),
-                              deferred={a: (451, str(exc)) for a in to_addrs})
+                              deferred={a: (451, str(exc)) for a in to_addrs},
+                              queue_misconfigured=isinstance(exc, QueueMisconfigured))
         return SendResult(transport=store.kind, queued=True, queued_to=list(to_addrs), queue_id=str(msg_id),
                           host=store.location)
 
