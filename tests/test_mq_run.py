@@ -386,3 +386,19 @@ def test_an_unreachable_smarthost_is_said_on_a_terminal_with_the_next_attempt(tm
     # from cron (no terminal) no such line: cron mails every line on stderr
     quiet = run([script('mq-run'), '-C', config, '--no-progress', '--force'])
     assert quiet.returncode == 0 and b'next attempt' not in quiet.stderr
+
+
+def test_a_queue_named_on_the_command_line_must_exist(tmp_path) -> None:
+    """A typo in ``mq-run /var/spool/mq-typo`` created an empty queue there and reported success."""
+    with SMTPTestServer() as server:
+        config = write_config(tmp_path / 'mq.conf', server, queue_dir=str(tmp_path / 'configured'))
+        typo = tmp_path / 'typo'
+        proc = run([script('mq-run'), '-C', config, str(typo)])
+        assert proc.returncode == 66, proc.stderr
+        assert proc.stderr.decode().strip() == f'mq-run: no queue at {typo} (mq-queue init creates one)'
+        assert not typo.exists()
+        proc = run([script('mq-run'), '-C', config, 'nosuchscheme://x'])
+        assert proc.returncode == 64 and b'unknown queue location scheme' in proc.stderr, proc.stderr
+        # the configured queue is still made on first use, as a fresh install's cron job meets it
+        proc = run([script('mq-run'), '-C', config])
+        assert proc.returncode == 0 and (tmp_path / 'configured' / 'new').is_dir(), proc.stderr

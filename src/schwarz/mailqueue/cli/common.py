@@ -17,6 +17,7 @@ __all__ = [
     'EX_DATAERR',
     'EX_IOERR',
     'EX_NOHOST',
+    'EX_NOINPUT',
     'EX_NOUSER',
     'EX_OK',
     'EX_SOFTWARE',
@@ -36,6 +37,7 @@ __all__ = [
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_NOUSER = 67  # unknown local recipient (no alias, no default_domain), as sendmail
 EX_NOHOST = 68
 EX_UNAVAILABLE = 69

@@ -54,6 +54,7 @@ from .common import (
     EX_CONFIG,
     EX_DATAERR,
     EX_IOERR,
+    EX_NOINPUT,
     EX_OK,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
@@ -73,7 +74,6 @@ __all__ = ['EX_IOERR', 'EX_NOINPUT', 'EX_NOPERM', 'build_parser', 'list_queue', 
 
 PROG = 'mq-queue'
 # sysexits.h codes that cli.common does not need
-EX_NOINPUT = 66
 EX_NOPERM = 77
 
 _OUTCOME_CODES = {OK: EX_OK, NOOP: EX_OK, BUSY: EX_TEMPFAIL, GONE: EX_NOINPUT, WRONG_STATE: EX_USAGE,

@@ -7,11 +7,12 @@ import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ..limits import WORKERS
-from .common import EX_CONFIG, EX_OK, EX_TEMPFAIL, fail, load_app, print_error, run_main
+from .common import EX_CONFIG, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE, fail, load_app, print_error, run_main
 from .parsing import ArgumentParser, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import AppContext
+    from ..config import Settings
     from ..queue.contract import QueueStore
     from ..queue.schedule import RetryPolicy
 
@@ -29,8 +30,9 @@ running with --daemon. Any number of mq-run processes may work on one queue.
 """
 
 EPILOG = """\
-exit codes: 0 the pass ran (messages may still be deferred), 64 usage error,
-75 queue not usable (not writable, unreachable), 78 configuration error, 70 internal error.
+exit codes: 0 the pass ran (messages may still be deferred), 64 usage error, 66 no queue
+at the QUEUE given, 75 queue not usable (not writable, unreachable), 78 configuration error,
+70 internal error.
 """
 
 
@@ -72,7 +74,10 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
              EX_CONFIG)
     shown = describe_location(where)
     try:
-        store = open_store(settings, where)
+        if location is None:
+            store = open_store(settings, where)  # (a maildir named in the configuration is created)
+        else:
+            store = _named_store(location, settings)
         store.check()
         runner = build_runner(settings, store, plugins=app.plugins, workers=workers, force=force,
                               progress=terminal_or_none() if progress and not (quiet or daemon) else None)
@@ -97,6 +102,24 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
         print_error(prog, f'{stats.failed + stats.corrupt} message(s) moved to failed/ '
                     f'(see: mq-queue list --state failed)')
     return EX_OK
+
+
+def _named_store(location: str, settings: Settings) -> QueueStore:
+    """The queue named on the command line: it must exist (a typo must not start an empty
+    queue and report success), and a malformed one is a usage error."""
+    import errno
+
+    from ..errors import QueueError
+    from ..queue.locations import describe_location, open_queue
+
+    try:
+        return open_queue(location, create=False, stale_after=settings.stale_claim_timeout)
+    except ValueError as exc:
+        fail(str(exc), EX_USAGE)
+    except QueueError as exc:
+        if getattr(exc, 'errno', None) != errno.ENOENT:
+            raise
+        fail(f'no queue at {describe_location(location)} (mq-queue init creates one)', EX_NOINPUT)
 
 
 def _naming(shown: str, problem: str) -> str:
