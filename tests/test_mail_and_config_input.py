@@ -103,6 +103,13 @@ def test_duplicate_key_in_other_case_is_refused(tmp_path: Path) -> None:
     assert_config_error(proc, path, 'SMTP_PORT')  # is: silently port 2525
 
 
+def test_one_setting_in_two_spellings_is_refused(tmp_path: Path) -> None:
+    path = _config(tmp_path, BASE + 'logging_conf = /etc/a.ini\nlogging_config = /etc/b.ini\n')
+    proc = run_tool(mail('-C', str(path), 'alice@example.org'), input=b'x\n', home=tmp_path)
+    assert_config_error(proc, path, 'logging_config')  # was: the last one won
+    assert b'also as logging_conf' in proc.stderr, proc.stderr
+
+
 def test_tilde_in_aliases_path_is_expanded(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
     (tmp_path / 'myaliases').write_text('root: alice@example.org\n')
     settings = ''.join(f'{k} = {v}\n' for k, v in smtp_server.settings_for_client().items())

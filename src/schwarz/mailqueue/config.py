@@ -596,15 +596,17 @@ def _read_config_file(path: str) -> Tuple[str, os.stat_result]:
 
 
 def _section_items(parser: Any, section: str, path: Optional[str]) -> Dict[str, str]:
-    """A section's keys as written; one given twice in another case (smtp_port, SMTP_PORT) is an
-    error, as one given twice in the same case is (configparser's strict mode)."""
+    """A section's keys as written; one given twice in another case (smtp_port, SMTP_PORT) or
+    spelling (logging_conf, logging_config) is an error, as one given twice in the same case is
+    (configparser's strict mode): which one wins would be a guess."""
     items: Dict[str, str] = dict(parser.items(section, raw=True))
     seen: Dict[str, str] = {}
     for key in items:
         normal = key.strip().lower()
-        if normal in seen:
-            raise ConfigError(f'set twice in [{section}] (also as {seen[normal]})', path, key)
-        seen[normal] = key
+        setting = KNOWN_KEYS[normal][0] if normal in KNOWN_KEYS else normal
+        if setting in seen:
+            raise ConfigError(f'set twice in [{section}] (also as {seen[setting]})', path, key)
+        seen[setting] = key
     return items
 
 

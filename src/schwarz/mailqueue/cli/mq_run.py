@@ -70,8 +70,8 @@ def run_queue(prog: str, app: AppContext, location: Optional[str] = None, *, for
     settings = app.settings
     where = queue_location(settings, location)
     if not where:
-        fail(f'{settings.path or "configuration"}: queue_dir: not set (give the queue location as argument)',
-             EX_CONFIG)
+        hint = ' (or give the queue location as argument)' if prog == PROG else ''
+        fail(f'{settings.path or "configuration"}: queue_dir: not set{hint}', EX_CONFIG)
     shown = describe_location(where)
     try:
         if location is None:
