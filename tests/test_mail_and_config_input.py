@@ -129,3 +129,25 @@ def test_world_writable_include_with_password_command_is_refused(tmp_path: Path)
     path = _config(tmp_path, BASE + f'include = {secret}\n')
     proc = run_tool(mail('-C', str(path), 'alice@example.org'), input=b'x\n', home=tmp_path)
     assert_config_error(proc, secret, 'include')
+
+
+def test_a_config_file_saved_with_a_bom_is_read(smtp_server: SMTPTestServer, tmp_path: Path) -> None:
+    settings = ''.join(f'{k} = {v}\n' for k, v in smtp_server.settings_for_client().items())
+    path = tmp_path / 'mq.conf'
+    path.write_bytes(b'\xef\xbb\xbf' + f'[mqrunner]\n{settings}'.encode())  # (Notepad's UTF-8)
+    path.chmod(0o600)
+    proc = run_tool(mail('-C', str(path), '-s', 'hi', 'alice@example.org'), input=b'x\n', home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [m.rcpt_tos for m in smtp_server.received] == [['alice@example.org']]
+
+
+@pytest.mark.parametrize('tool, args', [('mq-mail', ['-C', '', '-s', 'x', 'a@example.org']),
+                                        ('mq-sendmail', ['-C', '', 'a@example.org']),
+                                        ('mq-run', ['--config=']), ('mq-queue', ['-C', '', 'list'])])
+def test_an_empty_config_name_is_a_usage_error_not_the_default_file(tmp_path: Path, tool: str,
+                                                                    args: List[str]) -> None:
+    # a script passing "-C $CONF" with CONF unset must not quietly use ~/.mailqueue-runner.conf
+    _config(tmp_path, BASE, name='.mailqueue-runner.conf')
+    proc = run_tool([script(tool), *args], input=b'x\n', home=tmp_path)
+    assert proc.returncode == 64, proc.stderr
+    assert proc.stderr.decode().strip() == f'{tool}: the configuration file name (-C) is empty'

@@ -592,7 +592,7 @@ def _read_config_file(path: str) -> Tuple[str, os.stat_result]:
         data = fp.read(_MAX_CONFIG_BYTES + 1)
     if len(data) > _MAX_CONFIG_BYTES:
         raise ConfigError(f'larger than {_MAX_CONFIG_BYTES // 1024} KiB: not a configuration file', path)
-    return data.decode('utf-8'), st
+    return data.decode('utf-8-sig'), st  # (a BOM from a Windows editor is no section header)
 
 
 def _section_items(parser: Any, section: str, path: Optional[str]) -> Dict[str, str]:

@@ -145,6 +145,9 @@ def load_app(config_path: Optional[str], options: Optional[Mapping[str, Any]] = 
     from ..app import init_app
     from ..config import ConfigError, guess_config_path
 
+    if config_path is not None and not config_path.strip():
+        # (else "-C ''" from a script whose variable is empty would quietly use ~/.mailqueue-runner.conf)
+        fail('the configuration file name (-C) is empty', EX_USAGE)
     path = guess_config_path(config_path)
     if path is None and require_config:
         fail('no configuration found (tried ~/.mailqueue-runner.conf and /etc/mailqueue-runner.conf; '
