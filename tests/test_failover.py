@@ -75,7 +75,7 @@ def test_first_host_refuses_the_second_delivers_and_the_first_rests(second: SMTP
         assert result and result.host == f'127.0.0.1:{second.port}'
         assert first.connection_count == 1 and len(second.received) == 1
         assert health.resting(('127.0.0.1', first.port))
-        assert 'trying the next smarthost' in caplog.text
+        assert f'; using the next smarthost, 127.0.0.1:{second.port}' in caplog.text
         # a clone (another worker) starts with the host that works: the resting one is not tried
         assert send(m.clone())
         assert first.connection_count == 1 and len(second.received) == 2
@@ -209,3 +209,14 @@ def test_a_name_counts_as_down_only_when_every_address_failed(monkeypatch: pytes
     result = send(mailer(('dual.test', port)))
     assert result.connection_failed
     assert f'[::1]:{port}' in (result.error or '') and f'127.0.0.1:{port}' in (result.error or '')
+
+
+def test_when_every_host_fails_one_line_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """No warning per host on top of the error that names them all (a CLI printed three lines)."""
+    caplog.set_level('INFO', logger='mailqueue')
+    first, second = closed_port(), closed_port()
+    result = send(mailer(('127.0.0.1', first), ('127.0.0.1', second)))
+    assert not result
+    [(_code, text)] = set(result.deferred.values())
+    assert f'127.0.0.1:{first}' in text and f'127.0.0.1:{second}' in text
+    assert [r for r in caplog.records if r.levelname == 'WARNING' and 'smarthost' in r.getMessage()] == []

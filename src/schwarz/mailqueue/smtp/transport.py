@@ -181,9 +181,11 @@ class SMTPMailer:
             except (ConnectError, TLSError) as exc:
                 self.health.failed(host)
                 failures.append(exc)
-                if len(self.hosts) > 1:
-                    log.warning('%s; trying the next smarthost', exc)
                 continue
+            if failures:
+                # said once the failover worked; when every host fails, the error names them all
+                log.warning('%s; using the next smarthost, %s', '; '.join(str(f) for f in failures),
+                            format_host(host))
             if self.health.succeeded(host) and len(self.hosts) > 1:
                 log.info('smarthost %s is reachable again', format_host(host))
             self.connections_opened += 1
