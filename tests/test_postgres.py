@@ -315,6 +315,39 @@ def test_a_lost_lease_found_after_a_completion_without_waiting_is_logged(
     other.complete(theirs)
 
 
+def test_a_runner_whose_role_loses_delete_stops_claiming(location: str, stores: Callable[..., PostgresQueue],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """REVOKE DELETE under a running daemon: it went on claiming and delivering mail whose removal
+    it could not record (each message delivered again after its lease). Now its next claim
+    raises QueueMisconfigured, which stops a daemon (exit 78)."""
+    from schwarz.mailqueue.errors import QueueMisconfigured
+
+    conninfo, ours = split_location(location)
+    role = f'mq_nodelete_{ours["schema"][-8:]}'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE {role} LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{ours["schema"]}" TO {role}')
+    try:
+        admin = stores()
+        ids = [admin.enqueue(BODY, 'shop@example.org', [f'c{n}@example.org']) for n in range(3)]
+        runner = stores(with_params(location, user=role))
+        batch = runner.claim_due(1, now=now(), policy=POLICY)
+        assert len(batch) == 1
+        with caplog.at_level('ERROR', logger='mailqueue'):
+            runner.complete(batch[0], wait=False)
+            with pytest.raises(QueueMisconfigured, match='permission denied'):
+                runner.claim_due(2, now=now(), policy=POLICY)
+        assert 'its removal cannot be recorded' in caplog.text
+        waiting = sorted(row[0] for row in sql(location, 'SELECT id FROM messages WHERE state = %s', NEW))
+        assert waiting == sorted(msg_id for msg_id in ids if msg_id != batch[0].msg_id)  # no more claimed
+        runner.close()
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f'DROP ROLE {role}')
+
+
 def test_a_completion_sent_survives_its_runner(location: str) -> None:
     """SIGKILL right after complete(wait=False) returned: the server still removes the row."""
     store = PostgresQueue(location)

@@ -697,6 +697,7 @@ class PostgresQueue:
         self._checked_abandoned = 0.0  # monotonic time of wait_for_work's last look for dead runners
         self._waiting = False  # the listener session holds _wait_key: enqueues notify us
         self._unnoticed = False  # a pass ended without the wait lock: something may have slipped by
+        self._refused: Optional[QueueMisconfigured] = None  # a statement refused for want of a privilege
         # complete(wait=False): a libpq connection that sends the DELETE and reads its result later
         self._completer_lock = threading.Lock()
         self._completer: Optional[PGconn] = None
@@ -797,8 +798,12 @@ class PostgresQueue:
             self._checked = False
             raise _missing(self.schema, self.location, None) from None
         except pg_errors.InsufficientPrivilege as exc:
-            raise QueueMisconfigured(f'PostgreSQL queue {self.location}: {_first_line(exc)} '
-                                     f'(see docs/postgresql.md: roles)') from None
+            refused = QueueMisconfigured(f'PostgreSQL queue {self.location}: {_first_line(exc)} '
+                                         f'(see docs/postgresql.md: roles)')
+            # a runner whose role lost a privilege (say DELETE) must stop claiming: it would go on
+            # delivering mail whose removal it cannot record, each message again after its lease
+            self._refused = refused
+            raise refused from None
         except psycopg.Error as exc:
             raise QueueUnavailable(f'PostgreSQL queue {self.location}: {_first_line(exc)}') from None
 
@@ -1010,6 +1015,8 @@ class PostgresQueue:
 
     def _claim_rows(self, params: Dict[str, Any], limit: int, force: bool, policy: RetryPolicy) -> List[Any]:
         with self._conn(runner=True) as conn:
+            if self._refused is not None:  # (also one found settling a completion just now)
+                raise self._refused
             params['limit'] = int(limit)
             if force:
                 return conn.execute(self._sql_claim_all, params).fetchall()
