@@ -402,7 +402,7 @@ class Rollback(Exception):
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    from schwarz.mailqueue.queue.postgres import split_location
+    from schwarz.mailqueue.queue.pg_location import split_location
 
     location = _pg.fresh_location()  # fails with the reason when there is no PostgreSQL: never skipped
     yield split_location(location)[1]['schema']
@@ -470,7 +470,7 @@ def test_database_location_carries_djangos_connection_settings() -> None:
     from psycopg.conninfo import conninfo_to_dict
 
     from schwarz.mailqueue.django import location_for_database
-    from schwarz.mailqueue.queue.postgres import split_location
+    from schwarz.mailqueue.queue.pg_location import split_location
 
     location = database_location('default', 'mq_x')
     assert location.startswith('postgresql://') and location.endswith('mq_schema=mq_x')

@@ -151,3 +151,20 @@ def test_an_empty_config_name_is_a_usage_error_not_the_default_file(tmp_path: Pa
     proc = run_tool([script(tool), *args], input=b'x\n', home=tmp_path)
     assert proc.returncode == 64, proc.stderr
     assert proc.stderr.decode().strip() == f'{tool}: the configuration file name (-C) is empty'
+
+
+@pytest.mark.parametrize('query, problem', [('mq_shema=other', "unknown queue parameter 'mq_shema'"),
+                                            ('mq_lease=1', 'mq_lease: 1 s is out of range'),
+                                            ('mq_schema=1abc', "invalid PostgreSQL schema name '1abc'")])
+def test_a_postgres_queue_url_is_checked_when_the_config_is_loaded(smtp_server: SMTPTestServer, tmp_path: Path,
+                                                                    query: str, problem: str) -> None:
+    # the smarthost takes the mail: a typo in the queue's parameters went unnoticed until the
+    # day a message had to be queued
+    settings = ''.join(f'{k} = {v}\n' for k, v in smtp_server.settings_for_client().items())
+    path = _config(tmp_path, f'[mqrunner]\n{settings}queue_url = postgresql://app@127.0.0.1/mail?{query}\n')
+    for argv in (mail('-C', str(path), '-s', 'hi', 'alice@example.org'),
+                 [script('mq-sendmail'), '-C', str(path), 'alice@example.org']):
+        proc = run_tool(argv, input=b'Subject: x\n\nx\n', home=tmp_path)
+        assert_config_error(proc, path, 'queue_url')
+        assert problem in proc.stderr.decode(), proc.stderr
+    assert smtp_server.received == []

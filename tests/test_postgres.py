@@ -30,13 +30,13 @@ from schwarz.mailqueue.errors import ClaimLost, QueueUnavailable
 from schwarz.mailqueue.queue import postgres
 from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW, QueuedMessage
 from schwarz.mailqueue.queue.locations import open_queue
+from schwarz.mailqueue.queue.pg_location import split_location
 from schwarz.mailqueue.queue.postgres import (
     PostgresQueue,
     SchemaMissing,
     enqueue_in_transaction,
     init_schema,
     schema_version,
-    split_location,
 )
 from schwarz.mailqueue.queue.schedule import RetryPolicy
 

@@ -79,7 +79,7 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
     import psycopg
 
     from _pg import with_params
-    from schwarz.mailqueue.queue.postgres import split_location
+    from schwarz.mailqueue.queue.pg_location import split_location
 
     location = fresh_location()
     conninfo, ours = split_location(location)

@@ -25,7 +25,7 @@ from schwarz.mailqueue import enqueue_message
 from schwarz.mailqueue.queue.contract import FAILED, HELD, NEW
 from schwarz.mailqueue.queue.format import serialize_message_with_queue_data
 from schwarz.mailqueue.queue.locations import open_queue
-from schwarz.mailqueue.queue.postgres import split_location
+from schwarz.mailqueue.queue.pg_location import split_location
 from schwarz.mailqueue.smtp.client import fold_long_lines
 from schwarz.mailqueue.testutils import SMTPTestServer
 from test_postgres import sql

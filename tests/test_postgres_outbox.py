@@ -37,3 +37,26 @@ def test_rollback_means_no_mail_and_commit_means_one_delivery() -> None:
 def test_connection_needs_a_postgres_location(tmp_path) -> None:
     with pytest.raises(ValueError, match='postgresql'):
         enqueue_message(MSG, str(tmp_path / 'q'), 'a@example.org', ['b@example.org'], connection=object())
+
+
+def test_a_role_without_insert_is_misconfigured_not_unavailable() -> None:
+    """A missing grant needs an operator whichever way the message comes: QueueMisconfigured (an
+    application that retries QueueUnavailable would retry it forever)."""
+    from schwarz.mailqueue.errors import QueueMisconfigured
+    from schwarz.mailqueue.queue.pg_location import split_location
+
+    location = fresh_location()
+    conninfo, ours = split_location(location)
+    role = f'mq_noinsert_{ours["schema"][-8:]}'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE {role} LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
+    try:
+        with psycopg.connect(conninfo, user=role) as conn:
+            with pytest.raises(QueueMisconfigured, match='permission denied'):
+                enqueue_message(MSG, location, 'shop@example.org', ['buyer@example.org'], connection=conn)
+            conn.rollback()
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f'DROP ROLE {role}')

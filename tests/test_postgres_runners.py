@@ -12,7 +12,8 @@ import psycopg
 
 from _pg import fresh_location
 from schwarz.mailqueue.queue.contract import STATES
-from schwarz.mailqueue.queue.postgres import enqueue_in_transaction, open_postgres_queue, split_location
+from schwarz.mailqueue.queue.pg_location import split_location
+from schwarz.mailqueue.queue.postgres import enqueue_in_transaction, open_postgres_queue
 from schwarz.mailqueue.testutils import SMTPTestServer
 
 from helpers import script, write_config

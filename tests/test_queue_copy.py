@@ -170,7 +170,7 @@ def test_mq_queue_copy(tmp_path: Path) -> None:
 
 def test_copy_refuses_the_queue_itself_under_another_name(tmp_path: Path) -> None:
     from _pg import with_params
-    from schwarz.mailqueue.queue.postgres import split_location
+    from schwarz.mailqueue.queue.pg_location import split_location
 
     location = fresh_location()
     conninfo, ours = split_location(location)

@@ -114,6 +114,12 @@ def _queue_location(value: str) -> str:
     if scheme == 'maildir':
         check_not_keywords(rest)
         _absolute_path(rest)
+    elif scheme in ('postgresql', 'postgres'):
+        from .queue.pg_location import read_location
+
+        # our parameters now (without psycopg): a tool that sends directly would meet a typo in
+        # mq_schema only on the day it has to queue
+        read_location(value.strip())
     return value.strip()
 
 

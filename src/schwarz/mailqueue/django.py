@@ -134,7 +134,7 @@ def _schema(config: BackendConfig) -> str:
         return str(schema)
     url = config.settings.queue_url
     if url and url.startswith(('postgresql://', 'postgres://')):
-        from .queue.postgres import split_location
+        from .queue.pg_location import split_location
 
         return split_location(url)[1].get('schema') or DEFAULT_SCHEMA
     return DEFAULT_SCHEMA

@@ -54,7 +54,6 @@ import weakref
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
-from urllib.parse import unquote
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -91,7 +90,8 @@ from .format import (
     format_date,
     parse_date,
 )
-from .locations import describe_location, has_raw_at, query_start
+from .locations import describe_location
+from .pg_location import DEFAULT_LEASE, DEFAULT_SCHEMA, check_schema_name, read_location, split_location
 from .schedule import CLOCK_SKEW_TOLERANCE, RetryPolicy
 
 __all__ = [
@@ -110,9 +110,6 @@ log = logging.getLogger('mailqueue')
 
 #: the schema version this code needs; ``init_schema`` creates or upgrades to it
 SCHEMA_VERSION = 2
-DEFAULT_SCHEMA = 'mailqueue'
-DEFAULT_LEASE = 120.0  # seconds
-MIN_LEASE = 5.0
 _MAX_IDLE = 8  # idle connections kept per store instance and kind
 _RETRY_WAIT_LOCK = 0.2  # seconds: a waiting runner without the wait lock tries to get it this often
 _LOST_AFTER_DELIVERY = ('queue entry %s was delivered, but its lease was no longer ours (taken back or removed); '
@@ -133,8 +130,6 @@ _RUNNER_SETTINGS = 'SET synchronous_commit = off; SET enable_bitmapscan = off; S
 # Durations in SQL are clamped to this (100 years): a longer one means "never" and would
 # overflow PostgreSQL's interval/timestamp arithmetic.
 _MAX_SECONDS = 100 * 365.25 * 86400
-_SCHEMA_NAME = re.compile(r'[a-z_][a-z0-9_]{0,62}\Z')
-_OUR_PARAMS = ('schema', 'lease', 'pooling')
 
 
 class SchemaMissing(StoreNotInitialised):
@@ -142,37 +137,6 @@ class SchemaMissing(StoreNotInitialised):
 
 
 # --- locations ----------------------------------------------------------------------------------
-
-
-def split_location(location: str) -> Tuple[str, Dict[str, str]]:
-    """``(libpq URI without our parameters, {our parameter: value})``; ``mq_x=1`` -> ``{'x': '1'}``.
-
-    The rest of the URI is kept byte for byte (libpq decodes its own percent-escapes).
-    """
-    if has_raw_at(location):
-        raise BadLocation('the user info of the PostgreSQL location holds a raw "@": write it as %40 '
-                         '(postgresql://user:pa%40ss@host/db)')
-    at = query_start(location)
-    base, query = (location[:at], location[at + 1:]) if at >= 0 else (location, '')
-    ours: Dict[str, str] = {}
-    kept: List[str] = []
-    for part in query.split('&') if at >= 0 else []:
-        if not part:
-            continue
-        key, _, value = part.partition('=')
-        if key.startswith('mq_'):
-            name = key[3:]
-            if name not in _OUR_PARAMS:
-                known = ', '.join(f'mq_{p}' for p in _OUR_PARAMS)
-                raise BadLocation(f'unknown queue parameter {key!r} in the PostgreSQL location (known: {known})')
-            if name in ours:
-                raise BadLocation(f'queue parameter {key} given twice in the PostgreSQL location')
-            if not value:
-                raise BadLocation(f'queue parameter {key} without a value in the PostgreSQL location')
-            ours[name] = unquote(value)
-        else:
-            kept.append(part)
-    return base + ('?' + '&'.join(kept) if kept else ''), ours
 
 
 def _shown(location: str) -> str:
@@ -207,30 +171,6 @@ def _rejected_setting(text: str) -> bool:
     return not sep or why.startswith('invalid ')
 
 
-def _check_schema_name(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema or ''):
-        raise BadLocation(f'invalid PostgreSQL schema name {schema!r} for the queue '
-                         f'(lower-case letters, digits and _; at most 63)')
-    return schema
-
-
-def _settings(location: str, schema: Optional[str], lease: Optional[object],
-              pooling: Optional[str]) -> Tuple[str, str, float, str]:
-    conninfo, ours = split_location(location)
-    schema = _check_schema_name(schema or ours.get('schema') or DEFAULT_SCHEMA)
-    raw_lease = lease if lease is not None else ours.get('lease', DEFAULT_LEASE)
-    try:
-        lease_seconds = float(raw_lease)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise BadLocation(f'mq_lease: not a number of seconds: {raw_lease!r}') from None
-    if not MIN_LEASE <= lease_seconds <= 86400:
-        raise BadLocation(f'mq_lease: {lease_seconds:g} s is out of range ({MIN_LEASE:g} to 86400)')
-    mode = (pooling or ours.get('pooling') or 'session').lower()
-    if mode not in ('session', 'transaction'):
-        raise BadLocation(f'mq_pooling: {mode!r} is neither session nor transaction')
-    return conninfo, schema, lease_seconds, mode
-
-
 def _connect_kwargs(conninfo: str, pooling: str) -> Dict[str, Any]:
     """Connection settings we add unless the location sets them: TCP keepalives, a name, a timeout."""
     try:
@@ -256,7 +196,7 @@ _DUE_KEY = "coalesce(next_attempt, '-infinity'::timestamptz)"
 
 
 def _q(schema: str) -> str:
-    return '"' + _check_schema_name(schema) + '"'
+    return '"' + check_schema_name(schema) + '"'
 
 
 def _migrations(schema: str) -> List[Tuple[int, str]]:
@@ -472,7 +412,7 @@ def init_schema(location: str, *, schema: Optional[str] = None) -> Tuple[int, in
     advisory lock). ``mq-queue init`` calls it. ``QueueUnavailable`` when the database cannot
     be reached or the schema is newer than this code.
     """
-    conninfo, schema, _, pooling = _settings(location, schema, None, None)
+    conninfo, schema, _, pooling = read_location(location, schema, None, None)
     kwargs = _connect_kwargs(conninfo, pooling)
     kwargs['autocommit'] = False
     s = _q(schema)
@@ -504,7 +444,7 @@ def init_schema(location: str, *, schema: Optional[str] = None) -> Tuple[int, in
 
 def schema_version(location: str, *, schema: Optional[str] = None) -> Optional[int]:
     """The version of the queue schema at ``location``; None when there is none."""
-    conninfo, schema, _, pooling = _settings(location, schema, None, None)
+    conninfo, schema, _, pooling = read_location(location, schema, None, None)
     try:
         with psycopg.connect(conninfo, **_connect_kwargs(conninfo, pooling)) as conn:
             return _version_of(conn, schema)
@@ -607,7 +547,7 @@ def enqueue_in_transaction(connection: Any, msg_bytes: bytes, sender: str, recip
     """
     if schema is None:
         schema = split_location(location)[1].get('schema') if location else None
-    schema = _check_schema_name(schema or DEFAULT_SCHEMA)
+    schema = check_schema_name(schema or DEFAULT_SCHEMA)
     if not recipients:
         raise ValueError('cannot queue a message without recipients')
     sender = sender or ''
@@ -625,6 +565,9 @@ def enqueue_in_transaction(connection: Any, msg_bytes: bytes, sender: str, recip
         code = getattr(exc, 'sqlstate', None) or getattr(exc, 'pgcode', None)
         if code in ('42P01', '3F000'):  # undefined_table, invalid_schema_name
             raise _missing(schema, 'the database of this connection', None) from exc
+        if code == '42501':  # insufficient_privilege: as through a location, an operator must act
+            raise QueueMisconfigured(f'cannot queue the message in schema "{schema}": {_first_line(exc)} '
+                                     f'(see docs/postgresql.md: roles)') from exc
         if code is not None:
             raise QueueUnavailable(f'cannot queue the message in schema "{schema}": {_first_line(exc)}') from exc
         raise
@@ -654,7 +597,7 @@ class PostgresQueue:
 
     def __init__(self, location: str, *, schema: Optional[str] = None, lease: Optional[object] = None,
                  pooling: Optional[str] = None, **ignored: object) -> None:
-        self._conninfo, self.schema, self.lease, self.pooling = _settings(location, schema, lease, pooling)
+        self._conninfo, self.schema, self.lease, self.pooling = read_location(location, schema, lease, pooling)
         self._kwargs = _connect_kwargs(self._conninfo, self.pooling)
         self.location = _shown(location)
         self._raw_location = location
@@ -1630,7 +1573,7 @@ def open_postgres_queue(location: str, *, schema: Optional[str] = None, lease: O
     Connects on first use, not here. Options of other stores (``create``, ``stale_after``)
     are ignored: the schema is only ever created by ``init_schema`` (``mq-queue init``).
     """
-    conninfo, schema, lease_seconds, mode = _settings(location, schema, lease, pooling)
+    conninfo, schema, lease_seconds, mode = read_location(location, schema, lease, pooling)
     key = (conninfo, schema, lease_seconds, mode)
     with _queues_lock:
         queue = _queues.get(key)
