@@ -304,6 +304,39 @@ def test_keyword_options_and_djangos_smtp_option_names(smtp_server: SMTPTestServ
     assert EmailBackend(use_ssl=True, port=465).config.settings.smtp_tls == 'implicit'
 
 
+def test_djangos_email_settings_are_used_as_by_its_smtp_backend(tmp_path: Path) -> None:
+    """A project that only changes EMAIL_BACKEND keeps its EMAIL_* settings: with EMAIL_USE_TLS
+    and a login our backend went to localhost:25 without TLS and without logging in."""
+    with SMTPTestServer(tls='starttls', auth={'app': 's3cret'}, auth_required=True) as server:
+        with override_settings(EMAIL_BACKEND=BACKEND, EMAIL_HOST=server.hostname, EMAIL_PORT=server.port,
+                               EMAIL_USE_TLS=True, EMAIL_HOST_USER='app', EMAIL_HOST_PASSWORD='s3cret',
+                               EMAIL_TIMEOUT=7, MAILQUEUE={'smtp_tls_verify': False}):
+            assert mail.get_connection().config.settings.smtp_timeout == 7
+            assert mail.send_mail('s', 'b', 'sender@example.org', ['bob@example.org']) == 1
+        [received] = server.received
+        assert received.tls and received.auth_login == 'app'
+    # MAILQUEUE wins over EMAIL_*; Django's defaults (localhost:25) never override a config file
+    with SMTPTestServer() as server:
+        config = write_config(tmp_path / 'mq.conf', server)
+        with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE={'config': config}):
+            settings_used = mail.get_connection().config.settings
+            assert (settings_used.smtp_hostname, settings_used.smtp_port) == (server.hostname, server.port)
+        with override_settings(EMAIL_BACKEND=BACKEND, EMAIL_HOST='wrong.invalid',
+                               MAILQUEUE={'smtp_hostname': server.hostname, 'smtp_port': server.port,
+                                          'smtp_tls': 'none'}):
+            assert mail.send_mail('s', 'b', 'sender@example.org', ['bob@example.org']) == 1
+        assert len(server.received) == 1
+    with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE={}):
+        settings_used = mail.get_connection().config.settings
+        assert (settings_used.smtp_hostname, settings_used.smtp_port) == ('localhost', 25)  # Django's default
+    with override_settings(EMAIL_BACKEND=BACKEND, EMAIL_SSL_CERTFILE='/etc/ssl/client.pem'):
+        with pytest.raises(ImproperlyConfigured, match='client certificates are not supported'):
+            mail.get_connection()  # not silently ignored
+    with override_settings(EMAIL_BACKEND=BACKEND, EMAIL_USE_TLS=True, EMAIL_USE_SSL=True):
+        with pytest.raises(ValueError, match='mutually exclusive'):  # Django's SMTP backend: a ValueError
+            mail.get_connection()
+
+
 @pytest.mark.parametrize('options, problem', [
     ({'smtp_hostnme': 'x'}, 'smtp_hostnme: unknown option'),
     ({'mode': 'later'}, "unknown mode 'later'"),

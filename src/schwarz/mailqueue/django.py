@@ -7,9 +7,13 @@
     }
     INSTALLED_APPS += ['schwarz.mailqueue']     # for ``manage.py mailqueue``
 
-Options (``MAILQUEUE`` dict, or ``MAILERS[alias]['OPTIONS']`` on Django 6.1+, or keyword
-arguments of ``get_connection()``): the config-file keys (``smtp_*``, ``queue_url``,
-``queue_dir``, retry settings ...), ``config`` (a config file read first),
+Options, later ones winning: Django's ``EMAIL_*`` SMTP settings that the project sets
+(``EMAIL_HOST``, ``EMAIL_PORT``, ``EMAIL_HOST_USER``, ``EMAIL_HOST_PASSWORD``, ``EMAIL_USE_TLS``,
+``EMAIL_USE_SSL``, ``EMAIL_TIMEOUT``: what Django's SMTP backend would use), the ``MAILQUEUE``
+dict, the keyword arguments of ``get_connection()``; or, on Django 6.1+, only
+``MAILERS[alias]['OPTIONS']``. Django's defaults (localhost, port 25) do not override a config
+file's smarthost; they are the smarthost when nothing else names one. Keys: the config-file
+keys (``smtp_*``, ``queue_url``, ``queue_dir``, retry settings ...), ``config`` (a config file read first),
 ``mode`` (``send``: SMTP first, queue what cannot go out now; ``queue``: queue only, the runner
 delivers), ``database`` (a Django database alias: the queue is a PostgreSQL queue in that
 database and each message is inserted through Django's connection, inside the current
@@ -40,7 +44,7 @@ from .config import ConfigError
 from .frameworks import BackendConfig, MailSender, QueueingBackendMixin, RecipientsFailed, build_config
 from .result import SendResult
 
-__all__ = ['EmailBackend', 'RecipientsFailed', 'backend_config', 'command_config', 'database_location',
+__all__ = ['EmailBackend', 'OptionError', 'RecipientsFailed', 'backend_config', 'command_config', 'database_location',
            'location_for_database', 'queue_location']
 
 SETTING = 'MAILQUEUE'
@@ -53,14 +57,48 @@ _DJANGO_DB_OPTIONS = frozenset({'assume_role', 'isolation_level', 'pool', 'serve
                                 'context', 'prepare_threshold'})
 
 
+class OptionError(ImproperlyConfigured, ValueError):
+    """A backend option that cannot be used. Also a ``ValueError``, as Django's SMTP backend
+    raises for ``use_tls`` with ``use_ssl``."""
+
+
+# Django's SMTP settings -> the option names of its SMTP backend (and ours)
+EMAIL_SETTINGS = {
+    'EMAIL_HOST': 'host',
+    'EMAIL_PORT': 'port',
+    'EMAIL_HOST_USER': 'username',
+    'EMAIL_HOST_PASSWORD': 'password',
+    'EMAIL_USE_TLS': 'use_tls',
+    'EMAIL_USE_SSL': 'use_ssl',
+    'EMAIL_TIMEOUT': 'timeout',
+    'EMAIL_SSL_CERTFILE': 'ssl_certfile',
+    'EMAIL_SSL_KEYFILE': 'ssl_keyfile',
+}
+
+
 def _improperly_configured(exc: ConfigError, alias: Optional[str]) -> ImproperlyConfigured:
     try:
         from django.core.mail import InvalidMailer  # Django 6.1+: names the MAILERS entry
     except ImportError:
-        return ImproperlyConfigured(str(exc))
+        return OptionError(str(exc))
     if alias is not None:
         return InvalidMailer(str(exc), alias=alias)
-    return ImproperlyConfigured(str(exc))
+    return OptionError(str(exc))
+
+
+def _email_settings() -> Dict[str, Any]:
+    """The ``EMAIL_*`` SMTP settings the project sets (an empty user or password counts as unset,
+    as in Django's SMTP backend). Django's defaults are left out: they must not override the
+    smarthost of a config file."""
+    found: Dict[str, Any] = {}
+    for setting, name in EMAIL_SETTINGS.items():
+        if not django_settings.is_overridden(setting):
+            continue
+        value = getattr(django_settings, setting, None)
+        if name in ('username', 'password', 'ssl_certfile', 'ssl_keyfile') and not value:
+            continue
+        found[name] = value
+    return found
 
 
 def _has_invalid_mailer() -> bool:
@@ -94,7 +132,7 @@ def backend_config(options: Optional[Mapping[str, Any]] = None, *, alias: Option
         where = f'settings.{SETTING}'
     else:  # Django 6.1's InvalidMailer names the MAILERS entry itself
         where = 'OPTIONS' if _has_invalid_mailer() else f'MAILERS[{alias!r}] OPTIONS'
-    sources = [dict(options or {})] if alias is not None else [_setting(), dict(options or {})]
+    sources = [dict(options or {})] if alias is not None else [_email_settings(), _setting(), dict(options or {})]
     try:
         database = next((s['database'] for s in reversed(sources) if s.get('database') is not None), None)
         config = build_config(sources, where=where, extra_keys=EXTRA_KEYS,
@@ -106,6 +144,12 @@ def backend_config(options: Optional[Mapping[str, Any]] = None, *, alias: Option
                               'queue_url as mq_schema=...)', where, 'schema')
     except ConfigError as exc:
         raise _improperly_configured(exc, alias) from None
+    settings = config.settings
+    if alias is None and config.mode == 'send' and settings.smtp_hostname is None and not settings.accounts:
+        # what Django's SMTP backend would talk to (EMAIL_HOST and EMAIL_PORT, or their defaults)
+        settings.smtp_hostname = str(getattr(django_settings, 'EMAIL_HOST', None) or 'localhost')
+        if settings.smtp_port is None:
+            settings.smtp_port = int(getattr(django_settings, 'EMAIL_PORT', None) or 25)
     return config
 
 
