@@ -196,17 +196,17 @@ def envelope_address(text: object, *, local_domain: Optional[str] = None, what: 
     try:
         address = parse_mailbox(raw, allow_local=True).address
     except InvalidAddressError as exc:
-        raise ValueError(f'invalid {what} address: {exc}') from None
+        raise ValueError(f'Invalid address ({what}): {exc}') from None  # (Django's words)
     local, domain = address.local_part, address.domain
     if not domain:
         if not local_domain:
-            raise ValueError(f'{what} address {raw!r} has no domain (set default_domain or from)')
+            raise ValueError(f'Invalid address ({what}): {raw!r} has no domain (set default_domain or from)')
         domain = local_domain
     if local.isascii() and not domain.isascii() and not domain.startswith('['):
         try:
             domain = domain.encode('idna').decode('ascii')
         except UnicodeError as exc:
-            raise ValueError(f'invalid {what} address {raw!r}: {exc}') from None
+            raise ValueError(f'Invalid address ({what}): {raw!r}: {exc}') from None
     return f'{local}@{domain}'
 
 
