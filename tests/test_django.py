@@ -337,6 +337,27 @@ def test_djangos_email_settings_are_used_as_by_its_smtp_backend(tmp_path: Path) 
             mail.get_connection()
 
 
+def test_email_settings_never_mix_with_a_smarthost_named_elsewhere(tmp_path: Path) -> None:
+    """EMAIL_* describe a smarthost as a whole: below MAILQUEUE and get_connection(), and not at
+    all when a config file or MAILQUEUE names one (else STARTTLS on the file's implicit-TLS port,
+    with another smarthost's login)."""
+    config = tmp_path / 'mq.conf'
+    config.write_text('[mqrunner]\nsmtp_hostname = smtp.file.example\nsmtp_port = 465\nsmtp_tls = implicit\n')
+    email = {'EMAIL_HOST': 'smtp.email.example', 'EMAIL_USE_TLS': True, 'EMAIL_HOST_USER': 'emailuser',
+             'EMAIL_HOST_PASSWORD': 'pw'}
+    with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE=str(config), **email):
+        used = mail.get_connection().config.settings
+        assert (used.smtp_hostname, used.smtp_port, used.smtp_tls, used.smtp_username) == (
+            'smtp.file.example', 465, 'implicit', None)
+    with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE={'smtp_hostname': 'smtp.mq.example',
+                                                             'smtp_username': 'mquser'}, **email):
+        assert mail.get_connection(username='kwuser').config.settings.smtp_username == 'kwuser'
+        assert mail.get_connection().config.settings.smtp_username == 'mquser'
+    with override_settings(EMAIL_BACKEND=BACKEND, MAILQUEUE={'use_ssl': True}, **email):
+        used = mail.get_connection(username='kwuser').config.settings
+        assert (used.smtp_hostname, used.smtp_tls, used.smtp_username) == ('smtp.email.example', 'implicit', 'kwuser')
+
+
 @pytest.mark.parametrize('options, problem', [
     ({'smtp_hostnme': 'x'}, 'smtp_hostnme: unknown option'),
     ({'mode': 'later'}, "unknown mode 'later'"),

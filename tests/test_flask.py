@@ -132,6 +132,14 @@ def test_configuration_sources(smtp_server: SMTPTestServer, queue_dir: str, tmp_
     with app.app_context():
         assert Mail(app).send_mail('cfg', 'body', 'me@example.org', ['a@example.org']) == 1
     assert smtp_server.wait_for_messages(1)[0].mail_from == 'me@example.org'
+    # a config file naming the smarthost is used whole: MAIL_* (another smarthost's) do not mix in
+    app = Flask(__name__)
+    app.config.update(MAIL_BACKEND=BACKEND, MAILQUEUE=str(config), MAIL_SERVER='smtp.other.example',
+                      MAIL_PORT=465, MAIL_USE_SSL=True, MAIL_USERNAME='other')
+    with app.app_context():
+        settings = Mail(app).get_connection().config.settings
+        assert (settings.smtp_hostname, settings.smtp_port, settings.smtp_tls, settings.smtp_username) == (
+            smtp_server.hostname, smtp_server.port, 'none', None)
 
 
 @pytest.mark.parametrize('config, problem', [

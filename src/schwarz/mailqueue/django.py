@@ -7,12 +7,12 @@
     }
     INSTALLED_APPS += ['schwarz.mailqueue']     # for ``manage.py mailqueue``
 
-Options, later ones winning: Django's ``EMAIL_*`` SMTP settings that the project sets
-(``EMAIL_HOST``, ``EMAIL_PORT``, ``EMAIL_HOST_USER``, ``EMAIL_HOST_PASSWORD``, ``EMAIL_USE_TLS``,
-``EMAIL_USE_SSL``, ``EMAIL_TIMEOUT``: what Django's SMTP backend would use), the ``MAILQUEUE``
-dict, the keyword arguments of ``get_connection()``; or, on Django 6.1+, only
-``MAILERS[alias]['OPTIONS']``. Django's defaults (localhost, port 25) do not override a config
-file's smarthost; they are the smarthost when nothing else names one. Keys: the config-file
+Options, later ones winning: the ``MAILQUEUE`` dict, the keyword arguments of
+``get_connection()``; or, on Django 6.1+, only ``MAILERS[alias]['OPTIONS']``. When they (and a
+config file they name) name no smarthost, Django's ``EMAIL_*`` SMTP settings that the project
+sets (``EMAIL_HOST``, ``EMAIL_PORT``, ``EMAIL_HOST_USER``, ``EMAIL_HOST_PASSWORD``,
+``EMAIL_USE_TLS``, ``EMAIL_USE_SSL``, ``EMAIL_TIMEOUT``: what its SMTP backend would use) come
+below them, else localhost port 25, Django's defaults. Keys: the config-file
 keys (``smtp_*``, ``queue_url``, ``queue_dir``, retry settings ...), ``config`` (a config file read first),
 ``mode`` (``send``: SMTP first, queue what cannot go out now; ``queue``: queue only, the runner
 delivers), ``database`` (a Django database alias: the queue is a PostgreSQL queue in that
@@ -88,8 +88,8 @@ def _improperly_configured(exc: ConfigError, alias: Optional[str]) -> Improperly
 
 def _email_settings() -> Dict[str, Any]:
     """The ``EMAIL_*`` SMTP settings the project sets (an empty user or password counts as unset,
-    as in Django's SMTP backend). Django's defaults are left out: they must not override the
-    smarthost of a config file."""
+    as in Django's SMTP backend); Django's defaults are left out (``backend_config`` falls back
+    to them last)."""
     found: Dict[str, Any] = {}
     for setting, name in EMAIL_SETTINGS.items():
         if not django_settings.is_overridden(setting):
@@ -132,11 +132,11 @@ def backend_config(options: Optional[Mapping[str, Any]] = None, *, alias: Option
         where = f'settings.{SETTING}'
     else:  # Django 6.1's InvalidMailer names the MAILERS entry itself
         where = 'OPTIONS' if _has_invalid_mailer() else f'MAILERS[{alias!r}] OPTIONS'
-    sources = [dict(options or {})] if alias is not None else [_email_settings(), _setting(), dict(options or {})]
+    sources = [dict(options or {})] if alias is not None else [_setting(), dict(options or {})]
     try:
         database = next((s['database'] for s in reversed(sources) if s.get('database') is not None), None)
-        config = build_config(sources, where=where, extra_keys=EXTRA_KEYS,
-                              default_mode='queue' if database else None)
+        config = build_config(sources, where=where, extra_keys=EXTRA_KEYS, default_mode='queue' if database else None,
+                              fallback=_email_settings() if alias is None else None)
         if config.extra.get('database'):
             _check_database(config, where)
         elif config.extra.get('schema'):

@@ -5,13 +5,13 @@
     app.config['MAILQUEUE'] = {'queue_dir': '/var/spool/myapp-mail'}   # ... and MAILQUEUE on top
     mail = Mail(app)
 
-Options, later ones winning: the SMTP settings Flask-Mailman's own SMTP backend uses, read
-where it reads them (its state, ``app.extensions['mailman']``, which ``Mail(app)`` builds from
-``MAIL_SERVER``, ``MAIL_PORT``, ``MAIL_USERNAME``, ``MAIL_PASSWORD``, ``MAIL_USE_TLS``,
-``MAIL_USE_SSL``, ``MAIL_TIMEOUT``), then ``app.config['MAILQUEUE']`` (a dict of config-file
-keys plus ``config`` and ``mode``, or a config file path), then the keyword arguments of
-``mail.get_connection(...)``. Flask-Mailman's defaults (``localhost``, port 25) do not override
-a config file; they are the smarthost when nothing else names one. ``mode``: ``send`` (SMTP
+Options, later ones winning: ``app.config['MAILQUEUE']`` (a dict of config-file keys plus
+``config`` and ``mode``, or a config file path), then the keyword arguments of
+``mail.get_connection(...)``. When they (and a config file they name) name no smarthost, the
+SMTP settings Flask-Mailman's own SMTP backend uses come below them, read where it reads them
+(its state, ``app.extensions['mailman']``, which ``Mail(app)`` builds from ``MAIL_SERVER``,
+``MAIL_PORT``, ``MAIL_USERNAME``, ``MAIL_PASSWORD``, ``MAIL_USE_TLS``, ``MAIL_USE_SSL``,
+``MAIL_TIMEOUT``), else Flask-Mailman's defaults (``localhost``, port 25). ``mode``: ``send`` (SMTP
 first, queue what cannot go out now; default) or ``queue`` (queue only; ``mq-run`` delivers).
 
 The same contract and results as the Django backend (docs/frameworks.md): ``send_messages``
@@ -91,7 +91,7 @@ def backend_config(app_config: Optional[Mapping[str, Any]], options: Optional[Ma
     else:
         raise TypeError(f'app.config[{SETTING!r}] must be a dict of options or a config file path, '
                         f'not {type(value).__name__}')
-    result = build_config([mail_keys, ours, dict(options or {})], where=f'app.config[{SETTING!r}]')
+    result = build_config([ours, dict(options or {})], where=f'app.config[{SETTING!r}]', fallback=mail_keys)
     settings = result.settings
     if result.mode == 'send' and settings.smtp_hostname is None and not settings.accounts:
         # what Flask-Mailman's SMTP backend would talk to

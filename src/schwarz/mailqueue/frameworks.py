@@ -120,7 +120,7 @@ def _plain(value: Any) -> Any:
 
 
 def build_config(sources: Iterable[Mapping[str, Any]], *, where: str, extra_keys: Sequence[str] = (),
-                 default_mode: Optional[str] = None) -> BackendConfig:
+                 default_mode: Optional[str] = None, fallback: Optional[Mapping[str, Any]] = None) -> BackendConfig:
     """One ``BackendConfig`` from option mappings; later mappings win, ``None`` values count as unset.
 
     Keys: the config-file keys (``smtp_hostname``, ``queue_url``, ...), ``config`` (a config
@@ -128,15 +128,47 @@ def build_config(sources: Iterable[Mapping[str, Any]], *, where: str, extra_keys
     SMTP option names of Django/Flask-Mailman (``host``, ``port``, ``username``, ``password``,
     ``timeout``, ``use_tls``, ``use_ssl``) and ``extra_keys`` (the caller's own). Anything
     else is a ``ConfigError`` naming ``where`` and the key.
+
+    ``fallback``: the framework's own SMTP settings (Django's ``EMAIL_*``, Flask-Mailman's
+    ``MAIL_*``), used as a whole below ``sources`` when neither they nor a config file name a
+    smarthost: a smarthost is never half one's and half the other's.
     """
+    sources = list(sources)
+    config = _build_config(sources, where, extra_keys, default_mode)
+    settings = config.settings
+    if fallback and settings.smtp_hostname is None and not settings.accounts:
+        config = _build_config([fallback, *sources], where, extra_keys, default_mode)
+    return config
+
+
+def _tls_of(source: Mapping[str, Any], where: str) -> Optional[str]:
+    """The ``smtp_tls`` a mapping's Django-style ``use_tls``/``use_ssl`` ask for (None: neither)."""
+    flags = {str(key).lower(): value for key, value in source.items() if str(key).lower() in _TLS_FLAGS}
+    use_tls, use_ssl = bool(flags.get('use_tls')), bool(flags.get('use_ssl'))
+    if use_tls and use_ssl:
+        raise ConfigError('use_tls and use_ssl are mutually exclusive', where, 'use_ssl')
+    # Django's use_tls means STARTTLS, use_ssl TLS from the first byte; False keeps our default
+    return 'implicit' if use_ssl else 'starttls' if use_tls else None
+
+
+def _build_config(sources: Sequence[Mapping[str, Any]], where: str, extra_keys: Sequence[str],
+                  default_mode: Optional[str]) -> BackendConfig:
+    # one name per setting before the layers meet: a later layer's host= must beat an earlier
+    # smtp_hostname, and its use_ssl an earlier use_tls
     merged: Dict[str, Any] = {}
     for source in sources:
+        tls = _tls_of(source, where)
         for key, value in source.items():
-            if value is not None:
-                merged[str(key)] = _plain(value)
+            name = str(key).lower()
+            if value is None or name in _TLS_FLAGS:
+                continue
+            merged[SMTP_OPTION_NAMES.get(name, name)] = _plain(value)
+        if tls is not None and not any(str(key).lower() == 'smtp_tls' and value is not None
+                                       for key, value in source.items()):
+            merged.pop('smtp_tls', None)
+            merged['smtp_tls'] = tls
     values: Dict[str, Any] = {}
     extra: Dict[str, Any] = {}
-    use_tls = use_ssl = False
     config_path: Optional[str] = None
     mode = None
     for key, value in merged.items():
@@ -147,23 +179,12 @@ def build_config(sources: Iterable[Mapping[str, Any]], *, where: str, extra_keys
             mode = str(value).strip().lower()
         elif name in extra_keys:
             extra[name] = value
-        elif name in SMTP_OPTION_NAMES:
-            values[SMTP_OPTION_NAMES[name]] = value
-        elif name == 'use_tls':
-            use_tls = bool(value)
-        elif name == 'use_ssl':
-            use_ssl = bool(value)
         elif name in _UNSUPPORTED:
             raise ConfigError('TLS client certificates are not supported', where, key)
         elif name in KNOWN_KEYS:
             values[name] = value
         else:
             raise ConfigError('unknown option', where, key)
-    if use_tls and use_ssl:
-        raise ConfigError('use_tls and use_ssl are mutually exclusive', where, 'use_ssl')
-    if (use_tls or use_ssl) and 'smtp_tls' not in values:
-        # Django's use_tls means STARTTLS, use_ssl TLS from the first byte; False keeps our default
-        values['smtp_tls'] = 'implicit' if use_ssl else 'starttls'
     if config_path is not None:
         settings = load_config(config_path)
         if values:
