@@ -133,10 +133,15 @@ def read_input(stream: Optional[IO[bytes]], limit: int) -> bytes:
     """All of ``stream`` (stdin), at most ``limit`` bytes: endless input must not exhaust memory."""
     if stream is None:
         return b''
-    data = stream.read(limit + 1)
-    if len(data) > limit:
-        too_large(limit)
-    return data
+    # in pieces: read(limit + 1) would set aside the whole limit for a message of three lines
+    data = bytearray()
+    while True:
+        piece = stream.read(min(1024 * 1024, limit + 1 - len(data)))
+        if not piece:
+            return bytes(data)
+        data += piece
+        if len(data) > limit:
+            too_large(limit)
 
 
 def load_app(config_path: Optional[str], options: Optional[Mapping[str, Any]] = None, *,

@@ -220,11 +220,11 @@ def parse_args(args: Sequence[str], prog_name: str = PROG) -> SendmailOptions:
                 _apply_letter(opts, letter, value)
                 break
             fail(f'unknown option -{letter} (see --help)', EX_USAGE)
-    if opts.show_help and opts.recipients:
+    if (opts.show_help or opts.show_version) and (opts.recipients or opts.extract_recipients):
         # help and exit 0 would drop the message the caller meant to send
-        fail('-h is help here and takes no recipients (a hop count goes with its number: -h 17)', EX_USAGE)
-    if opts.show_version and opts.recipients:
-        fail('--version takes no recipients', EX_USAGE)
+        what = '--version' if opts.show_version else 'help (-h, --help)'
+        fail(f'{what} takes no recipients and no -t (sendmail\'s hop count goes with its number: -h 17)',
+             EX_USAGE)
     return opts
 
 
