@@ -220,3 +220,16 @@ def test_when_every_host_fails_one_line_says_so(caplog: pytest.LogCaptureFixture
     [(_code, text)] = set(result.deferred.values())
     assert f'127.0.0.1:{first}' in text and f'127.0.0.1:{second}' in text
     assert [r for r in caplog.records if r.levelname == 'WARNING' and 'smarthost' in r.getMessage()] == []
+
+
+def test_a_later_host_refusing_the_login_does_not_hide_the_earlier_ones(caplog: pytest.LogCaptureFixture) -> None:
+    """Failover stops at a refused login (it would fail everywhere); the hosts tried before it
+    are still named, once."""
+    first = closed_port()
+    with SMTPTestServer(auth={'app': 'right'}) as second:
+        result = send(mailer(('127.0.0.1', first), ('127.0.0.1', second.port), username='app', password='wrong'))
+    assert not result
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and f'127.0.0.1:{first}' in warnings[0], warnings
+    assert f'the next smarthost, 127.0.0.1:{second.port}, failed too' in warnings[0]
+    assert 'wrong' not in caplog.text

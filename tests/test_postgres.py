@@ -341,6 +341,10 @@ def test_a_runner_whose_role_loses_delete_stops_claiming(location: str, stores: 
         assert 'its removal cannot be recorded' in caplog.text
         waiting = sorted(row[0] for row in sql(location, 'SELECT id FROM messages WHERE state = %s', NEW))
         assert waiting == sorted(msg_id for msg_id in ids if msg_id != batch[0].msg_id)  # no more claimed
+        # said once: a process that goes on (a library user, not a daemon) may claim again later
+        again = runner.claim_due(1, now=now(), policy=POLICY)
+        assert len(again) == 1
+        runner.release(again[0])
         runner.close()
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:

@@ -958,8 +958,9 @@ class PostgresQueue:
 
     def _claim_rows(self, params: Dict[str, Any], limit: int, force: bool, policy: RetryPolicy) -> List[Any]:
         with self._conn(runner=True) as conn:
-            if self._refused is not None:  # (also one found settling a completion just now)
-                raise self._refused
+            refused, self._refused = self._refused, None
+            if refused is not None:  # (also one found settling a completion just now)
+                raise refused  # once: a process that goes on (not a daemon) may find it granted again
             params['limit'] = int(limit)
             if force:
                 return conn.execute(self._sql_claim_all, params).fetchall()

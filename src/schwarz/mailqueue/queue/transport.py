@@ -141,11 +141,7 @@ def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str
     queue_date = queue_args.get('queue_date')
     when = queue_date if isinstance(queue_date, datetime) else None
     last, retries = queue_args.get('last'), queue_args.get('retries')
-    if last is not None and not isinstance(last, datetime):
-        raise ValueError(f'last must be a datetime, not {last!r}')
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
-        raise ValueError(f'retries must be a whole number, not {retries!r}')
-    history = last is not None or retries is not None
+    history = last is not None or retries is not None  # (checked by the store: contract.entering_meta)
     msg_bytes = message_bytes_from(msg)
     connection = queue_args.get('connection')
     if connection is not None:
@@ -163,6 +159,9 @@ def enqueue_message(msg: object, queue_path: Union[str, QueueStore], sender: str
     store = open_queue(queue_path)
     if in_progress and return_msg:
         return store.enqueue_claimed(msg_bytes, sender, list(recipients), queue_date=when)
-    msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when, attempted=last,
-                           retries=(retries or 0) if history else None)
+    if history:  # (a store written before retries= joined the contract still works without them)
+        msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when,
+                               attempted=last, retries=retries or 0)  # type: ignore[arg-type]
+    else:
+        msg_id = store.enqueue(msg_bytes, sender, list(recipients), queue_date=when)
     return QueuedId(store, msg_id) if return_msg else msg_id

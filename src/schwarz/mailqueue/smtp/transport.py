@@ -182,6 +182,11 @@ class SMTPMailer:
                 self.health.failed(host)
                 failures.append(exc)
                 continue
+            except SMTPError as exc:
+                if failures:  # (the error raised names only this host: the others' must not vanish)
+                    log.warning('%s; the next smarthost, %s, failed too: %s', '; '.join(str(f) for f in failures),
+                                format_host(host), exc)
+                raise
             if failures:
                 # said once the failover worked; when every host fails, the error names them all
                 log.warning('%s; using the next smarthost, %s', '; '.join(str(f) for f in failures),
