@@ -28,7 +28,6 @@ refused temporarily without a queue to take them, raise ``RecipientsFailed`` (an
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
@@ -160,10 +159,13 @@ def _check_database(config: BackendConfig, where: str) -> None:
     if config.mode != 'queue':
         raise ConfigError('a transactional queue (database) needs mode "queue": a message sent at once could '
                           'not be taken back when the transaction rolls back', where, 'mode')
-    schema = _schema(config)
-    if not re.fullmatch(r'[a-z_][a-z0-9_]{0,62}', schema):
-        raise ConfigError(f'invalid PostgreSQL schema name {schema!r} (lower-case letters, digits and _)', where,
-                          'schema')
+    from .errors import BadLocation
+    from .queue.pg_location import check_schema_name
+
+    try:
+        check_schema_name(_schema(config))
+    except BadLocation as exc:
+        raise ConfigError(str(exc), where, 'schema') from None
     if alias not in connections.settings:
         raise ConfigError(f'no database {alias!r} in settings.DATABASES', where, 'database')
     vendor = connections[alias].vendor
