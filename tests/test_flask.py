@@ -132,6 +132,11 @@ def test_configuration_sources(smtp_server: SMTPTestServer, queue_dir: str, tmp_
     with app.app_context():
         assert Mail(app).send_mail('cfg', 'body', 'me@example.org', ['a@example.org']) == 1
     assert smtp_server.wait_for_messages(1)[0].mail_from == 'me@example.org'
+    # MAIL_USERNAME without MAIL_PASSWORD: Flask-Mailman's SMTP backend does not log in, nor do we
+    app = make_app(smtp_server, MAIL_USERNAME='u', MAILQUEUE={'smtp_tls': 'none'})
+    with app.app_context():
+        settings = Mail(app).get_connection().config.settings
+        assert (settings.smtp_username, settings.smtp_password) == (None, None)
     # a config file naming the smarthost is used whole: MAIL_* (another smarthost's) do not mix in
     app = Flask(__name__)
     app.config.update(MAIL_BACKEND=BACKEND, MAILQUEUE=str(config), MAIL_SERVER='smtp.other.example',

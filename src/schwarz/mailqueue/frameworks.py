@@ -136,6 +136,9 @@ def build_config(sources: Iterable[Mapping[str, Any]], *, where: str, extra_keys
     sources = list(sources)
     config = _build_config(sources, where, extra_keys, default_mode)
     settings = config.settings
+    if fallback and not (fallback.get('username') and fallback.get('password')):
+        # as their SMTP backends: a login only with both (a user alone sent an empty password)
+        fallback = {key: value for key, value in fallback.items() if key not in ('username', 'password')}
     if fallback and settings.smtp_hostname is None and not settings.accounts:
         config = _build_config([fallback, *sources], where, extra_keys, default_mode)
     return config
