@@ -17,6 +17,7 @@ behind by crashed runs more than a day old are dropped at start.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import secrets
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 ENV = 'MQ_TEST_POSTGRES_DSN'
 MACHINE_URL = 'postgresql://postgres@127.0.0.1:5432/test'
@@ -193,3 +194,27 @@ def _cleanup() -> None:
         return
     if _url is not None and _schemas:
         _drop(_url, list(_schemas))
+
+
+@contextlib.contextmanager
+def scratch_role(location: str, prefix: str, table_privileges: str = '') -> Iterator[str]:
+    """A login role (its name) with USAGE on the location's queue schema and ``table_privileges``
+    (``'SELECT, INSERT'``...) on its tables; dropped, with what it owns, afterwards."""
+    import psycopg
+
+    from schwarz.mailqueue.queue.pg_location import split_location
+
+    conninfo, ours = split_location(location)
+    schema = ours['schema']
+    role = f'{prefix}_{schema[-8:]}'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE {role} LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+        if table_privileges:
+            conn.execute(f'GRANT {table_privileges} ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
+    try:
+        yield role
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f'DROP ROLE {role}')

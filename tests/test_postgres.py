@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from _pg import fresh_location, fresh_schema, server_url, server_version, with_params
+from _pg import fresh_location, fresh_schema, scratch_role, server_url, server_version, with_params
 from schwarz.mailqueue.errors import ClaimLost, QueueUnavailable
 from schwarz.mailqueue.queue import postgres
 from schwarz.mailqueue.queue.contract import CLAIMED, FAILED, HELD, NEW, QueuedMessage
@@ -322,13 +322,7 @@ def test_a_runner_whose_role_loses_delete_stops_claiming(location: str, stores: 
     raises QueueMisconfigured, which stops a daemon (exit 78)."""
     from schwarz.mailqueue.errors import QueueMisconfigured
 
-    conninfo, ours = split_location(location)
-    role = f'mq_nodelete_{ours["schema"][-8:]}'
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE {role} LOGIN')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
-        conn.execute(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{ours["schema"]}" TO {role}')
-    try:
+    with scratch_role(location, 'mq_nodelete', 'SELECT, INSERT, UPDATE') as role:
         admin = stores()
         ids = [admin.enqueue(BODY, 'shop@example.org', [f'c{n}@example.org']) for n in range(3)]
         runner = stores(with_params(location, user=role))
@@ -346,10 +340,6 @@ def test_a_runner_whose_role_loses_delete_stops_claiming(location: str, stores: 
         assert len(again) == 1
         runner.release(again[0])
         runner.close()
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY {role}')
-            conn.execute(f'DROP ROLE {role}')
 
 
 def test_a_completion_sent_survives_its_runner(location: str) -> None:

@@ -78,11 +78,10 @@ def test_a_mistyped_location_is_a_usage_error_that_hides_the_password(location: 
 def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_it(tmp_path: Path) -> None:
     import psycopg
 
-    from _pg import with_params
+    from _pg import scratch_role, with_params
     from schwarz.mailqueue.queue.pg_location import split_location
 
     location = fresh_location()
-    conninfo, ours = split_location(location)
     cases = {'a connection setting libpq rejects': with_params(location, sslmode='bogus'),
              'an unknown service': with_params(location, service='mq_no_such_service'),
              'a number that is none (libpq)': with_params(location, keepalives_idle='abc'),
@@ -91,12 +90,7 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
     with psycopg.connect(split_location(newer)[0], autocommit=True) as conn:
         conn.execute(f'INSERT INTO "{split_location(newer)[1]["schema"]}".schema_version (version) VALUES (99)')
     cases['a schema newer than this code'] = newer
-    role = f'mq_nopriv_{ours["schema"][-8:]}'
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE {role} LOGIN')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
-        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{ours["schema"]}" TO {role}')
-    try:
+    with scratch_role(location, 'mq_nopriv', 'SELECT') as role:
         cases['a role that may not claim'] = with_params(location, user=role)
         for what, where in cases.items():
             # (the role may read: only init and claims are refused it)
@@ -110,10 +104,6 @@ def test_what_only_an_operator_can_fix_exits_78_and_a_daemon_does_not_wait_for_i
                                   timeout=60)
             assert proc.returncode == 78, (what, proc.stderr)
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY {role}')
-            conn.execute(f'DROP ROLE {role}')
 
 
 @pytest.mark.parametrize('location', [

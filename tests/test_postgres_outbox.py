@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from _pg import fresh_location
+from _pg import fresh_location, scratch_role
 from schwarz.mailqueue import DebugMailer, enqueue_message, send_all_queued_messages
 from schwarz.mailqueue.queue.locations import open_queue
 
@@ -43,20 +43,10 @@ def test_a_role_without_insert_is_misconfigured_not_unavailable() -> None:
     """A missing grant needs an operator whichever way the message comes: QueueMisconfigured (an
     application that retries QueueUnavailable would retry it forever)."""
     from schwarz.mailqueue.errors import QueueMisconfigured
-    from schwarz.mailqueue.queue.pg_location import split_location
 
     location = fresh_location()
-    conninfo, ours = split_location(location)
-    role = f'mq_noinsert_{ours["schema"][-8:]}'
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE {role} LOGIN')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{ours["schema"]}" TO {role}')
-    try:
-        with psycopg.connect(conninfo, user=role) as conn:
+    with scratch_role(location, 'mq_noinsert') as role:
+        with psycopg.connect(location.split('?', 1)[0], user=role) as conn:
             with pytest.raises(QueueMisconfigured, match='permission denied'):
                 enqueue_message(MSG, location, 'shop@example.org', ['buyer@example.org'], connection=conn)
             conn.rollback()
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY {role}')
-            conn.execute(f'DROP ROLE {role}')
