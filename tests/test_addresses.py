@@ -526,7 +526,8 @@ _options = st.lists(st.sampled_from([['-i'], ['-oi'], ['-odi'], ['-oem'], ['-FCr
                                      ['-f', 'root'], ['-B8BITMIME']]), max_size=3)
 
 
-@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(options=_options, good=st.lists(_good_args, min_size=1, max_size=4),
        bad=st.lists(st.sampled_from(BAD_ARGS), max_size=2), data=st.data())
 def test_sendmail_sends_exactly_to_the_given_recipients(sendmail_config: str, options: List[List[str]],
